@@ -1,0 +1,172 @@
+"""The `keras-vae` command line: click options become a config, one library call does the work."""
+
+import json
+import os
+import sys
+
+import click
+
+from keras_vae.config import (
+    BINARIZATIONS,
+    JIT_CHOICES,
+    LIKELIHOODS,
+    PRECISIONS,
+    STRATEGIES,
+    FitConfig,
+    read_json_object,
+)
+from keras_vae.errors import TrainingDiverged, UserError
+
+EXIT_USER_ERROR = 2
+EXIT_DIVERGED = 3
+
+
+class _Group(click.Group):
+    """Turns user mistakes into a one-paragraph message and an exit status, never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except TrainingDiverged as error:
+            click.echo(f"Error: {error}", err=True)
+            ctx.exit(EXIT_DIVERGED)
+        except UserError as error:
+            click.echo(f"Error: {error}", err=True)
+            ctx.exit(EXIT_USER_ERROR)
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="keras-vae")
+def cli():
+    """Variational autoencoders in Keras 3 on TensorFlow Probability."""
+
+
+# ------------------------------------------------------------------------ fit
+FIT_OPTIONS = [
+    click.option("--dataset", help="A registered dataset (see `keras-vae datasets`) or a path to a .npz file or image folder. Default: sprites."),
+    click.option("--data-dir", help="Folder with the dataset's files (IDX .gz or Keras .npz); also KERAS_VAE_DATA_DIR."),
+    click.option("--model", help="A registered model (see `keras-vae models`). Default: vae."),
+    click.option("--architecture", help="mlp (default), conv or conv-small."),
+    click.option("--latent-dim", type=int, help="Size of the latent code. Default: 16."),
+    click.option("--likelihood", type=click.Choice(LIKELIHOODS), help="p(x|z). Default: bernoulli."),
+    click.option("--likelihood-scale", type=float, help="Fixed std of a Gaussian likelihood (default: learned)."),
+    click.option("--binarize", type=click.Choice(BINARIZATIONS), help="Binarization of the data. Default: dynamic."),
+    click.option("--validation-split", type=float, help="Held-out fraction when the dataset has no test split. Default: 0.1."),
+    click.option("--beta", type=float, help="Weight of the KL term. Default: 1."),
+    click.option("--kl-warmup-steps", type=int, help="Steps over which beta rises linearly from 0. Default: 0."),
+    click.option("--free-bits", type=float, help="Floor on each latent dimension's KL, in nats. Default: 0."),
+    click.option("--epochs", type=int, help="Default: 10."),
+    click.option("--batch-size", type=int, help="Global batch size. Default: 128."),
+    click.option("--learning-rate", type=float, help="Adam's learning rate. Default: 1e-3."),
+    click.option("--seed", type=int, help="Seeds data order, binarization and noise. Default: 0."),
+    click.option("--precision", type=click.Choice(PRECISIONS), help="Default: float32."),
+    click.option("--steps-per-execution", type=int, help="Training steps per tf.function call. Default: 1."),
+    click.option("--jit-compile", type=click.Choice(JIT_CHOICES), help="XLA. Default: auto."),
+    click.option("--strategy", type=click.Choice(STRATEGIES), help="tf.distribute strategy. Default: auto."),
+    click.option("--cpu-replicas", type=int, help="Split the CPU into N logical devices for mirrored training."),
+    click.option("--run-dir", help="Where checkpoints, logs and history go. Default: runs/<dataset>-<model>-<time>."),
+    click.option("--export-dir", help="Where the SavedModel goes. Default: saved_models."),
+    click.option("--export-name", help="Model name under the export dir. Default: the run directory's name."),
+    click.option("--export/--no-export", default=None, help="Export a SavedModel at the end (default: yes)."),
+]
+
+
+def _with_options(options):
+    def decorate(function):
+        for option in reversed(options):
+            function = option(function)
+        return function
+
+    return decorate
+
+
+def merge_config(config_file, flags):
+    """FitConfig defaults < the --config file < flags given on the command line."""
+    values = read_json_object(config_file) if config_file else {}
+    values.update({key: value for key, value in flags.items() if value is not None})
+    source = f"Config file {config_file}" if config_file else "The command line"
+    return FitConfig.from_dict(values, source=source)
+
+
+@cli.command()
+@click.option("--config", "config_file", type=click.Path(), help="JSON file with the same keys as the flags; flags override it.")
+@_with_options(FIT_OPTIONS)
+def fit(config_file, **flags):
+    """Train a model and export it as a SavedModel."""
+    config = merge_config(config_file, flags)
+    from keras_vae.train import fit as run_fit
+
+    result = run_fit(config)
+    history = result["history"]
+    click.echo(
+        f"Done. Validation ELBO {result['val_elbo']:.2f} nats/example "
+        f"(reconstruction {history['val_reconstruction_loss'][-1]:.2f}, KL {history['val_kl'][-1]:.2f}); "
+        f"run in {result['run_dir']}"
+        + (f"; exported to {result['export_path']}" if result["export_path"] else "")
+        + "."
+    )
+
+
+@cli.command()
+def datasets():
+    """List the registered datasets."""
+    from keras_vae.data.datasets import DATASETS
+
+    for name in DATASETS.names():
+        doc = (DATASETS.get(name).__doc__ or "").strip().splitlines()
+        click.echo(f"{name:15s} {doc[0] if doc else ''}")
+
+
+@cli.command()
+def models():
+    """List the registered models."""
+    from keras_vae.models import get_model_class, model_names
+
+    for name in model_names():
+        doc = (get_model_class(name).__doc__ or "").strip().splitlines()
+        click.echo(f"{name:10s} {doc[0] if doc else ''}")
+
+
+# --------------------------------------------------------------------- export
+@cli.command()
+@click.argument("run_dir")
+@click.option("--export-dir", default="saved_models", show_default=True)
+@click.option("--name", help="Model name (default: the run directory's name).")
+@click.option("--version", type=int, help="Version number (default: the next free one).")
+def export(run_dir, export_dir, name, version):
+    """Export a trained run as a SavedModel in TF Serving's layout."""
+    from keras_vae.export import export_saved_model
+    from keras_vae.train import load_run
+
+    _, model = load_run(run_dir)
+    name = name or os.path.basename(os.path.normpath(run_dir))
+    path = export_saved_model(model, export_dir, name, version)
+    click.echo(f"Exported {run_dir} to {path}.")
+
+
+@cli.command()
+@click.option("--saved-model", required=True, help="A SavedModel version folder.")
+@click.option("--signature", default="serving_default", show_default=True)
+@click.option("--input", "input_path", help="A .npy array or an image file (for x or z inputs).")
+@click.option("--num-samples", type=int, default=8, show_default=True, help="For the sample signature.")
+@click.option("--seed", type=int, default=0, show_default=True, help="For the sample signature.")
+@click.option("--output", help="Write outputs to this .npz, or the x_mean images to this .png grid.")
+def predict(saved_model, signature, input_path, num_samples, seed, output):
+    """Run one signature of a SavedModel locally, as TF Serving would."""
+    from keras_vae.predict import run_signature, write_outputs
+
+    outputs = run_signature(saved_model, signature, input_path, num_samples, seed)
+    if output:
+        write_outputs(outputs, output)
+        click.echo(f"Wrote {', '.join(sorted(outputs))} to {output}.")
+    else:
+        click.echo(json.dumps({k: v.tolist() for k, v in outputs.items()}))
+
+
+def main(argv=None):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    cli.main(args=argv, prog_name="keras-vae")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

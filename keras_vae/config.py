@@ -1,0 +1,151 @@
+"""The run configuration: one dataclass that rebuilds a run and its model."""
+
+import dataclasses
+import json
+from typing import Optional
+
+from keras_vae.errors import UserError
+
+LIKELIHOODS = ("bernoulli", "gaussian")
+BINARIZATIONS = ("dynamic", "static", "none")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+JIT_CHOICES = ("auto", "on", "off")
+STRATEGIES = ("auto", "one", "mirrored", "multi-worker")
+
+
+@dataclasses.dataclass
+class FitConfig:
+    """Everything `keras-vae fit` needs; `config.json` in a run directory holds one.
+
+    The command line's flags map one to one onto these fields (dashes for
+    underscores), and `--config FILE.json` takes the same keys.
+    """
+
+    # Data.
+    dataset: str = "sprites"
+    data_dir: Optional[str] = None
+    binarize: str = "dynamic"
+    validation_split: float = 0.1
+    # Model.
+    model: str = "vae"
+    architecture: str = "mlp"
+    latent_dim: int = 16
+    likelihood: str = "bernoulli"
+    likelihood_scale: Optional[float] = None  # Gaussian only; None = learned.
+    beta: float = 1.0
+    kl_warmup_steps: int = 0
+    free_bits: float = 0.0
+    # Optimization.
+    epochs: int = 10
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    seed: int = 0
+    precision: str = "float32"
+    steps_per_execution: int = 1
+    jit_compile: str = "auto"
+    # Distribution.
+    strategy: str = "auto"
+    cpu_replicas: int = 0
+    # Outputs.
+    run_dir: Optional[str] = None
+    export_dir: str = "saved_models"
+    export_name: Optional[str] = None
+    export: bool = True
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self):
+        positive = ("latent_dim", "epochs", "batch_size", "steps_per_execution")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise UserError(
+                    f"{_flag(name)} must be a positive integer. Received: {name}={value!r}."
+                )
+        for name in ("beta", "free_bits", "learning_rate"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                raise UserError(
+                    f"{_flag(name)} must be a non-negative number. Received: {name}={value!r}."
+                )
+        if self.learning_rate == 0:
+            raise UserError("--learning-rate must be positive. Received: learning_rate=0.")
+        if not isinstance(self.kl_warmup_steps, int) or self.kl_warmup_steps < 0:
+            raise UserError(
+                "--kl-warmup-steps must be a non-negative integer. "
+                f"Received: kl_warmup_steps={self.kl_warmup_steps!r}."
+            )
+        if not 0 < self.validation_split < 1:
+            raise UserError(
+                "--validation-split must lie strictly between 0 and 1. "
+                f"Received: validation_split={self.validation_split!r}."
+            )
+        if self.likelihood_scale is not None and not self.likelihood_scale > 0:
+            raise UserError(
+                "--likelihood-scale must be positive (leave it out to learn the scale). "
+                f"Received: likelihood_scale={self.likelihood_scale!r}."
+            )
+        if not isinstance(self.cpu_replicas, int) or self.cpu_replicas < 0:
+            raise UserError(
+                f"--cpu-replicas must be 0 or more. Received: cpu_replicas={self.cpu_replicas!r}."
+            )
+        for name, choices in (
+            ("likelihood", LIKELIHOODS),
+            ("binarize", BINARIZATIONS),
+            ("precision", PRECISIONS),
+            ("jit_compile", JIT_CHOICES),
+            ("strategy", STRATEGIES),
+        ):
+            if getattr(self, name) not in choices:
+                raise UserError(
+                    f"{_flag(name)} must be one of {', '.join(choices)}. "
+                    f"Received: {name}={getattr(self, name)!r}."
+                )
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values, source="the configuration"):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UserError(
+                f"{source} has unknown keys: {', '.join(unknown)}. "
+                f"Valid keys: {', '.join(sorted(known))}."
+            )
+        try:
+            return cls(**values)
+        except TypeError as error:
+            raise UserError(f"{source} is not a valid configuration: {error}.") from None
+
+    def save(self, path):
+        with open(path, "w") as f:
+            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+            f.write("\n")
+
+
+def read_json_object(path):
+    """Reads a JSON file that must hold one object; any failure is a UserError."""
+    try:
+        with open(path) as f:
+            values = json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"Config file {path} does not exist.") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"Config file {path} is not valid JSON: {error}.") from None
+    if not isinstance(values, dict):
+        raise UserError(
+            f"Config file {path} must hold a JSON object of flag names to values; "
+            f"it holds a {type(values).__name__}."
+        )
+    return {key.replace("-", "_"): value for key, value in values.items()}
+
+
+def load_config(path):
+    return FitConfig.from_dict(read_json_object(path), source=f"Config file {path}")
+
+
+def _flag(name):
+    return "--" + name.replace("_", "-")

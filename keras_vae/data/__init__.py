@@ -1,0 +1,1 @@
+"""Datasets by name (`load_dataset`) and the tf.data input pipeline."""

@@ -1,0 +1,290 @@
+"""The dataset registry: built-in datasets by name, and the user's own files by path.
+
+`load_dataset(name_or_path, data_dir=None, seed=0)` returns a `Dataset` of
+numpy arrays; `keras_vae.data.pipeline` turns those into tf.data pipelines.
+"""
+
+import dataclasses
+import os
+from typing import Optional, Tuple
+
+import numpy as np
+
+from keras_vae.data import idx, sprites
+from keras_vae.errors import UserError
+from keras_vae.registry import Registry
+
+DATASETS = Registry("dataset")
+DATA_DIR_ENV = "KERAS_VAE_DATA_DIR"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+@dataclasses.dataclass
+class Dataset:
+    """Images as uint8 [N, H, W, C] (0..255) or float32 in [0, 1], with optional labels.
+
+    `x_test` is None when the source has no test split; the pipeline then
+    holds out a slice of `x_train` for validation.
+    """
+
+    name: str
+    x_train: np.ndarray
+    x_test: Optional[np.ndarray] = None
+    y_train: Optional[np.ndarray] = None
+    y_test: Optional[np.ndarray] = None
+    factors_train: Optional[np.ndarray] = None
+    factors_test: Optional[np.ndarray] = None
+    factor_names: Tuple[str, ...] = ()
+    num_classes: int = 0
+
+    @property
+    def image_shape(self):
+        return tuple(self.x_train.shape[1:])
+
+
+def load_dataset(name, data_dir=None, seed=0):
+    """Loads a registered dataset by name, or the user's `.npz` file or image folder by path."""
+    if name in DATASETS:
+        dataset = DATASETS.get(name)(data_dir=data_dir, seed=seed)
+    elif _looks_like_path(name):
+        dataset = load_path(name)
+    else:
+        raise UserError(
+            f"Unknown dataset {name!r}. Valid datasets: {', '.join(DATASETS.names())}, "
+            "or a path to a .npz file with an `x` array or a folder of PNG/JPEG images."
+        )
+    return check_dataset(dataset)
+
+
+def dataset_names():
+    return DATASETS.names()
+
+
+def _looks_like_path(name):
+    return os.path.exists(name) or os.sep in name or name.endswith(".npz")
+
+
+def check_dataset(dataset):
+    """Rejects data a VAE cannot train on, naming the problem."""
+    for split in ("x_train", "x_test"):
+        x = getattr(dataset, split)
+        if x is None:
+            continue
+        if x.ndim != 4:
+            raise UserError(
+                f"Dataset {dataset.name!r}: {split} must be images [N, H, W, C]; "
+                f"received an array of shape {x.shape}."
+            )
+        if len(x) == 0:
+            raise UserError(f"Dataset {dataset.name!r}: {split} holds no images.")
+        if x.dtype != np.uint8:
+            if np.isnan(x).any():
+                raise UserError(f"Dataset {dataset.name!r}: {split} contains NaN values.")
+            low, high = float(x.min()), float(x.max())
+            if low < 0 or high > 1:
+                raise UserError(
+                    f"Dataset {dataset.name!r}: {split} has values in [{low:g}, {high:g}]; "
+                    "float images must lie in [0, 1] (or be stored as uint8 0..255)."
+                )
+    return dataset
+
+
+def with_channel_axis(x):
+    """[N, H, W] -> [N, H, W, 1]; [N, H, W, C] unchanged."""
+    return x[..., None] if x.ndim == 3 else x
+
+
+# --------------------------------------------------------------- MNIST family
+def _mnist_family(name, keras_name, system_dirs, how_to_get):
+    """Loader for an MNIST-format dataset: IDX files or the Keras .npz, else the Keras download."""
+
+    def load(data_dir=None, seed=0):
+        explicit = data_dir or os.environ.get(DATA_DIR_ENV)
+        dirs = [explicit] if explicit else list(system_dirs) + [_keras_cache(keras_name)]
+        for folder in dirs:
+            found = _read_mnist_folder(folder, keras_name)
+            if found is not None:
+                return _mnist_dataset(name, *found)
+        if not explicit:
+            try:
+                import keras
+
+                module = getattr(keras.datasets, keras_name)
+                (x_train, y_train), (x_test, y_test) = module.load_data()
+                return _mnist_dataset(name, x_train, y_train, x_test, y_test)
+            except Exception as error:  # noqa: BLE001 - any failure means "not available offline"
+                reason = f" The Keras download failed: {error}."
+        else:
+            reason = ""
+        raise UserError(
+            f"Dataset {name!r} was not found. Expected the four IDX files "
+            f"({', '.join(f + '.gz' for f in IDX_FILES)}) or {keras_name}.npz "
+            f"in {', '.join(str(d) for d in dirs)}.{reason} {how_to_get}"
+        )
+
+    return load
+
+
+def _keras_cache(keras_name):
+    base = os.path.join(os.path.expanduser(os.environ.get("KERAS_HOME", "~/.keras")), "datasets")
+    return os.path.join(base, "fashion-mnist") if keras_name == "fashion_mnist" else base
+
+
+def _read_mnist_folder(folder, keras_name):
+    """(x_train, y_train, x_test, y_test) from a folder, or None if it has none of the files."""
+    if not folder or not os.path.isdir(folder):
+        return None
+    paths = []
+    for stem in IDX_FILES:
+        candidates = [os.path.join(folder, stem + suffix) for suffix in (".gz", "")]
+        paths.append(next((p for p in candidates if os.path.exists(p)), None))
+    if all(paths):
+        return tuple(idx.read_idx(p) for p in paths)
+    npz = os.path.join(folder, keras_name + ".npz")
+    if os.path.exists(npz):
+        arrays = _read_npz(npz, ("x_train", "y_train", "x_test", "y_test"))
+        return tuple(arrays[k] for k in ("x_train", "y_train", "x_test", "y_test"))
+    if any(paths):
+        missing = [stem + ".gz" for stem, p in zip(IDX_FILES, paths) if p is None]
+        raise UserError(f"{folder} holds only some of the IDX files: missing {', '.join(missing)}.")
+    return None
+
+
+def _mnist_dataset(name, x_train, y_train, x_test, y_test):
+    if len(x_train) != len(y_train) or len(x_test) != len(y_test):
+        raise UserError(f"Dataset {name!r}: the image and label files hold different numbers of examples.")
+    return Dataset(
+        name=name,
+        x_train=with_channel_axis(np.asarray(x_train, np.uint8)),
+        x_test=with_channel_axis(np.asarray(x_test, np.uint8)),
+        y_train=np.asarray(y_train, np.int32),
+        y_test=np.asarray(y_test, np.int32),
+        num_classes=10,
+    )
+
+
+DATASETS.register("mnist")(
+    _mnist_family(
+        "mnist",
+        "mnist",
+        system_dirs=(),
+        how_to_get="Run once with network access (Keras caches it in ~/.keras/datasets), "
+        "or put the files in a folder and pass --data-dir DIR (or set KERAS_VAE_DATA_DIR).",
+    )
+)
+DATASETS.register("fashion_mnist")(
+    _mnist_family(
+        "fashion_mnist",
+        "fashion_mnist",
+        system_dirs=("/usr/share/datasets/fashion-mnist",),
+        how_to_get="Install Debian's package (apt-get install dataset-fashion-mnist), run once "
+        "with network access, or pass --data-dir DIR (or set KERAS_VAE_DATA_DIR).",
+    )
+)
+
+
+# -------------------------------------------------------------------- sprites
+@DATASETS.register("sprites")
+def load_sprites(data_dir=None, seed=0, size=64, num_train=20000, num_test=2000):
+    """dSprites-like shapes with ground-truth factors (64×64, 20,000 + 2,000 images)."""
+    x_train, f_train, x_test, f_test = sprites.make_sprites(num_train, num_test, size, seed)
+    return Dataset(
+        name="sprites",
+        x_train=x_train,
+        x_test=x_test,
+        y_train=f_train[:, 0],
+        y_test=f_test[:, 0],
+        factors_train=f_train,
+        factors_test=f_test,
+        factor_names=sprites.FACTOR_NAMES,
+        num_classes=len(sprites.SHAPES),
+    )
+
+
+@DATASETS.register("sprites28")
+def load_sprites28(data_dir=None, seed=0):
+    """The same shapes at 28×28, for fast experiments and tests."""
+    dataset = load_sprites(seed=seed, size=28)
+    dataset.name = "sprites28"
+    return dataset
+
+
+# ------------------------------------------------------------ the user's files
+def load_path(path):
+    """A `.npz` with an `x` array (optional `y`, `x_test`, `y_test`) or a folder of images."""
+    if os.path.isdir(path):
+        return _load_image_folder(path)
+    if not os.path.exists(path):
+        raise UserError(f"Dataset path {path} does not exist.")
+    if path.endswith(".npz"):
+        arrays = _read_npz(path, ("x",))
+        y = arrays.get("y")
+        labels = np.asarray(y, np.int32) if y is not None else None
+        y_test = arrays.get("y_test")
+        return Dataset(
+            name=os.path.splitext(os.path.basename(path))[0],
+            x_train=with_channel_axis(arrays["x"]),
+            x_test=with_channel_axis(arrays["x_test"]) if "x_test" in arrays else None,
+            y_train=labels,
+            y_test=np.asarray(y_test, np.int32) if y_test is not None else None,
+            num_classes=int(labels.max()) + 1 if labels is not None else 0,
+        )
+    raise UserError(f"Dataset path {path} is neither a .npz file nor a folder of images.")
+
+
+def _read_npz(path, required):
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {key: f[key] for key in f.files}
+    except Exception as error:  # noqa: BLE001 - zipfile, pickle and value errors alike
+        raise UserError(f"{path} is truncated or corrupt and cannot be read as .npz ({error}).") from None
+    missing = [key for key in required if key not in arrays]
+    if missing:
+        raise UserError(
+            f"{path} has no {', '.join(missing)} array; it holds {', '.join(arrays) or 'nothing'}."
+        )
+    return arrays
+
+
+def _load_image_folder(folder):
+    """Images in `folder` (labels from sub-folder names when the images are in sub-folders)."""
+    from PIL import Image, UnidentifiedImageError
+
+    files, labels, classes = [], [], sorted(
+        d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d))
+    )
+    for root, _, names in sorted(os.walk(folder)):
+        for fname in sorted(names):
+            if fname.lower().endswith(IMAGE_SUFFIXES):
+                files.append(os.path.join(root, fname))
+                rel = os.path.relpath(root, folder).split(os.sep)[0]
+                labels.append(classes.index(rel) if rel in classes else -1)
+    if not files:
+        raise UserError(f"{folder} holds no PNG or JPEG images.")
+    images = []
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                image.load()
+                array = np.asarray(image.convert("L" if image.mode in ("1", "L", "P", "LA", "I;16") else "RGB"))
+        except (UnidentifiedImageError, OSError, SyntaxError) as error:
+            raise UserError(f"Image {path} is truncated or corrupt ({error}).") from None
+        if images and array.shape != images[0].shape:
+            raise UserError(
+                f"Images in {folder} differ in size or channels: {files[0]} is {images[0].shape}, "
+                f"{path} is {array.shape}. Resize them to one size first."
+            )
+        images.append(array)
+    labelled = classes and all(label >= 0 for label in labels)
+    return Dataset(
+        name=os.path.basename(os.path.normpath(folder)),
+        x_train=with_channel_axis(np.stack(images)).astype(np.uint8),
+        y_train=np.asarray(labels, np.int32) if labelled else None,
+        num_classes=len(classes) if labelled else 0,
+    )

@@ -1,0 +1,64 @@
+"""Choosing a tf.distribute strategy: one device, MirroredStrategy, MultiWorkerMirroredStrategy."""
+
+import json
+import os
+
+import tensorflow as tf
+
+from keras_vae.errors import UserError
+
+
+def split_cpu(num_replicas):
+    """Splits the host CPU into `num_replicas` logical devices (before TF initializes them)."""
+    cpus = tf.config.list_physical_devices("CPU")
+    try:
+        tf.config.set_logical_device_configuration(
+            cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(num_replicas)]
+        )
+    except RuntimeError:
+        # Already initialized in this process: fine if it was split the same way.
+        if len(tf.config.list_logical_devices("CPU")) != num_replicas:
+            raise UserError(
+                f"--cpu-replicas {num_replicas} must be set before TensorFlow starts; this process "
+                f"already runs {len(tf.config.list_logical_devices('CPU'))} CPU devices."
+            ) from None
+
+
+def make_strategy(name="auto", cpu_replicas=0):
+    """The strategy `--strategy NAME` asks for.
+
+    `auto`: MirroredStrategy over the GPUs when more than one is visible (or
+    over `cpu_replicas` logical CPUs when that is 2 or more), else the default
+    single-device strategy.
+    """
+    if cpu_replicas:
+        split_cpu(cpu_replicas)
+    gpus = tf.config.list_logical_devices("GPU")
+    cpu_devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+    if name == "multi-worker":
+        if "TF_CONFIG" not in os.environ:
+            raise UserError(
+                "--strategy multi-worker needs the TF_CONFIG environment variable describing the "
+                "cluster (see the README's section on clusters)."
+            )
+        try:
+            json.loads(os.environ["TF_CONFIG"])
+        except json.JSONDecodeError as error:
+            raise UserError(f"TF_CONFIG is not valid JSON: {error}.") from None
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "one":
+        return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else cpu_devices[0])
+    if name == "mirrored" or (name == "auto" and (len(gpus) > 1 or cpu_replicas > 1)):
+        devices = [d.name for d in gpus] if gpus else cpu_devices
+        return tf.distribute.MirroredStrategy(devices)
+    return tf.distribute.get_strategy()
+
+
+def is_chief(strategy):
+    """Whether this worker writes logs and exports (always true off a cluster)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    return task_type is None or task_type == "chief" or (task_type == "worker" and task_id == 0
+                                                         and "chief" not in resolver.cluster_spec().as_dict())

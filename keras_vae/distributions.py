@@ -1,0 +1,155 @@
+"""Keras 3 layers that turn network outputs into `tfp.distributions` objects.
+
+These replace the Keras-2-only `tfp.layers`. Each layer computes in float32
+whatever the model's dtype policy is, so that under mixed precision the
+distribution parameters, log-probabilities and KL stay in float32.
+"""
+
+import keras
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from keras_vae.errors import UserError
+
+tfd = tfp.distributions
+
+_MIN_SCALE = 1e-4
+
+
+def _softplus_scale(raw):
+    return tf.nn.softplus(raw) + _MIN_SCALE
+
+
+def _exp_scale(raw):
+    # Clipped so that exp neither overflows nor underflows to a zero scale.
+    return tf.exp(tf.clip_by_value(raw, -9.0, 9.0)) + _MIN_SCALE
+
+
+SCALE_FUNCTIONS = {"softplus": _softplus_scale, "exp": _exp_scale}
+
+
+@keras.saving.register_keras_serializable(package="keras_vae")
+class NormalPosterior(keras.layers.Layer):
+    """Diagonal Gaussian q(z|x) from a fused [B, 2L] parameter tensor.
+
+    Args:
+        latent_dim: L, the number of latent dimensions.
+        scale_function: "softplus" (default) or "exp"; maps the raw scale
+            parameter to a positive standard deviation (floored at 1e-4).
+
+    Call arguments:
+        params: float tensor [B, 2L]: the means, then the raw scales.
+
+    Returns:
+        `tfd.Independent(tfd.Normal(loc, scale), 1)` with batch [B], event [L].
+    """
+
+    def __init__(self, latent_dim, scale_function="softplus", **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        if scale_function not in SCALE_FUNCTIONS:
+            raise UserError(
+                f"scale_function must be one of {', '.join(SCALE_FUNCTIONS)}. "
+                f"Received: scale_function={scale_function!r}."
+            )
+        self.latent_dim = latent_dim
+        self.scale_function = scale_function
+
+    def parameters(self, params):
+        """Splits and maps raw parameters: returns (loc, scale), each [B, L] float32."""
+        params = tf.cast(params, tf.float32)
+        loc, raw_scale = tf.split(params, 2, axis=-1)  # (B, 2L) -> 2 x (B, L)
+        return loc, SCALE_FUNCTIONS[self.scale_function](raw_scale)
+
+    def call(self, params):
+        loc, scale = self.parameters(params)
+        return tfd.Independent(tfd.Normal(loc, scale), reinterpreted_batch_ndims=1)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(latent_dim=self.latent_dim, scale_function=self.scale_function)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_vae")
+class BernoulliLikelihood(keras.layers.Layer):
+    """p(x|z) as independent Bernoullis, one per pixel, from decoder logits.
+
+    Call arguments:
+        logits: float tensor [B, H, W, C].
+
+    Returns:
+        `tfd.Independent(tfd.Bernoulli(logits), 3)`; its `mean()` is the
+        per-pixel probability.
+    """
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+
+    def call(self, logits):
+        logits = tf.cast(logits, tf.float32)
+        event_ndims = len(logits.shape) - 1
+        return tfd.Independent(
+            tfd.Bernoulli(logits=logits, dtype=tf.float32),
+            reinterpreted_batch_ndims=event_ndims,
+        )
+
+    def mean(self, logits):
+        """The decoder mean (pixel probabilities) without building a distribution."""
+        return tf.sigmoid(tf.cast(logits, tf.float32))
+
+
+@keras.saving.register_keras_serializable(package="keras_vae")
+class GaussianLikelihood(keras.layers.Layer):
+    """p(x|z) as independent Normals with the decoder output as mean.
+
+    Args:
+        channels: C, the number of image channels.
+        scale: a fixed standard deviation, or None to learn one per channel
+            (initialized at 1, i.e. as the σ-VAE of Rybkin et al. 2021).
+
+    Call arguments:
+        loc: float tensor [B, H, W, C].
+
+    Returns:
+        `tfd.Independent(tfd.Normal(loc, scale), 3)`.
+    """
+
+    def __init__(self, channels, scale=None, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.channels = channels
+        self.scale = scale
+        if scale is None:
+            self.raw_scale = self.add_weight(
+                name="raw_scale",
+                shape=(channels,),
+                initializer=keras.initializers.Constant(0.5413),  # softplus^-1(1)
+            )
+
+    def stddev(self):
+        if self.scale is None:
+            return _softplus_scale(self.raw_scale)
+        return tf.constant(self.scale, tf.float32)
+
+    def call(self, loc):
+        loc = tf.cast(loc, tf.float32)
+        event_ndims = len(loc.shape) - 1
+        scale = tf.broadcast_to(self.stddev(), tf.shape(loc))
+        return tfd.Independent(tfd.Normal(loc, scale), reinterpreted_batch_ndims=event_ndims)
+
+    def mean(self, loc):
+        return tf.cast(loc, tf.float32)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(channels=self.channels, scale=self.scale)
+        return config
+
+
+def standard_normal_prior(latent_dim):
+    """p(z) = N(0, I) over `latent_dim` dimensions."""
+    return tfd.Independent(
+        tfd.Normal(tf.zeros([latent_dim]), tf.ones([latent_dim])), reinterpreted_batch_ndims=1
+    )

@@ -1,0 +1,80 @@
+"""Running a SavedModel's signature locally, with the inputs TF Serving would be sent."""
+
+import os
+
+import numpy as np
+
+from keras_vae.errors import UserError
+from keras_vae.images import make_grid, save_png
+
+
+def load_saved_model(path):
+    import tensorflow as tf
+
+    if not os.path.exists(os.path.join(path, "saved_model.pb")):
+        raise UserError(f"{path} is not a SavedModel folder: it has no saved_model.pb.")
+    return tf.saved_model.load(path)
+
+
+def read_input(path):
+    """A float32 array from a .npy file, or an image file as [1, H, W, C] in [0, 1]."""
+    if not path:
+        raise UserError("This signature needs --input FILE (.npy, .png or .jpg).")
+    if not os.path.exists(path):
+        raise UserError(f"Input file {path} does not exist.")
+    if path.endswith(".npy"):
+        try:
+            return np.load(path, allow_pickle=False).astype(np.float32)
+        except (ValueError, OSError) as error:
+            raise UserError(f"{path} is not a readable .npy file ({error}).") from None
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            array = np.asarray(image.convert("L" if image.mode in ("1", "L", "P", "LA") else "RGB"))
+    except (UnidentifiedImageError, OSError) as error:
+        raise UserError(f"Image {path} cannot be read ({error}).") from None
+    array = array[..., None] if array.ndim == 2 else array
+    return array[None].astype(np.float32) / 255.0
+
+
+def run_signature(saved_model, signature, input_path=None, num_samples=8, seed=0):
+    """Calls `signature` of the SavedModel at `saved_model`; returns numpy outputs by name."""
+    import tensorflow as tf
+
+    loaded = load_saved_model(saved_model)
+    if signature not in loaded.signatures:
+        raise UserError(
+            f"Unknown signature {signature!r}. This model has: {', '.join(sorted(loaded.signatures))}."
+        )
+    function = loaded.signatures[signature]
+    _, specs = function.structured_input_signature
+    inputs = {}
+    for name, spec in specs.items():
+        if name == "num_samples":
+            inputs[name] = tf.constant(num_samples, tf.int32)
+        elif name == "seed":
+            inputs[name] = tf.constant(seed, tf.int32)
+        else:
+            array = read_input(input_path)
+            if array.ndim == len(spec.shape) - 1:
+                array = array[None]
+            inputs[name] = tf.constant(array, spec.dtype)
+    try:
+        outputs = function(**inputs)
+    except (tf.errors.InvalidArgumentError, ValueError, TypeError) as error:
+        first = str(error).strip().splitlines()
+        detail = next((line for line in first if "must have shape" in line), first[0] if first else "")
+        raise UserError(f"Signature {signature!r} rejected the input: {detail}") from None
+    return {name: value.numpy() for name, value in outputs.items()}
+
+
+def write_outputs(outputs, path):
+    """Saves outputs to .npz, or the `x_mean` images as a PNG grid."""
+    if path.endswith(".png"):
+        if "x_mean" not in outputs:
+            raise UserError(f"Only signatures with an x_mean output can be written as PNG; this one has {', '.join(outputs)}.")
+        images = outputs["x_mean"]
+        save_png(path, make_grid(images, columns=min(8, len(images))))
+    else:
+        np.savez(path, **outputs)

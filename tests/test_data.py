@@ -1,0 +1,198 @@
+"""Loaders over the dataset registry, the IDX reader, the user's files and the pipeline."""
+
+import gzip
+import os
+
+import numpy as np
+import pytest
+
+from conftest import tiny_images
+from keras_vae.data import datasets, idx, pipeline, sprites
+from keras_vae.data.datasets import load_dataset
+from keras_vae.errors import UserError
+
+
+def write_mnist_folder(folder, num_train=12, num_test=5):
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(0)
+    arrays = {
+        "train-images-idx3-ubyte.gz": rng.integers(0, 256, (num_train, 28, 28)),
+        "train-labels-idx1-ubyte.gz": rng.integers(0, 10, num_train),
+        "t10k-images-idx3-ubyte.gz": rng.integers(0, 256, (num_test, 28, 28)),
+        "t10k-labels-idx1-ubyte.gz": rng.integers(0, 10, num_test),
+    }
+    for name, array in arrays.items():
+        idx.write_idx(os.path.join(folder, name), array)
+    return arrays
+
+
+def test_idx_round_trip(tmp_path):
+    array = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    for name in ("a.gz", "b"):
+        idx.write_idx(tmp_path / name, array)
+        np.testing.assert_array_equal(idx.read_idx(tmp_path / name), array)
+
+
+def test_truncated_and_corrupt_idx_files_are_named(tmp_path):
+    good = tmp_path / "good"
+    idx.write_idx(good, np.zeros((4, 5, 5), np.uint8))
+    truncated = tmp_path / "truncated"
+    truncated.write_bytes(good.read_bytes()[:-7])
+    with pytest.raises(UserError, match=f"{truncated} is truncated or corrupt.*shape \\(4, 5, 5\\)"):
+        idx.read_idx(truncated)
+    not_idx = tmp_path / "junk"
+    not_idx.write_bytes(b"hello world")
+    with pytest.raises(UserError, match=f"{not_idx} is not an IDX file"):
+        idx.read_idx(not_idx)
+    cut_gzip = tmp_path / "cut.gz"
+    cut_gzip.write_bytes(gzip.compress(good.read_bytes())[:20])
+    with pytest.raises(UserError, match=f"{cut_gzip} is truncated or corrupt"):
+        idx.read_idx(cut_gzip)
+
+
+def test_mnist_from_a_data_dir_of_idx_files(tmp_path):
+    arrays = write_mnist_folder(tmp_path / "m")
+    data = load_dataset("mnist", data_dir=str(tmp_path / "m"))
+    assert data.x_train.shape == (12, 28, 28, 1) and data.x_test.shape == (5, 28, 28, 1)
+    np.testing.assert_array_equal(data.x_train[..., 0], arrays["train-images-idx3-ubyte.gz"])
+    np.testing.assert_array_equal(data.y_test, arrays["t10k-labels-idx1-ubyte.gz"])
+
+
+def test_mnist_from_the_keras_npz_and_the_environment_variable(tmp_path, monkeypatch):
+    x = np.zeros((3, 28, 28), np.uint8)
+    np.savez(tmp_path / "mnist.npz", x_train=x, y_train=[1, 2, 3], x_test=x[:2], y_test=[4, 5])
+    monkeypatch.setenv("KERAS_VAE_DATA_DIR", str(tmp_path))
+    data = load_dataset("mnist")
+    assert data.x_train.shape == (3, 28, 28, 1) and list(data.y_test) == [4, 5]
+
+
+def test_missing_files_say_what_was_expected_where_and_how_to_get_them(tmp_path):
+    with pytest.raises(UserError) as error:
+        load_dataset("fashion_mnist", data_dir=str(tmp_path))
+    message = str(error.value)
+    assert "train-images-idx3-ubyte.gz" in message and str(tmp_path) in message
+    assert "apt-get install dataset-fashion-mnist" in message
+
+
+def test_a_partial_idx_folder_names_the_missing_files(tmp_path):
+    write_mnist_folder(tmp_path)
+    os.remove(tmp_path / "t10k-labels-idx1-ubyte.gz")
+    with pytest.raises(UserError, match="missing t10k-labels-idx1-ubyte.gz"):
+        load_dataset("mnist", data_dir=str(tmp_path))
+
+
+def test_real_fashion_mnist(fashion_dir):
+    data = load_dataset("fashion_mnist", data_dir=fashion_dir)
+    assert data.x_train.shape == (60000, 28, 28, 1) and data.x_test.shape == (10000, 28, 28, 1)
+    assert data.x_train.dtype == np.uint8 and data.x_train.max() == 255
+    assert sorted(np.unique(data.y_train)) == list(range(10))
+    assert np.bincount(data.y_test).tolist() == [1000] * 10
+
+
+def test_sprites_are_deterministic_binary_and_carry_their_factors():
+    a = datasets.load_sprites(seed=3, size=28, num_train=50, num_test=10)
+    b = datasets.load_sprites(seed=3, size=28, num_train=50, num_test=10)
+    c = datasets.load_sprites(seed=4, size=28, num_train=50, num_test=10)
+    np.testing.assert_array_equal(a.x_train, b.x_train)
+    assert not np.array_equal(a.x_train, c.x_train)
+    assert set(np.unique(a.x_train)) <= {0, 255} and a.x_train.shape == (50, 28, 28, 1)
+    assert a.factors_train.shape == (50, 5) and a.factor_names == sprites.FACTOR_NAMES
+    assert np.all(a.factors_train.max(axis=0) < sprites.FACTOR_SIZES)
+    # Every image shows a shape, and a larger scale factor covers more pixels.
+    areas = (a.x_train > 0).sum(axis=(1, 2, 3))
+    assert areas.min() > 0
+    small = sprites.render([[0, 0, 0, 16, 16]], 64)
+    large = sprites.render([[0, 5, 0, 16, 16]], 64)
+    assert (large > 0).sum() > 2 * (small > 0).sum()
+
+
+def test_sprites_positions_follow_the_x_and_y_factors():
+    left, right = sprites.render([[1, 3, 0, 0, 16], [1, 3, 0, 31, 16]], 64)
+    column = lambda image: np.nonzero(image[..., 0])[1].mean()  # noqa: E731
+    assert column(left) < 28 < 36 < column(right)
+
+
+def test_unknown_dataset_lists_the_valid_names():
+    with pytest.raises(UserError, match="Unknown dataset 'cifar'.*fashion_mnist, mnist, sprites"):
+        load_dataset("cifar")
+
+
+def test_the_users_npz(tmp_path, tiny_npz):
+    data = load_dataset(tiny_npz)
+    assert data.x_train.shape == (96, 28, 28, 1) and data.num_classes == 3
+    np.save(tmp_path / "x.npy", np.zeros(3))
+    np.savez(tmp_path / "nox.npz", images=np.zeros((2, 4, 4)))
+    with pytest.raises(UserError, match="has no x array; it holds images"):
+        load_dataset(str(tmp_path / "nox.npz"))
+    (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(UserError, match="bad.npz is truncated or corrupt"):
+        load_dataset(str(tmp_path / "bad.npz"))
+
+
+def test_nan_and_out_of_range_data_are_refused(tmp_path):
+    x = np.full((4, 8, 8, 1), 0.5, np.float32)
+    x[1, 2, 3] = np.nan
+    np.savez(tmp_path / "nan.npz", x=x)
+    with pytest.raises(UserError, match="contains NaN"):
+        load_dataset(str(tmp_path / "nan.npz"))
+    np.savez(tmp_path / "range.npz", x=np.full((4, 8, 8), 3.0, np.float32))
+    with pytest.raises(UserError, match=r"values in \[3, 3\].*must lie in \[0, 1\]"):
+        load_dataset(str(tmp_path / "range.npz"))
+
+
+def test_image_folders_with_labels_from_subfolders(tmp_path):
+    from PIL import Image
+
+    for label in ("cats", "dogs"):
+        os.makedirs(tmp_path / "imgs" / label)
+        for i in range(3):
+            Image.fromarray(np.full((8, 12), 40 * i, np.uint8)).save(tmp_path / "imgs" / label / f"{i}.png")
+    data = load_dataset(str(tmp_path / "imgs"))
+    assert data.x_train.shape == (6, 8, 12, 1) and list(data.y_train) == [0, 0, 0, 1, 1, 1]
+    (tmp_path / "imgs" / "dogs" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with pytest.raises(UserError, match="broken.png is truncated or corrupt"):
+        load_dataset(str(tmp_path / "imgs"))
+
+
+def test_image_folders_of_mixed_sizes_are_refused(tmp_path):
+    from PIL import Image
+
+    os.makedirs(tmp_path / "mixed")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "mixed" / "a.png")
+    Image.fromarray(np.zeros((9, 8), np.uint8)).save(tmp_path / "mixed" / "b.png")
+    with pytest.raises(UserError, match="differ in size"):
+        load_dataset(str(tmp_path / "mixed"))
+
+
+def batches(dataset):
+    return [b.numpy() for b in dataset]
+
+
+def test_dynamic_binarization_is_seeded_binary_unbiased_and_fresh_each_epoch():
+    x = np.full((512, 4, 4, 1), 77, np.uint8)  # intensity 77/255 = 0.302
+    data = pipeline.make_pipeline(x, 128, dynamic_binarization=True, shuffle=True, seed=5)
+    epoch1, epoch2 = np.concatenate(batches(data)), np.concatenate(batches(data))
+    assert set(np.unique(epoch1)) == {0.0, 1.0}
+    assert epoch1.mean() == pytest.approx(77 / 255, abs=0.01)
+    assert not np.array_equal(epoch1, epoch2)
+    again = pipeline.make_pipeline(x, 128, dynamic_binarization=True, shuffle=True, seed=5)
+    np.testing.assert_array_equal(np.concatenate(batches(again)), epoch1)
+
+
+def test_shuffling_visits_every_example_once_per_epoch_in_a_new_order():
+    x = np.arange(100, dtype=np.float32).reshape(100, 1, 1, 1) / 100
+    data = pipeline.make_pipeline(x, 32, y=np.arange(100), shuffle=True, seed=1)
+    orders = [np.concatenate([y.numpy() for _, y in data]) for _ in range(2)]
+    assert sorted(orders[0]) == list(range(100)) and sorted(orders[1]) == list(range(100))
+    assert list(orders[0]) != list(orders[1])
+    first = next(iter(data))[0].numpy()
+    assert first.shape == (32, 1, 1, 1) and first.dtype == np.float32
+
+
+def test_static_binarization_and_validation_split():
+    x = tiny_images(40)
+    once = pipeline.binarize_once(x, seed=2)
+    np.testing.assert_array_equal(once, pipeline.binarize_once(x, seed=2))
+    x_tr, y_tr, x_val, y_val = pipeline.split_validation(x, np.arange(40), 0.25, seed=0)
+    assert len(x_val) == 10 and len(x_tr) == 30
+    assert sorted(np.concatenate([y_tr, y_val])) == list(range(40))

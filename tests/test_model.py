@@ -1,0 +1,153 @@
+"""The base VAE: ELBO terms, β schedules, free bits, training, saving, architectures."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import tiny_images
+from keras_vae import losses
+from keras_vae.data import datasets
+from keras_vae.errors import UserError
+from keras_vae.models.base import VAE
+
+
+def binary_batch(num=16, size=28):
+    return (tiny_images(num, size) / 255).astype(np.float32)
+
+
+def test_terms_are_the_elbo_with_the_closed_form_kl():
+    model = VAE((28, 28, 1), latent_dim=3)
+    x = binary_batch()
+    terms = model.compute_terms(x)
+    np.testing.assert_allclose(terms["elbo"], -(terms["reconstruction_loss"] + terms["kl"]), rtol=1e-6)
+    mean, stddev = (t.numpy() for t in model.encode(x))
+    closed_form = np.sum(-np.log(stddev) + (stddev**2 + mean**2) / 2 - 0.5, axis=1)
+    np.testing.assert_allclose(terms["kl"].numpy(), closed_form, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(terms["kl_per_dim"].numpy().sum(axis=1), closed_form, rtol=1e-4, atol=1e-5)
+    assert np.all(terms["reconstruction_loss"].numpy() > 0)
+
+
+def test_predict_returns_reconstruction_tensors():
+    model = VAE((28, 28, 1), latent_dim=3)
+    out = model.predict(binary_batch(5), verbose=0)
+    assert isinstance(out, np.ndarray) and out.shape == (5, 28, 28, 1)
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def train_steps(model, x, steps):
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    return model.fit(x, batch_size=len(x), epochs=steps, verbose=0, shuffle=False).history
+
+
+def test_kl_warmup_raises_beta_linearly_per_step():
+    model = VAE((28, 28, 1), latent_dim=3, beta=2.0, kl_warmup_steps=4)
+    history = train_steps(model, binary_batch(), 6)
+    assert history["beta"] == pytest.approx([0.5, 1.0, 1.5, 2.0, 2.0, 2.0])
+    # The loss uses the warmed-up β; the reported ELBO does not.
+    first = history["reconstruction_loss"][0] + 0.5 * history["kl"][0]
+    assert history["loss"][0] == pytest.approx(first, rel=1e-5)
+    assert history["elbo"][0] == pytest.approx(-(history["reconstruction_loss"][0] + history["kl"][0]), rel=1e-5)
+
+
+def test_free_bits_floor_the_loss_but_not_the_reported_kl():
+    x = binary_batch()
+    plain = VAE((28, 28, 1), latent_dim=4, seed=1)
+    floored = VAE((28, 28, 1), latent_dim=4, seed=1, free_bits=5.0)
+    floored.set_weights(plain.get_weights())
+    terms = plain.compute_terms(x)
+    loss_plain = plain.objective(terms, 1.0).numpy()
+    loss_floored = floored.objective(terms, 1.0).numpy()
+    expected = losses.free_bits_kl(terms["kl_per_dim"], 5.0).numpy() - np.mean(terms["kl"])
+    assert loss_floored - loss_plain == pytest.approx(expected, rel=1e-5)
+    assert loss_floored > loss_plain  # an untrained posterior has KL far below 5 nats per dimension
+
+
+def test_one_training_step_changes_every_trainable_weight():
+    model = VAE((28, 28, 1), latent_dim=3, architecture="conv-small")
+    before = [w.numpy().copy() for w in model.trainable_weights]
+    train_steps(model, binary_batch(), 1)
+    changed = [not np.allclose(b, w.numpy()) for b, w in zip(before, model.trainable_weights)]
+    assert all(changed)
+
+
+def test_a_short_fit_on_sprites_lowers_the_loss():
+    data = datasets.load_sprites(size=28, num_train=512, num_test=1)
+    x = data.x_train.astype(np.float32) / 255
+    model = VAE((28, 28, 1), latent_dim=4)
+    model.compile(optimizer=keras.optimizers.Adam(2e-3))
+    history = model.fit(x, batch_size=64, epochs=4, verbose=0).history
+    assert history["loss"][-1] < 0.6 * history["loss"][0]
+    assert history["elbo"][-1] > history["elbo"][0]
+
+
+def test_same_seed_same_noise_different_seed_different_noise():
+    x = binary_batch()
+    a, b, c = (VAE((28, 28, 1), latent_dim=3, seed=s) for s in (0, 0, 1))
+    b.set_weights(a.get_weights())
+    c.set_weights(a.get_weights())
+    ra, rb, rc = (m.compute_terms(x)["reconstruction_loss"].numpy() for m in (a, b, c))
+    np.testing.assert_array_equal(ra, rb)
+    assert not np.allclose(ra, rc)
+    # Successive calls draw fresh noise.
+    assert not np.allclose(ra, a.compute_terms(x)["reconstruction_loss"].numpy())
+
+
+def test_keras_format_round_trip_restores_a_trainable_model(tmp_path):
+    model = VAE((28, 28, 1), latent_dim=3, architecture="conv-small", likelihood="gaussian", beta=0.5)
+    train_steps(model, binary_batch(), 1)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    restored = keras.saving.load_model(path)
+    assert type(restored) is VAE and restored.beta == 0.5 and restored.likelihood_name == "gaussian"
+    x = binary_batch(4)
+    np.testing.assert_allclose(restored.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+    np.testing.assert_allclose(restored.likelihood_layer.stddev(), model.likelihood_layer.stddev())
+    restored.compile(optimizer="adam")
+    assert np.isfinite(restored.fit(x, epochs=1, verbose=0).history["loss"][0])
+
+
+@pytest.mark.parametrize("architecture", ["mlp", "conv", "conv-small"])
+@pytest.mark.parametrize("shape", [(28, 28, 1), (32, 16, 3)])
+def test_every_architecture_maps_images_to_images(architecture, shape):
+    model = VAE(shape, latent_dim=5, architecture=architecture)
+    x = np.random.default_rng(0).random((2,) + shape).astype(np.float32)
+    mean, stddev = model.encode(x)
+    assert mean.shape == (2, 5) and stddev.shape == (2, 5)
+    assert model.decode(mean).shape == (2,) + shape
+
+
+def test_conv_architectures_need_sizes_divisible_by_four():
+    with pytest.raises(UserError, match=r"divisible by 4. Received: image_shape=\(30, 30, 1\)"):
+        VAE((30, 30, 1), architecture="conv")
+
+
+def test_bad_constructor_arguments_repeat_the_value():
+    with pytest.raises(UserError, match="Received: latent_dim=0"):
+        VAE((28, 28, 1), latent_dim=0)
+    with pytest.raises(UserError, match="Received: beta=-1"):
+        VAE((28, 28, 1), beta=-1)
+    with pytest.raises(UserError, match="Unknown architecture 'resnet'. Valid architectures: conv, conv-small, mlp"):
+        VAE((28, 28, 1), architecture="resnet")
+
+
+def test_sample_is_reproducible_for_a_seed():
+    model = VAE((28, 28, 1), latent_dim=3)
+    x1, z1 = model.sample(4, seed=7)
+    x2, z2 = model.sample(4, seed=7)
+    _, z3 = model.sample(4, seed=8)
+    np.testing.assert_array_equal(z1, z2)
+    np.testing.assert_array_equal(x1, x2)
+    assert not np.allclose(z1, z3)
+
+
+def test_mixed_bfloat16_keeps_the_loss_in_float32():
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = VAE((28, 28, 1), latent_dim=3)
+        terms = model.compute_terms(binary_batch())
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert model.encoder.layers[1].compute_dtype == "bfloat16"
+    assert all(terms[k].dtype == tf.float32 for k in ("elbo", "kl", "reconstruction_loss"))

@@ -10,8 +10,6 @@ import os
 import shutil
 import tempfile
 
-import tensorflow as tf
-
 from keras_vae.errors import UserError
 
 
@@ -24,12 +22,6 @@ def existing_versions(base):
 def next_version(base):
     versions = existing_versions(base)
     return versions[-1] + 1 if versions else 1
-
-
-class _ServingModule(tf.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
 
 
 def export_saved_model(model, export_dir, name, version=None):
@@ -66,13 +58,27 @@ def export_saved_model(model, export_dir, name, version=None):
         )
     temporary = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=base)
     try:
-        module = _ServingModule(model)
-        tf.saved_model.save(module, temporary, signatures=model.serving_signatures())
+        write_archive(model, temporary)
         os.rename(temporary, final)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
     return final
+
+
+def write_archive(model, path):
+    """Writes the model's serving signatures as a SavedModel at `path`.
+
+    `keras.export.ExportArchive` lists the model's variables on the saved
+    object, which is what lets TF Serving's TF1-style loader restore them.
+    """
+    import keras
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    for name, function in model.serving_signatures().items():
+        archive.add_endpoint(name, function)
+    archive.write_out(path, verbose=False)
 
 
 def save_keras_model(model, path):

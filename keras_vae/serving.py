@@ -29,14 +29,11 @@ def check_shape(tensor, expected, name):
         f"Input `{name}` must have shape [batch, {', '.join(map(str, expected))}] "
         "(float32)."
     )
-    with tf.control_dependencies(
-        [
-            tf.debugging.assert_rank(tensor, len(expected) + 1, message=message),
-            tf.debugging.assert_equal(
-                tf.shape(tensor)[1:], tf.constant(expected, tf.int32), message=message
-            ),
-        ]
-    ):
+    # One assertion on the joined trailing dims, so that a wrong rank and a
+    # wrong size fail with the same message (no op sees mismatched shapes).
+    actual = tf.strings.reduce_join(tf.strings.as_string(tf.shape(tensor)[1:]), separator=",")
+    wanted = ",".join(str(d) for d in expected)
+    with tf.control_dependencies([tf.debugging.Assert(tf.equal(actual, wanted), [message, "Received shape:", tf.shape(tensor)])]):
         return tf.identity(tensor)
 
 

@@ -1,0 +1,171 @@
+"""`keras-vae` end to end on tiny data, and every user mistake as a message with status 2."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from click.testing import CliRunner
+
+from conftest import REPO
+from keras_vae.cli import cli
+
+
+def keras_vae(*args, cwd=None):
+    """Runs the real console entry point in a fresh process."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run(
+        [sys.executable, "-m", "keras_vae.cli", *args], capture_output=True, text=True, cwd=cwd or REPO, env=env
+    )
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, list(args))
+
+
+def event_tags(folder):
+    tags = set()
+    for path in glob.glob(os.path.join(folder, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            tags.update(value.tag for value in event.summary.value)
+    return tags
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    from conftest import tiny_images
+
+    x = tiny_images(96)
+    np.savez(root / "tiny.npz", x=x)
+    result = keras_vae(
+        "fit", "--dataset", str(root / "tiny.npz"), "--epochs", "2", "--batch-size", "32",
+        "--latent-dim", "3", "--run-dir", str(root / "run"), "--export-dir", str(root / "exports"),
+        "--export-name", "tiny",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root, result
+
+
+def test_fit_writes_the_run_directory(finished_run):
+    root, result = finished_run
+    run = root / "run"
+    config = json.loads((run / "config.json").read_text())
+    assert config["latent_dim"] == 3 and config["epochs"] == 2 and config["dataset"].endswith("tiny.npz")
+    history = json.loads((run / "history.json").read_text())
+    for name in ("loss", "elbo", "reconstruction_loss", "kl", "beta"):
+        assert len(history[name]) == 2 and len(history["val_" + name]) == 2
+    assert history["elbo"][1] > history["elbo"][0]
+    assert (run / "model.keras").exists()
+    assert sorted(os.listdir(run / "checkpoints")) == ["epoch-001.weights.h5", "epoch-002.weights.h5"]
+    assert "Done. Validation ELBO" in result.stdout and "exports/tiny/1" in result.stdout
+
+
+def test_fit_logs_the_elbo_terms_and_images_to_tensorboard(finished_run):
+    logs = finished_run[0] / "run" / "logs"
+    scalars = {"loss", "elbo", "reconstruction_loss", "kl", "beta"}
+    assert scalars <= event_tags(logs / "train")
+    assert scalars | {"reconstructions", "samples"} <= event_tags(logs / "validation")
+
+
+def test_fit_exports_a_loadable_saved_model(finished_run):
+    root, _ = finished_run
+    loaded = tf.saved_model.load(str(root / "exports" / "tiny" / "1"))
+    out = loaded.signatures["serving_default"](x=tf.zeros([2, 28, 28, 1]))
+    assert out["x_mean"].shape == (2, 28, 28, 1) and out["z_mean"].shape == (2, 3)
+
+
+def test_config_file_with_flags_overriding(tmp_path):
+    from keras_vae.cli import merge_config
+
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"latent-dim": 7, "epochs": 3, "dataset": "mnist"}))
+    config = merge_config(str(path), {"epochs": 5, "beta": None})
+    assert (config.latent_dim, config.epochs, config.dataset, config.beta) == (7, 5, "mnist", 1.0)
+
+
+def test_registries_are_listed():
+    assert {"mnist", "fashion_mnist", "sprites"} <= set(invoke("datasets").output.split())
+    assert "vae" in invoke("models").output.split()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--dataset", "cifar"], "Unknown dataset 'cifar'. Valid datasets: fashion_mnist, mnist, sprites"),
+        (["--model", "gan"], "Unknown model 'gan'. Valid models: "),
+        (["--latent-dim", "0"], "--latent-dim must be a positive integer. Received: latent_dim=0"),
+        (["--epochs", "0"], "--epochs must be a positive integer. Received: epochs=0"),
+        (["--batch-size", "-4"], "--batch-size must be a positive integer. Received: batch_size=-4"),
+        (["--beta", "-1"], "--beta must be a non-negative number. Received: beta=-1.0"),
+        (["--architecture", "resnet"], "Unknown architecture 'resnet'"),
+    ],
+)
+def test_bad_flags_get_a_message_and_status_2(args, message):
+    result = invoke("fit", *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_missing_data_files(tmp_path):
+    result = invoke("fit", "--dataset", "mnist", "--data-dir", str(tmp_path))
+    assert result.exit_code == 2
+    assert "Expected the four IDX files" in result.output and str(tmp_path) in result.output
+
+
+def test_truncated_idx_and_corrupt_npz(tmp_path):
+    from test_data import write_mnist_folder
+
+    write_mnist_folder(tmp_path / "m")
+    path = tmp_path / "m" / "train-images-idx3-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:100])
+    result = invoke("fit", "--dataset", "mnist", "--data-dir", str(tmp_path / "m"))
+    assert result.exit_code == 2 and "train-images-idx3-ubyte.gz is truncated or corrupt" in result.output
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    result = invoke("fit", "--dataset", str(tmp_path / "bad.npz"))
+    assert result.exit_code == 2 and "bad.npz is truncated or corrupt" in result.output
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{not json", "is not valid JSON"),
+        ("[1, 2]", "must hold a JSON object"),
+        ('{"latent_dims": 3}', "unknown keys: latent_dims"),
+        ('{"epochs": "ten"}', "--epochs must be a positive integer. Received: epochs='ten'"),
+    ],
+)
+def test_malformed_config_files(tmp_path, content, message):
+    path = tmp_path / "config.json"
+    path.write_text(content)
+    result = invoke("fit", "--config", str(path))
+    assert result.exit_code == 2 and message in result.output
+
+
+def test_nan_in_the_data_is_refused(tmp_path):
+    x = np.full((20, 8, 8, 1), 0.5, np.float32)
+    x[3, 1, 1, 0] = np.nan
+    np.savez(tmp_path / "nan.npz", x=x)
+    result = invoke("fit", "--dataset", str(tmp_path / "nan.npz"))
+    assert result.exit_code == 2 and "contains NaN" in result.output
+
+
+def test_a_diverging_run_stops_exports_nothing_and_keeps_earlier_work(finished_run):
+    root, _ = finished_run
+    checkpoints = root / "run" / "checkpoints"
+    before = {p: (checkpoints / p).read_bytes() for p in os.listdir(checkpoints)}
+    result = keras_vae(
+        "fit", "--dataset", str(root / "tiny.npz"), "--epochs", "2", "--batch-size", "32",
+        "--latent-dim", "3", "--run-dir", str(root / "run"), "--export-dir", str(root / "exports"),
+        "--export-name", "tiny", "--learning-rate", "1e30",
+    )
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert "Training diverged" in result.stderr and "Nothing was exported" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert sorted(os.listdir(root / "exports" / "tiny")) == ["1"]
+    assert {p: (checkpoints / p).read_bytes() for p in os.listdir(checkpoints)} == before
+    tf.saved_model.load(str(root / "exports" / "tiny" / "1"))

@@ -255,3 +255,52 @@ def test_predict_command(exported, tmp_path):
     assert result.exit_code == 2 and "[batch, 3]" in result.output and "Traceback" not in result.output
     result = runner.invoke(cli, ["predict", "--saved-model", path, "--signature", "nope"])
     assert result.exit_code == 2 and "Unknown signature 'nope'" in result.output
+
+
+def test_rest_client_round_trip_against_a_local_stand_in_server(exported, tmp_path):
+    """scripts/serving_client.py against a loopback server speaking TF Serving's REST format."""
+    import http.server
+    import importlib.util
+    import json
+    import threading
+
+    model, path, x = exported
+    loaded = tf.saved_model.load(path)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's naming
+            assert self.path == "/v1/models/vae:predict"
+            request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            function = loaded.signatures[request.get("signature_name", "serving_default")]
+            _, specs = function.structured_input_signature
+            inputs = {k: tf.constant(v, specs[k].dtype) for k, v in request["inputs"].items()}
+            body = json.dumps({"outputs": {k: v.numpy().tolist() for k, v in function(**inputs).items()}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        spec = importlib.util.spec_from_file_location("serving_client", os.path.join(os.path.dirname(__file__), "..", "scripts", "serving_client.py"))
+        client = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(client)
+        url = f"http://127.0.0.1:{server.server_port}"
+        outputs = client.predict_rest(url, "vae", "sample", {"num_samples": 3, "seed": 5})
+        np.testing.assert_allclose(outputs["x_mean"], model.sample(3, seed=5)[0], atol=1e-5)
+        client.write_png(str(tmp_path / "s.png"), outputs["x_mean"], columns=3)
+        from PIL import Image
+
+        with Image.open(tmp_path / "s.png") as image:
+            assert image.size == (3 * 30 + 2, 30 + 2)
+            grid = np.asarray(image)
+        np.testing.assert_allclose(grid[2:30, 2:30] / 255, np.asarray(outputs["x_mean"][0])[..., 0], atol=1 / 255 + 1e-6)
+        reply = client.predict_rest(url, "vae", "encode", {"x": x[:2].tolist()})
+        np.testing.assert_allclose(reply["mean"], model.encode(x[:2])[0], atol=1e-5)
+    finally:
+        server.shutdown()

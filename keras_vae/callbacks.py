@@ -1,7 +1,10 @@
 """Callbacks of `keras-vae fit`: TensorBoard summaries, NaN guard, atomic checkpoints."""
 
 import glob
+import json
 import os
+import shutil
+import tempfile
 
 import keras
 import numpy as np
@@ -38,35 +41,80 @@ class StopOnNaN(keras.callbacks.Callback):
             )
 
 
-class AtomicCheckpoint(keras.callbacks.Callback):
-    """Saves weights after every epoch to `epoch-NNN.weights.h5`, keeping the newest `keep`.
+class EpochCheckpoint(keras.callbacks.Callback):
+    """After every epoch, writes `epoch-NNN/` with the weights and the training state.
 
-    Each file is written under a temporary name and renamed, so a crash during
-    the write never leaves a half-written checkpoint under a real name.
+    `epoch-NNN/model.weights.h5` holds the model and optimizer variables;
+    `epoch-NNN/state.json` the epoch count, the noise seed's state, the
+    per-epoch history so far and the run's configuration. The folder is written under a temporary name
+    and renamed, so a kill at any moment leaves every earlier checkpoint whole
+    and no half-written one under a real name. The newest `keep` are kept.
+
+    Args:
+        directory: where the epoch folders go.
+        config: the run's configuration as a dict, kept with every checkpoint.
+        history: the history of epochs already done (when resuming).
+        keep: how many checkpoints to keep.
     """
 
-    def __init__(self, directory, keep=2, initial_epoch=0):
+    def __init__(self, directory, config, history=None, keep=2):
         super().__init__()
         self.directory = directory
+        self.config = config
+        self.history = {k: list(v) for k, v in (history or {}).items()}
         self.keep = keep
         os.makedirs(directory, exist_ok=True)
 
     def on_epoch_end(self, epoch, logs=None):
-        final = os.path.join(self.directory, f"epoch-{epoch + 1:03d}.weights.h5")
-        temporary = final + ".tmp.weights.h5"
-        self.model.save_weights(temporary)
-        os.replace(temporary, final)
+        for name, value in (logs or {}).items():
+            self.history.setdefault(name, []).append(float(value))
+        final = os.path.join(self.directory, f"epoch-{epoch + 1:03d}")
+        temporary = tempfile.mkdtemp(prefix=f".tmp-epoch-{epoch + 1:03d}-", dir=self.directory)
+        self.model.save_weights(os.path.join(temporary, WEIGHTS_FILE))
+        state = {
+            "epoch": epoch + 1,
+            "seed_state": [int(v) for v in np.asarray(self.model.seed_generator.state.numpy())],
+            "history": self.history,
+            "config": self.config,
+        }
+        with open(os.path.join(temporary, STATE_FILE), "w") as f:
+            json.dump(state, f)
+        # Later epochs on disk are left from a run that was started over (--force).
+        stale = [p for p in checkpoints(self.directory) if p >= final]
+        for old in stale:
+            shutil.rmtree(old)
+        os.rename(temporary, final)
         for old in checkpoints(self.directory)[: -self.keep]:
-            os.remove(old)
+            shutil.rmtree(old, ignore_errors=True)
+
+
+WEIGHTS_FILE = "model.weights.h5"
+STATE_FILE = "state.json"
 
 
 def checkpoints(directory):
-    return sorted(glob.glob(os.path.join(directory, "epoch-[0-9][0-9][0-9].weights.h5")))
+    """Complete checkpoint folders, oldest first."""
+    found = glob.glob(os.path.join(directory, "epoch-[0-9][0-9][0-9]"))
+    return sorted(p for p in found if os.path.exists(os.path.join(p, STATE_FILE)))
 
 
 def latest_checkpoint(directory):
     found = checkpoints(directory) if directory and os.path.isdir(directory) else []
     return found[-1] if found else None
+
+
+def read_checkpoint_state(path):
+    with open(os.path.join(path, STATE_FILE)) as f:
+        return json.load(f)
+
+
+def restore_checkpoint(model, path):
+    """Loads weights, optimizer and noise-seed state from a checkpoint; returns its state dict."""
+    state = read_checkpoint_state(path)
+    model.optimizer.build(model.trainable_variables)
+    model.load_weights(os.path.join(path, WEIGHTS_FILE))
+    model.seed_generator.state.assign(np.asarray(state["seed_state"], model.seed_generator.state.dtype))
+    return state
 
 
 class Summaries(keras.callbacks.Callback):

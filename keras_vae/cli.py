@@ -90,13 +90,16 @@ def merge_config(config_file, flags):
 
 @cli.command()
 @click.option("--config", "config_file", type=click.Path(), help="JSON file with the same keys as the flags; flags override it.")
+@click.option("--force", is_flag=True, help="Start the run directory over instead of resuming it.")
 @_with_options(FIT_OPTIONS)
-def fit(config_file, **flags):
-    """Train a model and export it as a SavedModel."""
+def fit(config_file, force, **flags):
+    """Train a model and export it as a SavedModel (resuming an interrupted run)."""
     config = merge_config(config_file, flags)
     from keras_vae.train import fit as run_fit
 
-    result = run_fit(config)
+    result = run_fit(config, force=force, log=click.echo)
+    if result["complete"]:
+        return
     history = result["history"]
     click.echo(
         f"Done. Validation ELBO {result['val_elbo']:.2f} nats/example "

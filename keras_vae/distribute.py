@@ -31,11 +31,8 @@ def make_strategy(name="auto", cpu_replicas=0):
     over `cpu_replicas` logical CPUs when that is 2 or more), else the default
     single-device strategy.
     """
-    if cpu_replicas:
-        split_cpu(cpu_replicas)
-    gpus = tf.config.list_logical_devices("GPU")
-    cpu_devices = [d.name for d in tf.config.list_logical_devices("CPU")]
     if name == "multi-worker":
+        # First: the collective ops must be configured before anything starts TF's runtime.
         if "TF_CONFIG" not in os.environ:
             raise UserError(
                 "--strategy multi-worker needs the TF_CONFIG environment variable describing the "
@@ -45,7 +42,13 @@ def make_strategy(name="auto", cpu_replicas=0):
             json.loads(os.environ["TF_CONFIG"])
         except json.JSONDecodeError as error:
             raise UserError(f"TF_CONFIG is not valid JSON: {error}.") from None
+        if cpu_replicas:
+            split_cpu(cpu_replicas)
         return tf.distribute.MultiWorkerMirroredStrategy()
+    if cpu_replicas:
+        split_cpu(cpu_replicas)
+    gpus = tf.config.list_logical_devices("GPU")
+    cpu_devices = [d.name for d in tf.config.list_logical_devices("CPU")]
     if name == "one":
         return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else cpu_devices[0])
     if name == "mirrored" or (name == "auto" and (len(gpus) > 1 or cpu_replicas > 1)):
@@ -62,3 +65,11 @@ def is_chief(strategy):
     task_type, task_id = resolver.task_type, resolver.task_id
     return task_type is None or task_type == "chief" or (task_type == "worker" and task_id == 0
                                                          and "chief" not in resolver.cluster_spec().as_dict())
+
+
+def worker_scratch(run_dir, strategy):
+    """A folder of this worker's own under the run directory, for what only the chief keeps."""
+    resolver = strategy.cluster_resolver
+    path = os.path.join(run_dir, ".workers", f"{resolver.task_type}-{resolver.task_id}")
+    os.makedirs(path, exist_ok=True)
+    return path

@@ -4,6 +4,7 @@ import contextlib
 import datetime
 import json
 import os
+import shutil
 
 import keras
 
@@ -39,8 +40,13 @@ def dtype_policy(precision):
         keras.config.set_dtype_policy(previous)
 
 
-def prepare_data(config, dataset):
-    """(train pipeline, validation pipeline, a few validation images) for `config`."""
+def prepare_data(config, dataset, replicas=1):
+    """(train pipeline, validation pipeline, a few validation images) for `config`.
+
+    With several replicas the validation set is cut to a multiple of their
+    number: Keras averages the first batch over replicas before evaluating,
+    which needs equal shards.
+    """
     x_train, y_train = dataset.x_train, dataset.y_train
     if dataset.x_test is not None:
         x_val, y_val = dataset.x_test, dataset.y_test
@@ -48,6 +54,8 @@ def prepare_data(config, dataset):
         x_train, y_train, x_val, y_val = pipeline.split_validation(
             x_train, y_train, config.validation_split, config.seed
         )
+    keep = len(x_val) - len(x_val) % replicas
+    x_val, y_val = x_val[:keep], (y_val[:keep] if y_val is not None else None)
     if config.binarize == "static":
         x_train = pipeline.binarize_once(x_train, config.seed)
     if config.binarize != "none":
@@ -73,14 +81,37 @@ def jit_setting(value):
     return {"auto": "auto", "on": True, "off": False}[value]
 
 
-def fit(config, verbose="auto"):
+# Settings that may change between the runs of one run directory: where
+# things go and how fast they run, not what is trained.
+RESUMABLE_CHANGES = {
+    "epochs", "run_dir", "data_dir", "export", "export_dir", "export_name",
+    "strategy", "cpu_replicas", "steps_per_execution", "jit_compile",
+}
+
+
+def check_same_run(run_dir, config, saved):
+    """Refuses to resume a checkpoint made with a different configuration (`saved`, a dict)."""
+    wanted = config.to_dict()
+    changed = sorted(k for k in wanted if k not in RESUMABLE_CHANGES and saved.get(k) != wanted[k])
+    if changed:
+        details = ", ".join(f"{k}: {saved.get(k)!r} there, {wanted[k]!r} now" for k in changed)
+        raise UserError(
+            f"{run_dir} holds a run with a different configuration ({details}). "
+            "Use another --run-dir, or --force to start that run over."
+        )
+
+
+def fit(config, verbose="auto", force=False, log=print):
     """Trains the model `config` describes and exports it.
 
     Writes the run directory (config.json, checkpoints/, logs/, history.json,
     model.keras) and a SavedModel version under `config.export_dir`.
+    Re-running a run directory resumes it from its last complete epoch; a
+    finished run is not trained again unless `force` (which starts over).
 
     Returns:
-        dict with `run_dir`, `history`, `val_elbo` and `export_path`.
+        dict with `run_dir`, `history`, `val_elbo`, `export_path` and
+        `complete` (True when the run had already finished).
 
     Raises:
         UserError: for bad configuration or data.
@@ -90,15 +121,39 @@ def fit(config, verbose="auto"):
         raise TypeError(f"fit() takes a FitConfig. Received: {type(config).__name__}.")
     build_model_class(config)  # an unknown model fails before any data is loaded
     strategy = distribute.make_strategy(config.strategy, config.cpu_replicas)
+    chief = distribute.is_chief(strategy)
+    if config.strategy == "multi-worker" and not config.run_dir:
+        raise UserError("--strategy multi-worker needs --run-dir: every worker must name the same folder.")
+    run_dir = config.run_dir = config.run_dir or default_run_dir(config)
+    checkpoint_dir = os.path.join(run_dir, "checkpoints")
+    # Other workers keep their own checkpoints in a scratch folder of their own.
+    own_checkpoint_dir = checkpoint_dir if chief else distribute.worker_scratch(run_dir, strategy)
+
+    resume_from = None if force else kv_callbacks.latest_checkpoint(checkpoint_dir)
+    if resume_from:
+        state = kv_callbacks.read_checkpoint_state(resume_from)
+        check_same_run(run_dir, config, state["config"])
+        if state["epoch"] >= config.epochs and os.path.exists(os.path.join(run_dir, MODEL_FILE)):
+            log(
+                f"{run_dir} is already complete ({state['epoch']} epochs). "
+                "Use --force to start it over, or a larger --epochs to train it further."
+            )
+            history = state["history"]
+            return {"run_dir": run_dir, "history": history, "export_path": None, "complete": True,
+                    "val_elbo": history["val_elbo"][-1]}
+
     keras.utils.set_random_seed(config.seed)
     dataset = load_dataset(config.dataset, config.data_dir, config.seed)
-    train_data, val_data, summary_images = prepare_data(config, dataset)
-
-    run_dir = config.run_dir or default_run_dir(config)
-    config.run_dir = run_dir
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size % replicas:
+        raise UserError(
+            f"--batch-size is the global batch and must divide evenly over the {replicas} replicas. "
+            f"Received: batch_size={config.batch_size}."
+        )
+    train_data, val_data, summary_images = prepare_data(config, dataset, replicas)
     os.makedirs(run_dir, exist_ok=True)
-    config.save(os.path.join(run_dir, CONFIG_FILE))
-    chief = distribute.is_chief(strategy)
+    if chief:
+        config.save(os.path.join(run_dir, CONFIG_FILE))
 
     with dtype_policy(config.precision), strategy.scope():
         model = build_model(config, dataset.image_shape)
@@ -107,40 +162,53 @@ def fit(config, verbose="auto"):
             steps_per_execution=config.steps_per_execution,
             jit_compile=jit_setting(config.jit_compile),
         )
-    checkpoint_dir = os.path.join(run_dir, "checkpoints")
-    callbacks = [
-        kv_callbacks.StopOnNaN(checkpoint_dir),
-        kv_callbacks.AtomicCheckpoint(checkpoint_dir),
-    ]
+        initial_epoch, history = 0, {}
+        if resume_from:
+            state = kv_callbacks.restore_checkpoint(model, resume_from)
+            initial_epoch, history = state["epoch"], state["history"]
+            log(f"Resuming from epoch {initial_epoch} ({resume_from}).")
+
+    checkpointer = kv_callbacks.EpochCheckpoint(own_checkpoint_dir, config.to_dict(), history)
+    callbacks = [kv_callbacks.StopOnNaN(checkpoint_dir), checkpointer]
     if chief:
-        callbacks.append(
-            kv_callbacks.Summaries(
-                os.path.join(run_dir, "logs"), summary_images, model.metric_names(), config.seed
-            )
+        log_dir = os.path.join(run_dir, "logs")
+        callbacks.append(kv_callbacks.Summaries(log_dir, summary_images, model.metric_names(), config.seed))
+    if initial_epoch < config.epochs:
+        model.fit(
+            train_data,
+            validation_data=val_data,
+            epochs=config.epochs,
+            initial_epoch=initial_epoch,
+            callbacks=callbacks,
+            verbose=verbose,
+            shuffle=False,  # the pipeline shuffles, seeded
         )
-    history = model.fit(
-        train_data,
-        validation_data=val_data,
-        epochs=config.epochs,
-        callbacks=callbacks,
-        verbose=verbose,
-        shuffle=False,  # the pipeline shuffles, seeded
-    )
-    result = {"run_dir": run_dir, "history": history.history, "export_path": None}
-    result["val_elbo"] = float(history.history["val_elbo"][-1])
+    history = checkpointer.history
+    result = {"run_dir": run_dir, "history": history, "export_path": None, "complete": False,
+              "val_elbo": float(history["val_elbo"][-1])}
+    # Every worker saves (a save may need all of them), the others into scratch.
+    output_dir = run_dir if chief else distribute.worker_scratch(run_dir, strategy)
+    save_keras_model(model, os.path.join(output_dir, MODEL_FILE))
     if chief:
-        write_history(os.path.join(run_dir, HISTORY_FILE), history.history)
-        save_keras_model(model, os.path.join(run_dir, MODEL_FILE))
-        if config.export:
-            name = config.export_name or os.path.basename(os.path.normpath(run_dir))
-            result["export_path"] = export_saved_model(model, config.export_dir, name)
+        write_history(os.path.join(run_dir, HISTORY_FILE), history)
+    if config.export:
+        name = config.export_name or os.path.basename(os.path.normpath(run_dir))
+        export_dir = config.export_dir if chief else os.path.join(output_dir, "export")
+        path = export_saved_model(model, export_dir, name)
+        if chief:
+            result["export_path"] = path
+        else:
+            shutil.rmtree(export_dir, ignore_errors=True)
     return result
 
 
 def write_history(path, history):
-    with open(path, "w") as f:
+    """Writes history.json atomically: Keras's History.history, one value per epoch."""
+    temporary = path + ".tmp"
+    with open(temporary, "w") as f:
         json.dump({k: [float(v) for v in values] for k, values in history.items()}, f, indent=2)
         f.write("\n")
+    os.replace(temporary, path)
 
 
 def load_run(run_dir):

@@ -61,7 +61,9 @@ def test_fit_writes_the_run_directory(finished_run):
         assert len(history[name]) == 2 and len(history["val_" + name]) == 2
     assert history["elbo"][1] > history["elbo"][0]
     assert (run / "model.keras").exists()
-    assert sorted(os.listdir(run / "checkpoints")) == ["epoch-001.weights.h5", "epoch-002.weights.h5"]
+    assert sorted(os.listdir(run / "checkpoints")) == ["epoch-001", "epoch-002"]
+    state = json.loads((run / "checkpoints" / "epoch-002" / "state.json").read_text())
+    assert state["epoch"] == 2 and state["history"] == history
     assert "Done. Validation ELBO" in result.stdout and "exports/tiny/1" in result.stdout
 
 
@@ -157,15 +159,28 @@ def test_nan_in_the_data_is_refused(tmp_path):
 def test_a_diverging_run_stops_exports_nothing_and_keeps_earlier_work(finished_run):
     root, _ = finished_run
     checkpoints = root / "run" / "checkpoints"
-    before = {p: (checkpoints / p).read_bytes() for p in os.listdir(checkpoints)}
+    before = {str(p): p.read_bytes() for p in checkpoints.glob("*/*")}
     result = keras_vae(
         "fit", "--dataset", str(root / "tiny.npz"), "--epochs", "2", "--batch-size", "32",
         "--latent-dim", "3", "--run-dir", str(root / "run"), "--export-dir", str(root / "exports"),
-        "--export-name", "tiny", "--learning-rate", "1e30",
+        "--export-name", "tiny", "--learning-rate", "1e30", "--force",
     )
     assert result.returncode == 3, result.stderr[-2000:]
     assert "Training diverged" in result.stderr and "Nothing was exported" in result.stderr
     assert "Traceback" not in result.stderr
     assert sorted(os.listdir(root / "exports" / "tiny")) == ["1"]
-    assert {p: (checkpoints / p).read_bytes() for p in os.listdir(checkpoints)} == before
+    assert {str(p): p.read_bytes() for p in checkpoints.glob("*/*")} == before
     tf.saved_model.load(str(root / "exports" / "tiny" / "1"))
+
+
+def test_a_finished_run_is_not_trained_again(finished_run):
+    root, _ = finished_run
+    args = ["fit", "--dataset", str(root / "tiny.npz"), "--epochs", "2", "--batch-size", "32", "--latent-dim", "3",
+            "--run-dir", str(root / "run"), "--export-dir", str(root / "exports"), "--export-name", "tiny"]
+    result = invoke(*args)
+    assert result.exit_code == 0 and "is already complete (2 epochs)" in result.output
+    assert sorted(os.listdir(root / "exports" / "tiny")) == ["1"]
+    changed = [a if a != "3" else "4" for a in args]
+    result = invoke(*changed)
+    assert result.exit_code == 2
+    assert "different configuration (latent_dim: 3 there, 4 now)" in result.output

@@ -297,7 +297,12 @@ class VAE(keras.Model):
                 tracker.update_state(scalars[name], sample_weight=batch_size)
             else:
                 tracker.update_state(terms[name])
-        return {name: tracker.result() for name, tracker in self.trackers.items()}
+        results = {name: tracker.result() for name, tracker in self.trackers.items()}
+        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras reduces step outputs with strategy.reduce("MEAN", v, axis=0)
+            # under multi-worker training, which fails on scalars: send [1].
+            results = {name: tf.reshape(value, [1]) for name, value in results.items()}
+        return results
 
     # -------------------------------------------------------- saving
     def get_config(self):

@@ -101,7 +101,7 @@ def check_same_run(run_dir, config, saved):
         )
 
 
-def fit(config, verbose="auto", force=False, log=print):
+def fit(config, verbose="auto", force=False, log=print, extra_callbacks=()):
     """Trains the model `config` describes and exports it.
 
     Writes the run directory (config.json, checkpoints/, logs/, history.json,
@@ -112,6 +112,13 @@ def fit(config, verbose="auto", force=False, log=print):
     Returns:
         dict with `run_dir`, `history`, `val_elbo`, `export_path` and
         `complete` (True when the run had already finished).
+
+    Args:
+        config: a `FitConfig`.
+        verbose: Keras's progress-bar setting.
+        force: start the run directory over instead of resuming it.
+        log: where one-line messages go.
+        extra_callbacks: more Keras callbacks (benchmarks use this to time epochs).
 
     Raises:
         UserError: for bad configuration or data.
@@ -169,7 +176,7 @@ def fit(config, verbose="auto", force=False, log=print):
             log(f"Resuming from epoch {initial_epoch} ({resume_from}).")
 
     checkpointer = kv_callbacks.EpochCheckpoint(own_checkpoint_dir, config.to_dict(), history)
-    callbacks = [kv_callbacks.StopOnNaN(checkpoint_dir), checkpointer]
+    callbacks = [kv_callbacks.StopOnNaN(checkpoint_dir), checkpointer, *extra_callbacks]
     if chief:
         log_dir = os.path.join(run_dir, "logs")
         callbacks.append(kv_callbacks.Summaries(log_dir, summary_images, model.metric_names(), config.seed))

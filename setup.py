@@ -18,8 +18,8 @@ setup(
         "pillow>=10",
     ],
     extras_require={
-        "test": ["pytest>=8", "scipy>=1.11"],
-        "grpc": ["tensorflow-serving-api==2.19.*"],
+        "test": ["pytest>=8", "tensorflow-serving-api==2.21.*"],
+        "grpc": ["tensorflow-serving-api==2.21.*"],
     },
     entry_points={"console_scripts": ["keras-vae=keras_vae.cli:main"]},
 )

@@ -10,6 +10,7 @@ from keras_vae.config import (
     BINARIZATIONS,
     JIT_CHOICES,
     LIKELIHOODS,
+    POSTERIOR_SCALES,
     PRECISIONS,
     STRATEGIES,
     FitConfig,
@@ -50,6 +51,7 @@ FIT_OPTIONS = [
     click.option("--latent-dim", type=int, help="Size of the latent code. Default: 16."),
     click.option("--likelihood", type=click.Choice(LIKELIHOODS), help="p(x|z). Default: bernoulli."),
     click.option("--likelihood-scale", type=float, help="Fixed std of a Gaussian likelihood (default: learned)."),
+    click.option("--posterior-scale", type=click.Choice(POSTERIOR_SCALES), help="How q(z|x)'s scale is made positive. Default: softplus."),
     click.option("--binarize", type=click.Choice(BINARIZATIONS), help="Binarization of the data. Default: dynamic."),
     click.option("--validation-split", type=float, help="Held-out fraction when the dataset has no test split. Default: 0.1."),
     click.option("--beta", type=float, help="Weight of the KL term. Default: 1."),
@@ -102,7 +104,7 @@ def fit(config_file, force, **flags):
         return
     history = result["history"]
     click.echo(
-        f"Done. Validation ELBO {result['val_elbo']:.2f} nats/example "
+        f"Done. {result['split'].capitalize()} ELBO {result['val_elbo']:.2f} nats/example "
         f"(reconstruction {history['val_reconstruction_loss'][-1]:.2f}, KL {history['val_kl'][-1]:.2f}); "
         f"run in {result['run_dir']}"
         + (f"; exported to {result['export_path']}" if result["export_path"] else "")

@@ -10,6 +10,7 @@ LIKELIHOODS = ("bernoulli", "gaussian")
 BINARIZATIONS = ("dynamic", "static", "none")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 JIT_CHOICES = ("auto", "on", "off")
+POSTERIOR_SCALES = ("softplus", "exp")
 STRATEGIES = ("auto", "one", "mirrored", "multi-worker")
 
 
@@ -32,6 +33,7 @@ class FitConfig:
     latent_dim: int = 16
     likelihood: str = "bernoulli"
     likelihood_scale: Optional[float] = None  # Gaussian only; None = learned.
+    posterior_scale: str = "softplus"
     beta: float = 1.0
     kl_warmup_steps: int = 0
     free_bits: float = 0.0
@@ -92,6 +94,7 @@ class FitConfig:
             )
         for name, choices in (
             ("likelihood", LIKELIHOODS),
+            ("posterior_scale", POSTERIOR_SCALES),
             ("binarize", BINARIZATIONS),
             ("precision", PRECISIONS),
             ("jit_compile", JIT_CHOICES),

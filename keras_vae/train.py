@@ -192,7 +192,8 @@ def fit(config, verbose="auto", force=False, log=print, extra_callbacks=()):
         )
     history = checkpointer.history
     result = {"run_dir": run_dir, "history": history, "export_path": None, "complete": False,
-              "val_elbo": float(history["val_elbo"][-1])}
+              "val_elbo": float(history["val_elbo"][-1]),
+              "split": "test" if dataset.x_test is not None else "validation"}
     # Every worker saves (a save may need all of them), the others into scratch.
     output_dir = run_dir if chief else distribute.worker_scratch(run_dir, strategy)
     save_keras_model(model, os.path.join(output_dir, MODEL_FILE))

@@ -304,3 +304,42 @@ def test_rest_client_round_trip_against_a_local_stand_in_server(exported, tmp_pa
         np.testing.assert_allclose(reply["mean"], model.encode(x[:2])[0], atol=1e-5)
     finally:
         server.shutdown()
+
+
+def test_grpc_client_round_trip_against_a_local_prediction_service(exported, tmp_path):
+    """scripts/serving_client.py over gRPC, against PredictionService served on loopback."""
+    grpc = pytest.importorskip("grpc")
+    pytest.importorskip("tensorflow_serving.apis")
+    from concurrent import futures
+
+    import importlib.util
+
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    model, path, x = exported
+    loaded = tf.saved_model.load(path)
+
+    class Service(prediction_service_pb2_grpc.PredictionServiceServicer):
+        def Predict(self, request, context):  # noqa: N802 - the gRPC method name
+            assert request.model_spec.name == "vae"
+            function = loaded.signatures[request.model_spec.signature_name]
+            outputs = function(**{k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()})
+            reply = predict_pb2.PredictResponse()
+            for name, value in outputs.items():
+                reply.outputs[name].CopyFrom(tf.make_tensor_proto(value.numpy()))
+            return reply
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(Service(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        spec = importlib.util.spec_from_file_location("serving_client", os.path.join(os.path.dirname(__file__), "..", "scripts", "serving_client.py"))
+        client = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(client)
+        outputs = client.predict_grpc(f"127.0.0.1:{port}", "vae", "sample", {"num_samples": 2, "seed": 9})
+        np.testing.assert_allclose(outputs["x_mean"], model.sample(2, seed=9)[0], atol=1e-5)
+        outputs = client.predict_grpc(f"127.0.0.1:{port}", "vae", "reconstruct", {"x": x[:2].tolist()})
+        np.testing.assert_allclose(outputs["z_mean"], model.encode(x[:2])[0], atol=1e-5)
+    finally:
+        server.stop(0)

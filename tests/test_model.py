@@ -1,5 +1,7 @@
 """The base VAE: ELBO terms, β schedules, free bits, training, saving, architectures."""
 
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -151,3 +153,31 @@ def test_mixed_bfloat16_keeps_the_loss_in_float32():
         keras.config.set_dtype_policy(previous)
     assert model.encoder.layers[1].compute_dtype == "bfloat16"
     assert all(terms[k].dtype == tf.float32 for k in ("elbo", "kl", "reconstruction_loss"))
+
+
+def test_a_checkpoint_interrupted_mid_write_is_ignored_and_resume_restores_state(tmp_path):
+    from keras_vae import callbacks
+
+    model = VAE((28, 28, 1), latent_dim=3)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    saver = callbacks.EpochCheckpoint(str(tmp_path), config={"latent_dim": 3})
+    saver.set_model(model)
+    x = binary_batch()
+    for epoch in range(3):
+        model.fit(x, batch_size=8, epochs=1, verbose=0)
+        saver.on_epoch_end(epoch, {"loss": float(epoch)})
+    assert [os.path.basename(p) for p in callbacks.checkpoints(str(tmp_path))] == ["epoch-002", "epoch-003"]
+    # A kill during the next write leaves only a temporary folder (and maybe a partial file).
+    partial = tmp_path / ".tmp-epoch-004-abc"
+    partial.mkdir()
+    (partial / "model.weights.h5").write_bytes(b"\x89HDF half")
+    assert callbacks.latest_checkpoint(str(tmp_path)).endswith("epoch-003")
+
+    fresh = VAE((28, 28, 1), latent_dim=3)
+    fresh.compile(optimizer=keras.optimizers.Adam(1e-3))
+    state = callbacks.restore_checkpoint(fresh, callbacks.latest_checkpoint(str(tmp_path)))
+    assert state["epoch"] == 3 and state["history"]["loss"] == [0.0, 1.0, 2.0]
+    assert int(fresh.optimizer.iterations) == int(model.optimizer.iterations) == 6
+    np.testing.assert_array_equal(fresh.seed_generator.state.numpy(), model.seed_generator.state.numpy())
+    for a, b in zip(fresh.weights, model.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())

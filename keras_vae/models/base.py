@@ -123,6 +123,7 @@ class VAE(keras.Model):
             architecture=config.architecture,
             likelihood=config.likelihood,
             likelihood_scale=config.likelihood_scale,
+            posterior_scale=config.posterior_scale,
             beta=config.beta,
             kl_warmup_steps=config.kl_warmup_steps,
             free_bits=config.free_bits,

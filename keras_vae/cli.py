@@ -168,6 +168,173 @@ def predict(saved_model, signature, input_path, num_samples, seed, output):
         click.echo(json.dumps({k: v.tolist() for k, v in outputs.items()}))
 
 
+# ----------------------------------------------------------------- evaluate
+@cli.command()
+@click.argument("run_dir")
+@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
+@click.option("--iw-samples", type=int, default=1000, show_default=True, help="K importance samples for nll_iw (5000 is the literature standard).")
+@click.option("--batch-size", type=int, default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+def evaluate(run_dir, split, iw_samples, batch_size, as_json):
+    """ELBO, importance-weighted -log p(x), bits/dim, active units, probe accuracy, MIG."""
+    from keras_vae.evaluate import evaluate_run, format_table
+
+    result = evaluate_run(run_dir, split, iw_samples, batch_size, progress=not as_json)
+    click.echo(json.dumps(result) if as_json else format_table(result))
+
+
+# ------------------------------------------------------------------ pictures
+def _explore(run_dir, num=None):
+    """(config, model, test split) of a run, the split cut to `num` examples."""
+    from keras_vae.evaluate import load_split
+    from keras_vae.train import load_run
+
+    config, model = load_run(run_dir)
+    data = load_split(config, "test")
+    if num is not None:
+        data.x, data.y = data.x[:num], (data.y[:num] if data.y is not None else None)
+    return config, model, data
+
+
+def _kl_per_dim(model, x):
+    terms = model.compute_terms(x[:1000])
+    if terms.get("kl_per_dim") is None:
+        return [0.0] * model.latent_dim
+    return terms["kl_per_dim"].numpy().mean(axis=0)
+
+
+def _positive(**values):
+    for name, value in values.items():
+        if value is not None and value <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be positive. Received: {name}={value}.")
+
+
+def _write(out, grid, run_dir, tag):
+    from keras_vae.explore import write_picture
+
+    write_picture(out, grid, run_dir, tag)
+    click.echo(f"Wrote {out} ({grid.shape[1]}x{grid.shape[0]}).")
+
+
+_run_arg = click.argument("run_dir")
+_out_opt = click.option("--out", required=True, help="The PNG file to write.")
+
+
+@cli.command()
+@_run_arg
+@_out_opt
+@click.option("--num", type=int, default=64, show_default=True)
+@click.option("--temperature", type=float, default=1.0, show_default=True, help="Scale of the prior's noise.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def sample(run_dir, out, num, temperature, seed):
+    """A grid of samples from the prior."""
+    from keras_vae.explore import sample_grid
+    from keras_vae.train import load_run
+
+    _positive(num=num, temperature=temperature)
+    _, model = load_run(run_dir)
+    _write(out, sample_grid(model, num, temperature, seed), run_dir, "samples")
+
+
+@cli.command()
+@_run_arg
+@_out_opt
+@click.option("--num", type=int, default=20, show_default=True)
+def reconstruct(run_dir, out, num):
+    """Test images (rows) above their reconstructions."""
+    from keras_vae.explore import reconstruction_grid
+
+    _positive(num=num)
+    _, model, data = _explore(run_dir, num)
+    _write(out, reconstruction_grid(model, data.x, columns=min(10, num)), run_dir, "reconstructions")
+
+
+@cli.command()
+@_run_arg
+@_out_opt
+@click.option("--pairs", type=int, default=6, show_default=True)
+@click.option("--steps", type=int, default=10, show_default=True)
+@click.option("--spherical", is_flag=True, help="Spherical (slerp) instead of linear interpolation.")
+def interpolate(run_dir, out, pairs, steps, spherical):
+    """Decoded paths between the codes of pairs of test images."""
+    from keras_vae.explore import interpolation_grid
+
+    _positive(pairs=pairs, steps=steps)
+    _, model, data = _explore(run_dir, 2 * pairs)
+    x_pairs = list(zip(data.x[0::2], data.x[1::2]))
+    _write(out, interpolation_grid(model, x_pairs, steps, spherical), run_dir, "interpolations")
+
+
+@cli.command()
+@_run_arg
+@_out_opt
+@click.option("--range", "value_range", type=float, default=3.0, show_default=True)
+@click.option("--steps", type=int, default=10, show_default=True)
+@click.option("--dims", help="Comma-separated latent dimensions (default: all, most KL first).")
+@click.option("--index", type=int, default=0, show_default=True, help="Which test image fixes the other dimensions.")
+def traverse(run_dir, out, value_range, steps, dims, index):
+    """Each latent dimension swept over [-range, range], the others fixed."""
+    from keras_vae.explore import traversal_grid
+
+    _positive(range=value_range, steps=steps)
+    _, model, data = _explore(run_dir)
+    try:
+        chosen = [int(d) for d in dims.split(",")] if dims else None
+    except ValueError:
+        raise UserError(f"--dims must be comma-separated integers. Received: {dims!r}.") from None
+    grid = traversal_grid(model, data.x[index], _kl_per_dim(model, data.x), value_range, steps, chosen)
+    _write(out, grid, run_dir, "traversal")
+
+
+@cli.command()
+@_run_arg
+@_out_opt
+@click.option("--size", type=int, default=15, show_default=True)
+def manifold(run_dir, out, size):
+    """The decoded grid over the prior's quantiles of two latent dimensions."""
+    from keras_vae.explore import manifold_grid
+
+    _positive(size=size)
+    _, model, data = _explore(run_dir)
+    _write(out, manifold_grid(model, _kl_per_dim(model, data.x), size), run_dir, "manifold")
+
+
+@cli.command()
+@_run_arg
+@_out_opt
+@click.option("--label", type=int, required=True, help="The label whose attribute vector is added.")
+@click.option("--num", type=int, default=8, show_default=True, help="Test images to edit.")
+@click.option("--steps", type=int, default=8, show_default=True)
+@click.option("--scale", type=float, default=1.5, show_default=True, help="The largest multiple of the vector added.")
+def attribute(run_dir, out, label, num, steps, scale):
+    """Adds the attribute vector of a label (mean code with it minus without) to test images."""
+    from keras_vae.explore import attribute_grid, attribute_vector
+
+    _positive(num=num, steps=steps)
+    _, model, data = _explore(run_dir)
+    if data.y is None:
+        raise UserError(f"{run_dir}'s dataset has no labels, so it has no attribute vectors.")
+    means = model.encode(data.x)[0].numpy()
+    vector = attribute_vector(means, data.y, label)
+    others = data.x[data.y != label][:num]
+    _write(out, attribute_grid(model, others, vector, steps, scale), run_dir, f"attribute_{label}")
+
+
+@cli.command()
+@_run_arg
+@click.option("--num", type=int, default=2000, show_default=True, help="Test examples to embed.")
+@click.option("--out", help="Folder for the projector files (default: RUN_DIR/logs/projector).")
+def embed(run_dir, num, out):
+    """Writes test-set codes, labels and a sprite for TensorBoard's Embedding Projector."""
+    from keras_vae.explore import write_projector
+
+    _positive(num=num)
+    _, model, data = _explore(run_dir, num)
+    out = out or os.path.join(run_dir, "logs", "projector")
+    write_projector(out, model.encode(data.x)[0].numpy(), data.y, data.x)
+    click.echo(f"Wrote {len(data.x)} embeddings to {out}; view them with: tensorboard --logdir {os.path.dirname(out)}")
+
+
 def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     cli.main(args=argv, prog_name="keras-vae")

@@ -1,0 +1,156 @@
+"""`keras-vae evaluate`: how well a trained model models its data, in nats per example."""
+
+import dataclasses
+import math
+from typing import Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_vae import losses, metrics
+from keras_vae.data import pipeline
+from keras_vae.data.datasets import load_dataset
+from keras_vae.errors import UserError
+
+EVALUATION_KEYS = (
+    "elbo", "reconstruction_loss", "kl", "nll_iw", "bits_per_dim", "active_units", "kl_per_dim",
+    "linear_probe_accuracy", "mig",
+)
+MAX_DECODER_ROWS = 20000  # importance samples x batch per chunk: bounds memory for any K
+
+
+@dataclasses.dataclass
+class Split:
+    """The images of one split as the model was trained on them (binarized the same way)."""
+
+    name: str
+    x: np.ndarray  # float32 [N, H, W, C] in [0, 1]
+    y: Optional[np.ndarray] = None
+    factors: Optional[np.ndarray] = None
+
+
+def load_split(config, split="test", dataset=None):
+    """The `split` of the run's dataset, binarized as in training.
+
+    `test` is the dataset's test split, or, when it has none, the validation
+    slice held out during training. Binarized data is evaluated on one fixed,
+    seeded binarization (the one validation used during training).
+    """
+    if split not in ("test", "train"):
+        raise UserError(f"--split must be test or train. Received: split={split!r}.")
+    dataset = dataset or load_dataset(config.dataset, config.data_dir, config.seed)
+    if dataset.x_test is not None:
+        x, y, f = (
+            (dataset.x_test, dataset.y_test, dataset.factors_test)
+            if split == "test"
+            else (dataset.x_train, dataset.y_train, dataset.factors_train)
+        )
+    else:
+        x_tr, y_tr, x_val, y_val = pipeline.split_validation(
+            dataset.x_train, dataset.y_train, config.validation_split, config.seed
+        )
+        x, y, f = (x_val, y_val, None) if split == "test" else (x_tr, y_tr, None)
+    if config.binarize != "none":
+        x = pipeline.binarize_once(x, config.seed + 1)
+    return Split(split, pipeline.to_unit_float(x), y, f)
+
+
+def batches(array, batch_size):
+    for start in range(0, len(array), batch_size):
+        yield array[start : start + batch_size]
+
+
+def importance_weighted_nll(log_weights_fn, x, num_samples, chunk):
+    """−log p(x) per example from `num_samples` importance samples drawn `chunk` at a time.
+
+    Args:
+        log_weights_fn: (x, k, seed) -> log p(x, z) - log q(z|x), [k, B].
+        x: a batch [B, ...].
+        num_samples: K.
+        chunk: samples per call; memory is bounded by chunk × B decoder rows.
+    """
+    chunks = (
+        log_weights_fn(x, k, tf.constant([7, i], tf.int32))
+        for i, k in enumerate(metrics.chunk_sizes(num_samples, chunk))
+    )
+    return -metrics.chunked_log_mean_exp(chunks, num_samples)
+
+
+def encode_means(model, x, batch_size):
+    return np.concatenate([model.encode(b)[0].numpy() for b in batches(x, batch_size)])
+
+
+def evaluate_model(model, data, iw_samples=1000, batch_size=100, train_data=None, progress=True):
+    """The evaluation numbers for `model` on `data` (a `Split`).
+
+    Returns:
+        dict with EVALUATION_KEYS plus `split`, `iw_samples` and
+        `num_examples`; `linear_probe_accuracy` needs labels and `train_data`,
+        `mig` needs ground-truth factors (None otherwise).
+    """
+    if iw_samples <= 0 or batch_size <= 0:
+        raise UserError(
+            f"--iw-samples and --batch-size must be positive. Received: iw_samples={iw_samples}, "
+            f"batch_size={batch_size}."
+        )
+    chunk = max(1, min(iw_samples, MAX_DECODER_ROWS // batch_size))
+    log_weights = tf.function(lambda x, k, seed: model.importance_log_weights(x, k, seed)[0], reduce_retracing=True)
+    terms_fn = tf.function(model.compute_terms, reduce_retracing=True)
+
+    totals = {"elbo": 0.0, "reconstruction_loss": 0.0, "kl": 0.0, "nll_iw": 0.0}
+    kl_per_dim = np.zeros(model.latent_dim)
+    means = []
+    bar = keras.utils.Progbar(math.ceil(len(data.x) / batch_size), verbose=1 if progress else 0,
+                              stateful_metrics=["nll_iw"])
+    for i, x in enumerate(batches(data.x, batch_size)):
+        x = tf.constant(x)
+        terms = terms_fn(x)
+        for name in ("elbo", "reconstruction_loss", "kl"):
+            totals[name] += float(tf.reduce_sum(terms[name]))
+        if terms.get("kl_per_dim") is not None:
+            kl_per_dim += tf.reduce_sum(terms["kl_per_dim"], axis=0).numpy()
+        totals["nll_iw"] += float(tf.reduce_sum(importance_weighted_nll(log_weights, x, iw_samples, chunk)))
+        means.append(model.encode(x)[0].numpy())
+        bar.update(i + 1, [("nll_iw", totals["nll_iw"] / ((i + 1) * batch_size))])
+    count = len(data.x)
+    means = np.concatenate(means)
+    result = {name: value / count for name, value in totals.items()}
+    result["bits_per_dim"] = float(losses.bits_per_dim(result["nll_iw"], int(np.prod(data.x.shape[1:]))))
+    result["active_units"], _ = metrics.active_units(means)
+    result["kl_per_dim"] = [float(v) for v in kl_per_dim / count]
+    result["linear_probe_accuracy"] = None
+    if data.y is not None and train_data is not None and train_data.y is not None:
+        train_means = encode_means(model, train_data.x, max(batch_size, 500))
+        result["linear_probe_accuracy"] = metrics.linear_probe_accuracy(train_means, train_data.y, means, data.y)
+    result["mig"] = metrics.mutual_information_gap(means, data.factors) if data.factors is not None else None
+    result.update(split=data.name, iw_samples=iw_samples, num_examples=count)
+    return result
+
+
+def evaluate_run(run_dir, split="test", iw_samples=1000, batch_size=100, progress=True):
+    """Loads a run directory and evaluates it (the library call behind `keras-vae evaluate`)."""
+    from keras_vae.train import load_run
+
+    config, model = load_run(run_dir)
+    dataset = load_dataset(config.dataset, config.data_dir, config.seed)
+    data = load_split(config, split, dataset)
+    train_data = load_split(config, "train", dataset) if data.y is not None else None
+    return evaluate_model(model, data, iw_samples, batch_size, train_data, progress)
+
+
+def format_table(result):
+    """A readable table of an evaluation."""
+    lines = [f"{result['split']} split, {result['num_examples']} examples, K = {result['iw_samples']}"]
+    rows = [
+        ("ELBO", result["elbo"], "nats"), ("reconstruction loss", result["reconstruction_loss"], "nats"),
+        ("KL", result["kl"], "nats"), ("−log p(x) (IWAE)", result["nll_iw"], "nats"),
+        ("bits per dim", result["bits_per_dim"], "bits"), ("active units", result["active_units"], ""),
+        ("linear probe accuracy", result["linear_probe_accuracy"], ""), ("MIG", result["mig"], ""),
+    ]
+    for name, value, unit in rows:
+        if value is not None:
+            shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+            lines.append(f"  {name:24s} {shown:>12s} {unit}")
+    lines.append("  KL per dimension         " + " ".join(f"{v:.2f}" for v in result["kl_per_dim"]))
+    return "\n".join(lines)

@@ -1,0 +1,156 @@
+"""Pictures of a trained model's latent space: grids as numpy arrays, saved as PNG.
+
+Each function returns a float image [H, W, C] in [0, 1] (a grid with small
+gaps); `write_picture` saves it and, when the run has TensorBoard logs, adds
+it there as an image summary.
+"""
+
+import os
+from statistics import NormalDist
+
+import numpy as np
+import tensorflow as tf
+
+from keras_vae.errors import UserError
+from keras_vae.images import make_grid, save_png
+
+
+def _decode(model, z):
+    return np.asarray(model.decode(tf.constant(np.asarray(z, np.float32))))
+
+
+def _means(model, x):
+    return np.asarray(model.encode(tf.constant(x))[0])
+
+
+def sample_grid(model, num, temperature=1.0, seed=0, columns=None):
+    """`num` prior samples (z ~ N(0, T²I)) decoded into a grid."""
+    images = np.asarray(model.sample(num, seed=seed, temperature=temperature)[0])
+    return make_grid(images, columns or min(num, 10))
+
+
+def reconstruction_grid(model, x, columns=10):
+    """Rows of inputs, each followed by a row of their reconstructions."""
+    recon = np.asarray(model.reconstruct(tf.constant(x)))
+    rows = []
+    for start in range(0, len(x), columns):
+        rows += [x[start : start + columns], recon[start : start + columns]]
+    padded = [np.concatenate([r, np.full((columns - len(r),) + r.shape[1:], 0.5, np.float32)]) for r in rows]
+    return make_grid(np.concatenate(padded), columns)
+
+
+def slerp(a, b, t):
+    """Spherical interpolation between codes a and b (Shoemake 1985; White 2016 for VAEs)."""
+    a_norm, b_norm = a / np.linalg.norm(a), b / np.linalg.norm(b)
+    omega = np.arccos(np.clip(np.dot(a_norm, b_norm), -1.0, 1.0))
+    if omega < 1e-6:
+        return (1 - t) * a + t * b
+    return (np.sin((1 - t) * omega) * a + np.sin(t * omega) * b) / np.sin(omega)
+
+
+def interpolation_grid(model, x_pairs, steps=10, spherical=False):
+    """One row per pair: the first image, `steps` decoded points between their codes, the second."""
+    rows = []
+    for a_image, b_image in x_pairs:
+        a, b = _means(model, np.stack([a_image, b_image]))
+        ts = np.linspace(0.0, 1.0, steps)
+        codes = [slerp(a, b, t) if spherical else (1 - t) * a + t * b for t in ts]
+        rows.append(np.concatenate([a_image[None], _decode(model, codes), b_image[None]]))
+    return make_grid(np.concatenate(rows), steps + 2)
+
+
+def dims_by_kl(kl_per_dim):
+    return list(np.argsort(-np.asarray(kl_per_dim), kind="stable"))
+
+
+def traversal_grid(model, x, kl_per_dim, value_range=3.0, steps=10, dims=None):
+    """One row per latent dimension (most informative first): that dimension swept over
+    [-range, range] with the others fixed at the posterior mean of `x` (one image)."""
+    dims = dims if dims is not None else dims_by_kl(kl_per_dim)
+    for d in dims:
+        if not 0 <= d < model.latent_dim:
+            raise UserError(f"--dims must lie in 0..{model.latent_dim - 1}. Received: {d}.")
+    base = _means(model, x[None])[0]
+    codes = []
+    for d in dims:
+        for value in np.linspace(-value_range, value_range, steps):
+            code = base.copy()
+            code[d] = value
+            codes.append(code)
+    return make_grid(_decode(model, codes), steps)
+
+
+def manifold_grid(model, kl_per_dim, size=15):
+    """The decoded grid over the prior's quantiles 5%..95% of two dimensions (the two with the
+    most KL when the latent space is larger; the others at 0, the prior mean)."""
+    dims = [0, 1] if model.latent_dim == 2 else dims_by_kl(kl_per_dim)[:2]
+    if model.latent_dim < 2:
+        raise UserError("manifold needs a latent space of at least 2 dimensions.")
+    quantiles = [NormalDist().inv_cdf(p) for p in np.linspace(0.05, 0.95, size)]
+    codes = []
+    for row in reversed(quantiles):  # top row = high values of the second dimension
+        for column in quantiles:
+            code = np.zeros(model.latent_dim, np.float32)
+            code[dims[0]], code[dims[1]] = column, row
+            codes.append(code)
+    return make_grid(_decode(model, codes), size)
+
+
+def attribute_vector(means, labels, label):
+    """Mean code of examples with `label` minus the mean code of the others."""
+    chosen = labels == label
+    if not chosen.any() or chosen.all():
+        raise UserError(
+            f"--label {label} must name a label present in some, not all, examples. "
+            f"Labels present: {sorted(set(labels.tolist()))}."
+        )
+    return means[chosen].mean(axis=0) - means[~chosen].mean(axis=0)
+
+
+def attribute_grid(model, x, vector, steps=8, scale=1.5):
+    """One row per image: the image, then decodings of z + α·vector for α from 0 to `scale`."""
+    rows = []
+    for image, code in zip(x, _means(model, x)):
+        codes = [code + alpha * vector for alpha in np.linspace(0.0, scale, steps)]
+        rows.append(np.concatenate([image[None], _decode(model, codes)]))
+    return make_grid(np.concatenate(rows), steps + 1)
+
+
+def write_picture(path, grid, run_dir=None, tag=None):
+    """Saves the grid as PNG, and as a TensorBoard image in `<run_dir>/logs/explore` if logs exist."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise UserError(f"Cannot write {path}: the folder {directory} does not exist.")
+    save_png(path, grid)
+    logs = os.path.join(run_dir, "logs") if run_dir else None
+    if logs and os.path.isdir(logs):
+        writer = tf.summary.create_file_writer(os.path.join(logs, "explore"))
+        with writer.as_default(step=0):
+            tf.summary.image(tag or os.path.splitext(os.path.basename(path))[0], grid[None])
+        writer.close()
+
+
+def write_projector(out_dir, means, labels, images, label_names=None):
+    """The TensorBoard Embedding Projector files: a TF checkpoint of the codes, metadata.tsv,
+    a sprite image and projector_config.pbtxt (open with `tensorboard --logdir out_dir`)."""
+    from tensorboard.plugins import projector
+
+    os.makedirs(out_dir, exist_ok=True)
+    embedding = tf.Variable(np.asarray(means, np.float32), name="embedding")
+    tf.train.Checkpoint(embedding=embedding).save(os.path.join(out_dir, "embedding.ckpt"))
+    with open(os.path.join(out_dir, "metadata.tsv"), "w") as f:
+        names = label_names or {}
+        for label in labels if labels is not None else np.zeros(len(means), np.int64):
+            f.write(f"{names.get(int(label), int(label))}\n")
+    side = int(np.ceil(np.sqrt(len(images))))
+    height, width = images.shape[1:3]
+    sprite = make_grid(images, side, pad=0, background=1.0)
+    save_png(os.path.join(out_dir, "sprite.png"), sprite)
+    config = projector.ProjectorConfig()
+    entry = config.embeddings.add()
+    entry.tensor_name = "embedding/.ATTRIBUTES/VARIABLE_VALUE"
+    entry.metadata_path = "metadata.tsv"
+    entry.sprite.image_path = "sprite.png"
+    entry.sprite.single_image_dim.extend([width, height])
+    projector.visualize_embeddings(out_dir, config)
+    return out_dir

@@ -1,0 +1,137 @@
+"""Evaluation quantities as small pure functions (numpy / TensorFlow, no Keras state).
+
+References:
+    Burda, Grosse & Salakhutdinov (2016). Importance Weighted Autoencoders
+        (the K-sample estimate of log p(x), eq. 8; active units, sec. 5.2).
+    Chen, Li, Grosse & Duvenaud (2018). Isolating Sources of Disentanglement in
+        VAEs (the Mutual Information Gap, eq. 7).
+"""
+
+import math
+
+import numpy as np
+import tensorflow as tf
+
+
+def chunked_log_mean_exp(log_weight_chunks, total):
+    """log((1/K) Σ_k exp(w_k)) from chunks of log-weights [k_i, B] with Σ k_i = K.
+
+    Only one chunk is in memory at a time: the running logsumexp is combined
+    exactly with `logaddexp`.
+    """
+    running = None
+    for chunk in log_weight_chunks:
+        partial = tf.reduce_logsumexp(chunk, axis=0)  # (k_i, B) -> (B,)
+        running = partial if running is None else tf.experimental.numpy.logaddexp(running, partial)
+    return running - math.log(total)
+
+
+def chunk_sizes(total, chunk):
+    """Splits `total` samples into chunks of at most `chunk`: [chunk, chunk, ..., rest]."""
+    sizes = [chunk] * (total // chunk)
+    if total % chunk:
+        sizes.append(total % chunk)
+    return sizes
+
+
+def active_units(posterior_means, threshold=0.01):
+    """Dimensions whose posterior mean varies over the data: Cov_x(E_q[z|x]) > threshold.
+
+    Args:
+        posterior_means: [N, L].
+
+    Returns:
+        (count, per-dimension variances [L]).
+    """
+    variances = np.var(np.asarray(posterior_means, np.float64), axis=0)
+    return int(np.sum(variances > threshold)), variances
+
+
+def discretize(values, bins=20):
+    """Each column of [N, L] binned into `bins` equal-width bins (as in Chen et al.)."""
+    values = np.asarray(values, np.float64)
+    out = np.zeros(values.shape, np.int64)
+    for j in range(values.shape[1]):
+        edges = np.histogram_bin_edges(values[:, j], bins=bins)
+        out[:, j] = np.digitize(values[:, j], edges[1:-1])
+    return out
+
+
+def discrete_mutual_information(a, b):
+    """I(a; b) in nats between two integer label vectors."""
+    a = np.unique(a, return_inverse=True)[1]
+    b = np.unique(b, return_inverse=True)[1]
+    joint = np.zeros((a.max() + 1, b.max() + 1))
+    np.add.at(joint, (a, b), 1)
+    joint /= joint.sum()
+    pa, pb = joint.sum(axis=1, keepdims=True), joint.sum(axis=0, keepdims=True)
+    nonzero = joint > 0
+    return float(np.sum(joint[nonzero] * np.log(joint[nonzero] / (pa @ pb)[nonzero])))
+
+
+def entropy(labels):
+    _, counts = np.unique(labels, return_counts=True)
+    p = counts / counts.sum()
+    return float(-np.sum(p * np.log(p)))
+
+
+def mutual_information_gap(codes, factors, bins=20):
+    """MIG: the mean over factors of (I(z_top; v) - I(z_second; v)) / H(v).
+
+    Args:
+        codes: [N, L] latent codes (posterior means).
+        factors: [N, K] integer ground-truth factors.
+
+    Returns:
+        A number in [0, 1]: 1 when each factor is captured by exactly one
+        latent dimension, near 0 when none is.
+    """
+    binned = discretize(codes, bins)
+    gaps = []
+    for k in range(factors.shape[1]):
+        h = entropy(factors[:, k])
+        if h == 0:
+            continue
+        mi = sorted((discrete_mutual_information(binned[:, j], factors[:, k]) for j in range(binned.shape[1])),
+                    reverse=True)
+        second = mi[1] if len(mi) > 1 else 0.0
+        gaps.append((mi[0] - second) / h)
+    return float(np.mean(gaps)) if gaps else 0.0
+
+
+def linear_probe_accuracy(train_features, train_labels, test_features, test_labels, steps=300, seed=0):
+    """Accuracy of a multinomial logistic regression fit on train features, scored on test.
+
+    Features are standardized with the training statistics; full-batch Adam
+    with a small L2 penalty, a fixed number of steps (deterministic).
+    """
+    mean, std = train_features.mean(axis=0), train_features.std(axis=0) + 1e-6
+    x_train = tf.constant((train_features - mean) / std, tf.float32)
+    x_test = tf.constant((test_features - mean) / std, tf.float32)
+    y_train = tf.constant(train_labels, tf.int32)
+    classes = int(max(train_labels.max(), test_labels.max())) + 1
+    rng = np.random.default_rng(seed)
+    weights = tf.Variable(rng.normal(0, 0.01, (x_train.shape[1], classes)).astype(np.float32))
+    bias = tf.Variable(tf.zeros([classes]))
+    variables = [weights, bias]
+    m = [tf.Variable(tf.zeros_like(v)) for v in variables]
+    v2 = [tf.Variable(tf.zeros_like(v)) for v in variables]
+
+    @tf.function
+    def step(t):
+        with tf.GradientTape() as tape:
+            logits = x_train @ weights + bias
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y_train, logits))
+            loss += 1e-4 * tf.reduce_sum(weights**2)
+        for var, g, m_i, v_i in zip(variables, tape.gradient(loss, variables), m, v2):
+            # Adam, written out: no optimizer object to carry between calls.
+            m_i.assign(0.9 * m_i + 0.1 * g)
+            v_i.assign(0.999 * v_i + 0.001 * g**2)
+            m_hat = m_i / (1 - 0.9**t)
+            v_hat = v_i / (1 - 0.999**t)
+            var.assign_sub(0.1 * m_hat / (tf.sqrt(v_hat) + 1e-8))
+
+    for t in range(1, steps + 1):
+        step(tf.constant(float(t)))
+    predictions = tf.argmax(x_test @ weights + bias, axis=1).numpy()
+    return float(np.mean(predictions == test_labels))

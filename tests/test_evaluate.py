@@ -1,0 +1,191 @@
+"""Evaluation numbers against exact values and constructed cases; every picture command."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from click.testing import CliRunner
+from PIL import Image
+
+from keras_vae import losses, metrics
+from keras_vae.cli import cli
+from keras_vae.evaluate import EVALUATION_KEYS, importance_weighted_nll
+from keras_vae.explore import attribute_vector, slerp
+from test_losses import LinearGaussian, diag_normal
+
+
+def test_importance_weighted_estimate_approaches_the_exact_likelihood_from_above():
+    model = LinearGaussian(seed=3)
+    x = np.random.default_rng(4).normal(size=(3, 5)).astype(np.float32)
+    exact_nll = -model.log_px(x).numpy()
+    mean, stddev, _ = model.exact_posterior(x)
+
+    def log_weights(x_batch, k, seed):
+        repeats = len(x_batch) // len(x)
+        q = diag_normal(np.tile(mean + 0.3, (repeats, 1)), np.tile(1.6 * stddev, (len(x_batch), 1)))
+        return model.log_weights(q, x_batch, k, seed=seed)
+
+    def averaged(k, repeats):
+        # The expectation of the K-sample estimate, by averaging independent repeats.
+        tiled = np.tile(x, (repeats, 1))
+        return importance_weighted_nll(log_weights, tiled, k, chunk=64).numpy().reshape(repeats, -1).mean(axis=0)
+
+    minus_elbo, k10 = averaged(1, 4000), averaged(10, 400)
+    k5000 = importance_weighted_nll(log_weights, x, 5000, chunk=64).numpy()  # chunked: 79 chunks of <= 64
+    # -ELBO > E[-IWAE_10] > -IWAE_5000 ≈ -log p(x) (within 0.05 nats), never below it beyond noise.
+    assert np.all(minus_elbo > k10 + 0.05) and np.all(k10 > k5000)
+    assert np.all(k5000 >= exact_nll - 0.05)
+    np.testing.assert_allclose(k5000, exact_nll, atol=0.05)
+
+
+def test_chunked_log_mean_exp_is_exact():
+    w = tf.constant(np.random.default_rng(0).normal(size=(1000, 4)) * 30, tf.float32)
+    chunks = [w[i : i + k] for i, k in zip((0, 300, 600, 900), metrics.chunk_sizes(1000, 300))]
+    np.testing.assert_allclose(metrics.chunked_log_mean_exp(chunks, 1000), losses.log_mean_exp(w), rtol=1e-6)
+    assert metrics.chunk_sizes(1000, 300) == [300, 300, 300, 100]
+
+
+def test_active_units_count_living_dimensions_only():
+    rng = np.random.default_rng(0)
+    means = np.stack([rng.normal(0, 1, 500), np.full(500, 0.3), rng.normal(0, 0.05, 500)], axis=1)
+    count, variances = metrics.active_units(means)
+    assert count == 1 and variances[0] > 0.5 and variances[1] < 1e-12 and variances[2] < 0.01
+
+
+def test_mig_is_near_one_for_a_disentangled_code_and_near_zero_for_a_shuffled_one():
+    rng = np.random.default_rng(0)
+    factors = np.stack([rng.integers(0, 3, 5000), rng.integers(0, 10, 5000), rng.integers(0, 8, 5000)], axis=1)
+    disentangled = factors + rng.normal(0, 0.05, factors.shape)  # one latent per factor
+    assert metrics.mutual_information_gap(disentangled, factors) > 0.9
+    shuffled = np.stack([rng.permutation(disentangled[:, j]) for j in range(3)], axis=1)
+    assert metrics.mutual_information_gap(shuffled, factors) < 0.05
+    entangled = np.stack([factors[:, 0] + factors[:, 1], factors[:, 0] + factors[:, 1]], axis=1).astype(float)
+    assert metrics.mutual_information_gap(entangled, factors) < 0.1  # two identical codes: no gap
+
+
+def test_linear_probe_separates_separable_features_and_not_noise():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 4, 2000)
+    features = np.eye(4)[labels] * 3 + rng.normal(0, 0.3, (2000, 4))
+    assert metrics.linear_probe_accuracy(features[:1500], labels[:1500], features[1500:], labels[1500:]) > 0.98
+    noise = rng.normal(size=(2000, 4))
+    assert metrics.linear_probe_accuracy(noise[:1500], labels[:1500], noise[1500:], labels[1500:]) < 0.35
+
+
+def test_attribute_vector_and_slerp():
+    means = np.array([[1.0, 0.0], [3.0, 0.0], [0.0, 2.0], [0.0, 4.0]])
+    np.testing.assert_allclose(attribute_vector(means, np.array([1, 1, 0, 0]), 1), [2.0, -3.0])
+    with pytest.raises(Exception, match="Labels present: \\[0, 1\\]"):
+        attribute_vector(means, np.array([1, 1, 0, 0]), 7)
+    a, b = np.array([2.0, 0.0]), np.array([0.0, 2.0])
+    np.testing.assert_allclose(slerp(a, b, 0.0), a, atol=1e-12)
+    np.testing.assert_allclose(slerp(a, b, 1.0), b, atol=1e-12)
+    assert np.linalg.norm(slerp(a, b, 0.5)) == pytest.approx(2.0)  # stays on the sphere; lerp would shrink
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    from keras_vae.config import FitConfig
+    from keras_vae.train import fit
+
+    folder = tmp_path_factory.mktemp("explore") / "run"
+    fit(FitConfig(dataset="sprites28", epochs=1, latent_dim=3, run_dir=str(folder), export=False), verbose=0,
+        log=lambda *_: None)
+    return str(folder)
+
+
+def test_evaluate_json_has_exactly_the_documented_keys(run_dir):
+    result = CliRunner().invoke(cli, ["evaluate", run_dir, "--iw-samples", "20", "--batch-size", "250", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert set(report) == set(EVALUATION_KEYS) | {"split", "iw_samples", "num_examples"}
+    assert report["num_examples"] == 2000 and report["iw_samples"] == 20 and report["split"] == "test"
+    # The K-sample bound is tighter than the ELBO: -log p(x) estimate below -ELBO.
+    assert report["nll_iw"] < -report["elbo"]
+    assert report["elbo"] == pytest.approx(-(report["reconstruction_loss"] + report["kl"]), rel=1e-4)
+    assert report["bits_per_dim"] == pytest.approx(report["nll_iw"] / (784 * np.log(2)))
+    assert len(report["kl_per_dim"]) == 3 and sum(report["kl_per_dim"]) == pytest.approx(report["kl"], rel=0.02)
+    assert 0 <= report["active_units"] <= 3
+    assert 1 / 3 - 0.05 < report["linear_probe_accuracy"] <= 1  # 3 shapes
+    assert 0 <= report["mig"] <= 1
+    table = CliRunner().invoke(cli, ["evaluate", run_dir, "--iw-samples", "2", "--batch-size", "500"])
+    assert table.exit_code == 0 and "active units" in table.output and "MIG" in table.output
+
+
+def png_size(path):
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        return image.size
+
+
+@pytest.mark.parametrize(
+    "command, size",
+    [
+        (["sample", "--num", "12"], (10 * 30 + 2, 2 * 30 + 2)),
+        (["reconstruct", "--num", "6"], (6 * 30 + 2, 2 * 30 + 2)),
+        (["interpolate", "--pairs", "2", "--steps", "5"], (7 * 30 + 2, 2 * 30 + 2)),
+        (["interpolate", "--pairs", "1", "--steps", "4", "--spherical"], (6 * 30 + 2, 30 + 2)),
+        (["traverse", "--steps", "7"], (7 * 30 + 2, 3 * 30 + 2)),
+        (["traverse", "--steps", "5", "--dims", "2,0"], (5 * 30 + 2, 2 * 30 + 2)),
+        (["manifold", "--size", "6"], (6 * 30 + 2, 6 * 30 + 2)),
+        (["attribute", "--label", "1", "--num", "3", "--steps", "4"], (5 * 30 + 2, 3 * 30 + 2)),
+    ],
+)
+def test_every_picture_command_writes_a_png_of_the_expected_size(run_dir, tmp_path, command, size):
+    out = str(tmp_path / "picture.png")
+    result = CliRunner().invoke(cli, [command[0], run_dir, "--out", out, *command[1:]])
+    assert result.exit_code == 0, result.output
+    assert png_size(out) == size
+
+
+def test_pictures_are_also_logged_to_tensorboard(run_dir, tmp_path):
+    CliRunner().invoke(cli, ["sample", run_dir, "--out", str(tmp_path / "s.png"), "--num", "4"])
+    events = [os.path.join(run_dir, "logs", "explore", f) for f in os.listdir(os.path.join(run_dir, "logs", "explore"))]
+    tags = {v.tag for path in events for e in tf.compat.v1.train.summary_iterator(path) for v in e.summary.value}
+    assert "samples" in tags
+
+
+def test_sample_grid_is_the_decoded_prior_draw(run_dir, tmp_path):
+    from keras_vae.train import load_run
+
+    _, model = load_run(run_dir)
+    CliRunner().invoke(cli, ["sample", run_dir, "--out", str(tmp_path / "s.png"), "--num", "2", "--seed", "5"])
+    grid = np.asarray(Image.open(tmp_path / "s.png"), np.float32) / 255
+    expected = model.sample(2, seed=5)[0].numpy()
+    np.testing.assert_allclose(grid[2:30, 32:60], expected[1, ..., 0], atol=1 / 255 + 1e-6)
+
+
+def test_embed_writes_projector_files(run_dir, tmp_path):
+    out = tmp_path / "projector"
+    result = CliRunner().invoke(cli, ["embed", run_dir, "--num", "50", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    config = (out / "projector_config.pbtxt").read_text()
+    assert 'tensor_name: "embedding/.ATTRIBUTES/VARIABLE_VALUE"' in config and "sprite.png" in config
+    assert len((out / "metadata.tsv").read_text().splitlines()) == 50
+    reader = tf.train.load_checkpoint(str(out))
+    assert reader.get_tensor("embedding/.ATTRIBUTES/VARIABLE_VALUE").shape == (50, 3)
+    assert png_size(out / "sprite.png") == (8 * 28, 7 * 28)
+
+
+@pytest.mark.parametrize(
+    "command, message",
+    [
+        (["sample", "--num", "0"], "--num must be positive"),
+        (["traverse", "--dims", "9"], "--dims must lie in 0..2"),
+        (["traverse", "--dims", "a,b"], "comma-separated integers"),
+        (["attribute", "--label", "9"], "must name a label present"),
+    ],
+)
+def test_picture_mistakes_get_a_message(run_dir, tmp_path, command, message):
+    result = CliRunner().invoke(cli, [command[0], run_dir, "--out", str(tmp_path / "p.png"), *command[1:]])
+    assert result.exit_code == 2 and message in result.output
+
+
+def test_writing_into_a_missing_folder_and_evaluating_a_missing_run(run_dir, tmp_path):
+    result = CliRunner().invoke(cli, ["sample", run_dir, "--out", str(tmp_path / "nope" / "s.png")])
+    assert result.exit_code == 2 and "does not exist" in result.output
+    result = CliRunner().invoke(cli, ["evaluate", str(tmp_path / "nothing")])
+    assert result.exit_code == 2 and "does not exist" in result.output

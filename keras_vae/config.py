@@ -11,6 +11,7 @@ BINARIZATIONS = ("dynamic", "static", "none")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 JIT_CHOICES = ("auto", "on", "off")
 POSTERIOR_SCALES = ("softplus", "exp")
+LR_SCHEDULES = ("constant", "cosine")
 STRATEGIES = ("auto", "one", "mirrored", "multi-worker")
 
 
@@ -41,6 +42,7 @@ class FitConfig:
     epochs: int = 10
     batch_size: int = 128
     learning_rate: float = 1e-3
+    lr_schedule: str = "constant"
     seed: int = 0
     precision: str = "float32"
     steps_per_execution: int = 1
@@ -95,6 +97,7 @@ class FitConfig:
         for name, choices in (
             ("likelihood", LIKELIHOODS),
             ("posterior_scale", POSTERIOR_SCALES),
+            ("lr_schedule", LR_SCHEDULES),
             ("binarize", BINARIZATIONS),
             ("precision", PRECISIONS),
             ("jit_compile", JIT_CHOICES),

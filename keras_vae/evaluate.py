@@ -17,7 +17,7 @@ EVALUATION_KEYS = (
     "elbo", "reconstruction_loss", "kl", "nll_iw", "bits_per_dim", "active_units", "kl_per_dim",
     "linear_probe_accuracy", "mig",
 )
-MAX_DECODER_ROWS = 20000  # importance samples x batch per chunk: bounds memory for any K
+MAX_DECODER_ROWS = 4000  # importance samples x batch per chunk: bounds memory for any K (~0.6 GB for conv-small)
 
 
 @dataclasses.dataclass

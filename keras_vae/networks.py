@@ -30,18 +30,18 @@ def build_networks(name, image_shape, latent_dim, num_params):
 
 
 @ARCHITECTURES.register("mlp")
-def mlp(image_shape, latent_dim, num_params, hidden=(512, 512)):
+def mlp(image_shape, latent_dim, num_params, hidden=(512, 512), activation="relu"):
     """Fully connected encoder and decoder with two hidden layers of 512 units."""
     size = math.prod(image_shape)
     encoder = keras.Sequential(
         [keras.Input(image_shape), keras.layers.Flatten()]
-        + [keras.layers.Dense(units, activation="relu") for units in hidden]
+        + [keras.layers.Dense(units, activation=activation) for units in hidden]
         + [keras.layers.Dense(num_params, name="posterior_params")],
         name="encoder",
     )
     decoder = keras.Sequential(
         [keras.Input((latent_dim,))]
-        + [keras.layers.Dense(units, activation="relu") for units in reversed(hidden)]
+        + [keras.layers.Dense(units, activation=activation) for units in reversed(hidden)]
         + [keras.layers.Dense(size), keras.layers.Reshape(image_shape)],
         name="decoder",
     )
@@ -127,3 +127,4 @@ def conv(image_shape, latent_dim, num_params):
         name="decoder",
     )
     return encoder, decoder
+

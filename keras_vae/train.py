@@ -7,6 +7,7 @@ import os
 import shutil
 
 import keras
+import tensorflow as tf
 
 from keras_vae import callbacks as kv_callbacks
 from keras_vae import distribute
@@ -41,7 +42,7 @@ def dtype_policy(precision):
 
 
 def prepare_data(config, dataset, replicas=1):
-    """(train pipeline, validation pipeline, a few validation images) for `config`.
+    """(train pipeline, validation pipeline, a few validation images, training-set size).
 
     With several replicas the validation set is cut to a multiple of their
     number: Keras averages the first batch over replicas before evaluating,
@@ -68,7 +69,7 @@ def prepare_data(config, dataset, replicas=1):
         dynamic_binarization=dynamic, shuffle=True, seed=config.seed,
     )
     val = pipeline.make_pipeline(x_val, config.batch_size, y=y_val if with_labels else None)
-    return train, val, pipeline.to_unit_float(x_val[:NUM_SUMMARY_IMAGES])
+    return train, val, pipeline.to_unit_float(x_val[:NUM_SUMMARY_IMAGES]), len(x_train)
 
 
 def build_model_class(config):
@@ -77,8 +78,29 @@ def build_model_class(config):
     return get_model_class(config.model)
 
 
-def jit_setting(value):
-    return {"auto": "auto", "on": True, "off": False}[value]
+def learning_rate(config, total_steps):
+    """A constant rate, or a cosine decay to 0 over the whole run (Loshchilov & Hutter 2017)."""
+    if config.lr_schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=max(1, total_steps))
+    return config.learning_rate
+
+
+def jit_setting(value, model, strategy):
+    """XLA or not. `auto`: on for networks without convolutions on one CPU device
+    (measured 1.3x faster for `mlp` on this 2-core CPU; XLA made the conv
+    nets about 1.7x slower there), otherwise Keras's own choice."""
+    if value != "auto":
+        return value == "on"
+    cpu_only = not tf.config.list_logical_devices("GPU")
+    if cpu_only and strategy.num_replicas_in_sync == 1 and not has_convolutions(model):
+        return True
+    return "auto"
+
+
+def has_convolutions(model):
+    convolutional = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D,
+                     keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose)
+    return any(isinstance(layer, convolutional) for layer in model._flatten_layers(include_self=False))
 
 
 # Settings that may change between the runs of one run directory: where
@@ -157,17 +179,18 @@ def fit(config, verbose="auto", force=False, log=print, extra_callbacks=()):
             f"--batch-size is the global batch and must divide evenly over the {replicas} replicas. "
             f"Received: batch_size={config.batch_size}."
         )
-    train_data, val_data, summary_images = prepare_data(config, dataset, replicas)
+    train_data, val_data, summary_images, num_train = prepare_data(config, dataset, replicas)
     os.makedirs(run_dir, exist_ok=True)
     if chief:
         config.save(os.path.join(run_dir, CONFIG_FILE))
 
+    steps_per_epoch = -(-num_train // config.batch_size)
     with dtype_policy(config.precision), strategy.scope():
         model = build_model(config, dataset.image_shape)
         model.compile(
-            optimizer=keras.optimizers.Adam(config.learning_rate),
+            optimizer=keras.optimizers.Adam(learning_rate(config, steps_per_epoch * config.epochs)),
             steps_per_execution=config.steps_per_execution,
-            jit_compile=jit_setting(config.jit_compile),
+            jit_compile=jit_setting(config.jit_compile, model, strategy),
         )
         initial_epoch, history = 0, {}
         if resume_from:

@@ -1,18 +1,31 @@
 #!/usr/bin/env python3
-"""Training-throughput benchmarks for keras_vae (figures, not tests).
+"""Side-by-side benchmark of keras_vae against the canonical Keras VAE (figures, not tests).
 
-    python scripts/benchmark.py replicas [--data-dir DIR] [--epochs 3] [--quick]
+    python scripts/benchmark.py [--quick] [--data-dir DIR] [--epochs N]
+    python scripts/benchmark.py replicas [--epochs 3]
+    python scripts/benchmark.py levers           # throughput of fit options, for choosing defaults
+    python scripts/benchmark.py scale            # cost vs dataset, batch, latent and image size
 
-`replicas`: samples per second of `keras-vae fit` (the same code path) on
-Fashion-MNIST with 1 device and with 2 mirrored CPU replicas, each in a fresh
-process (the CPU is split before TensorFlow starts), side by side in one run.
-The first epoch (tracing) is reported apart from the steady state.
+The main run trains, in one run, on the same data (Fashion-MNIST), batch size,
+epochs and seed:
+  (a) reference VAEs written here the way the canonical Keras 3 example is: a
+      `Sampling` layer, a `keras.Model` with a `tf.GradientTape` train_step,
+      closed-form KL, summed binary cross-entropy, default `compile` — with the
+      conv-small design, and with a Dense 512-512 MLP (latent 16, Adam 1e-3);
+  (b) this package's `conv-small` (float32 and mixed_bfloat16) and default
+      `mlp` models through `keras_vae.train.fit`, the code path of `keras-vae fit`.
+Each runs in a fresh process. Reported: steady-state training samples/s (the
+first epoch, which traces, apart), whole-process wall time, peak RSS, test
+ELBO and nll_iw (K importance samples on the first test images), evaluation
+importance-samples/s, and achieved GFLOP/s against matmul peaks measured in
+the same run. Writes benchmarks/results.json and benchmarks/RESULTS.md.
 """
 
 import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -20,6 +33,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DATA = os.path.join(REPO, "..", "shared", "data", "fashion_mnist")
+OUT_DIR = os.path.join(REPO, "benchmarks")
 
 
 def cpu_model():
@@ -33,55 +47,394 @@ def cpu_model():
     return platform.processor() or "unknown"
 
 
-def measure(config_values, max_examples=None):
-    """Runs keras_vae.train.fit in this process; returns timing figures (a child's job)."""
-    import keras
+# --------------------------------------------------------------------------- children
+def child_peak(_):
+    """Matmul peaks (GFLOP/s) for float32 and bfloat16, 2048×2048."""
+    import tensorflow as tf
 
+    peaks = {}
+    for dtype in (tf.float32, tf.bfloat16):
+        n = 2048
+        a = tf.cast(tf.random.normal([n, n]), dtype)
+        b = tf.cast(tf.random.normal([n, n]), dtype)
+        matmul = tf.function(lambda: tf.matmul(a, b))
+        matmul().numpy()
+        best = 0.0
+        for _ in range(3):
+            reps = 10
+            start = time.perf_counter()
+            for _ in range(reps):
+                result = matmul()
+            result.numpy()
+            best = max(best, 2 * n**3 * reps / (time.perf_counter() - start) / 1e9)
+        peaks[dtype.name] = best
+    return peaks
+
+
+class EpochTimer:
+    """A Keras callback recording each epoch's training time, validation excluded."""
+
+    @staticmethod
+    def make(times):
+        import keras
+
+        class Timer(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                self.start, self.stop = time.perf_counter(), None
+
+            def on_test_begin(self, logs=None):  # fit's validation pass starts: training is over
+                if self.stop is None:
+                    self.stop = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                times.append((self.stop or time.perf_counter()) - self.start)
+
+        return Timer()
+
+
+def throughput(times, examples):
+    steady = times[1:] or times
+    return {"first_epoch_s": times[0], "steady_epoch_s": sum(steady) / len(steady),
+            "samples_per_s": examples / (sum(steady) / len(steady))}
+
+
+def evaluation(model, data, iw_samples, iw_examples):
+    """Test ELBO on the whole split; nll_iw on its first `iw_examples` images, timed."""
+    from keras_vae.evaluate import Split, evaluate_model
+
+    elbo = evaluate_model(model, data, iw_samples=1, batch_size=500, progress=False)
+    subset = Split(data.name, data.x[:iw_examples])
+    start = time.perf_counter()
+    iw = evaluate_model(model, subset, iw_samples=iw_samples, batch_size=100, progress=False)
+    seconds = time.perf_counter() - start
+    return {"test_elbo": elbo["elbo"], "test_reconstruction": elbo["reconstruction_loss"], "test_kl": elbo["kl"],
+            "nll_iw": iw["nll_iw"], "iw_samples_per_s": iw_samples * iw_examples / seconds}
+
+
+def child_package(job):
+    """This package through keras_vae.train.fit (the keras-vae fit code path)."""
+    from keras_vae import flops
+    from keras_vae.config import FitConfig
+    from keras_vae.evaluate import load_split
+    from keras_vae.train import fit, load_run
+
+    times = []
+    with tempfile.TemporaryDirectory() as scratch:
+        config = FitConfig(run_dir=os.path.join(scratch, "run"), export=False, **job["config"])
+        fit(config, verbose=0, log=lambda *_: None, extra_callbacks=[EpochTimer.make(times)])
+        _, model = load_run(config.run_dir)
+        data = load_split(config, "test")
+        train_examples = job["train_examples"]
+        figures = throughput(times, train_examples)
+        figures.update(evaluation(model, data, job["iw_samples"], job["iw_examples"]))
+        figures["train_flops_per_example"] = flops.training_flops(model.encoder, model.decoder)
+    return figures
+
+
+def reference_networks(design, image_shape, latent_dim):
+    """The canonical Keras example's encoder (z_mean, z_log_var, z) and sigmoid decoder."""
+    import keras
+    from keras import layers, ops
+
+    class Sampling(layers.Layer):
+        """Uses (z_mean, z_log_var) to sample z, the vector encoding a digit."""
+
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.seed_generator = keras.random.SeedGenerator(1337)
+
+        def call(self, inputs):
+            z_mean, z_log_var = inputs
+            batch, dim = ops.shape(z_mean)[0], ops.shape(z_mean)[1]
+            epsilon = keras.random.normal(shape=(batch, dim), seed=self.seed_generator)
+            return z_mean + ops.exp(0.5 * z_log_var) * epsilon
+
+    height, width, channels = image_shape
+    encoder_inputs = keras.Input(shape=image_shape)
+    if design == "conv-small":
+        x = layers.Conv2D(32, 3, activation="relu", strides=2, padding="same")(encoder_inputs)
+        x = layers.Conv2D(64, 3, activation="relu", strides=2, padding="same")(x)
+        x = layers.Flatten()(x)
+        x = layers.Dense(16, activation="relu")(x)
+    else:
+        x = layers.Flatten()(encoder_inputs)
+        x = layers.Dense(512, activation="relu")(x)
+        x = layers.Dense(512, activation="relu")(x)
+    z_mean = layers.Dense(latent_dim, name="z_mean")(x)
+    z_log_var = layers.Dense(latent_dim, name="z_log_var")(x)
+    z = Sampling()([z_mean, z_log_var])
+    encoder = keras.Model(encoder_inputs, [z_mean, z_log_var, z], name="encoder")
+
+    latent_inputs = keras.Input(shape=(latent_dim,))
+    if design == "conv-small":
+        x = layers.Dense(height // 4 * width // 4 * 64, activation="relu")(latent_inputs)
+        x = layers.Reshape((height // 4, width // 4, 64))(x)
+        x = layers.Conv2DTranspose(64, 3, activation="relu", strides=2, padding="same")(x)
+        x = layers.Conv2DTranspose(32, 3, activation="relu", strides=2, padding="same")(x)
+        decoder_outputs = layers.Conv2DTranspose(channels, 3, activation="sigmoid", padding="same")(x)
+    else:
+        x = layers.Dense(512, activation="relu")(latent_inputs)
+        x = layers.Dense(512, activation="relu")(x)
+        x = layers.Dense(height * width * channels, activation="sigmoid")(x)
+        decoder_outputs = layers.Reshape(image_shape)(x)
+    decoder = keras.Model(latent_inputs, decoder_outputs, name="decoder")
+    return encoder, decoder
+
+
+def reference_vae_class():
+    import keras
+    import tensorflow as tf
+    from keras import ops
+
+    class VAE(keras.Model):
+        def __init__(self, encoder, decoder, **kwargs):
+            super().__init__(**kwargs)
+            self.encoder = encoder
+            self.decoder = decoder
+            self.total_loss_tracker = keras.metrics.Mean(name="total_loss")
+            self.reconstruction_loss_tracker = keras.metrics.Mean(name="reconstruction_loss")
+            self.kl_loss_tracker = keras.metrics.Mean(name="kl_loss")
+
+        @property
+        def metrics(self):
+            return [self.total_loss_tracker, self.reconstruction_loss_tracker, self.kl_loss_tracker]
+
+        def train_step(self, data):
+            with tf.GradientTape() as tape:
+                z_mean, z_log_var, z = self.encoder(data)
+                reconstruction = self.decoder(z)
+                reconstruction_loss = ops.mean(
+                    ops.sum(keras.losses.binary_crossentropy(data, reconstruction), axis=(1, 2))
+                )
+                kl_loss = -0.5 * (1 + z_log_var - ops.square(z_mean) - ops.exp(z_log_var))
+                kl_loss = ops.mean(ops.sum(kl_loss, axis=1))
+                total_loss = reconstruction_loss + kl_loss
+            grads = tape.gradient(total_loss, self.trainable_weights)
+            self.optimizer.apply_gradients(zip(grads, self.trainable_weights))
+            self.total_loss_tracker.update_state(total_loss)
+            self.reconstruction_loss_tracker.update_state(reconstruction_loss)
+            self.kl_loss_tracker.update_state(kl_loss)
+            return {m.name: m.result() for m in self.metrics}
+
+    return VAE
+
+
+def reference_adapter(encoder, decoder, latent_dim, image_shape):
+    """Lets keras_vae's evaluator score the reference: q = N(z_mean, exp(z_log_var / 2)), p = Bernoulli(probs)."""
+    import keras
+    import tensorflow as tf
+    import tensorflow_probability as tfp
+
+    from keras_vae.distributions import standard_normal_prior
+    from keras_vae.models.base import VAE
+
+    tfd = tfp.distributions
+
+    class Adapter:
+        compute_terms = VAE.compute_terms
+        importance_log_weights = VAE.importance_log_weights
+        noise_seed = VAE.noise_seed
+
+        def __init__(self):
+            self.latent_dim, self.image_shape = latent_dim, image_shape
+            self.seed_generator = keras.random.SeedGenerator(0)
+
+        def encode(self, x):
+            z_mean, z_log_var, _ = encoder(x)
+            return z_mean, tf.exp(0.5 * z_log_var)
+
+        def posterior(self, x, training=False):
+            return tfd.Independent(tfd.Normal(*self.encode(x)), 1)
+
+        def likelihood(self, z, training=False):
+            probs = tf.clip_by_value(decoder(z), 1e-7, 1 - 1e-7)  # as keras's binary_crossentropy clips
+            return tfd.Independent(tfd.Bernoulli(probs=probs, dtype=tf.float32), len(image_shape))
+
+        def prior(self):
+            return standard_normal_prior(latent_dim)
+
+    return Adapter()
+
+
+def child_reference(job):
+    """The canonical Keras VAE, trained plainly: dynamic binarization in a plain tf.data pipeline."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_vae import flops
+    from keras_vae.config import FitConfig
+    from keras_vae.data.datasets import load_dataset
+    from keras_vae.evaluate import load_split
+
+    config = FitConfig(**job["config"])
+    keras.utils.set_random_seed(config.seed)
+    dataset = load_dataset(config.dataset, config.data_dir, config.seed)
+    x_train = dataset.x_train.astype(np.float32) / 255.0
+    train = (
+        tf.data.Dataset.from_tensor_slices(x_train)
+        .shuffle(len(x_train), seed=config.seed)
+        .batch(config.batch_size)
+        .map(lambda x: tf.cast(tf.random.uniform(tf.shape(x)) < x, tf.float32))
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    encoder, decoder = reference_networks(job["design"], dataset.image_shape, config.latent_dim)
+    vae = reference_vae_class()(encoder, decoder)
+    vae.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
+    times = []
+    vae.fit(train, epochs=config.epochs, verbose=0, callbacks=[EpochTimer.make(times)])
+    figures = throughput(times, len(x_train))
+    model = reference_adapter(encoder, decoder, config.latent_dim, dataset.image_shape)
+    figures.update(evaluation(model, load_split(config, "test", dataset), job["iw_samples"], job["iw_examples"]))
+    figures["train_flops_per_example"] = flops.training_flops(encoder, decoder)
+    return figures
+
+
+
+
+def run_child(kind, job):
+    """Runs one measurement in a fresh process; adds its wall time and peak RSS."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, __file__, "_child", kind, json.dumps(job)],
+                            capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        raise SystemExit(f"benchmark child {kind} failed:\n{result.stderr[-4000:]}")
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    figures["wall_s"] = time.perf_counter() - start
+    return figures
+
+
+def child_main(kind, job):
+    children = {"peak": child_peak, "package": child_package, "reference": child_reference, "fit": child_fit}
+    figures = children[kind](json.loads(job))
+    figures["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(figures))
+
+
+def child_fit(job):
+    """Throughput only, of keras_vae.train.fit with the given config (for `replicas` and `levers`)."""
     from keras_vae.config import FitConfig
     from keras_vae.train import fit
 
-    class EpochTimer(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.start = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            times.append(time.perf_counter() - self.start)
-
     times = []
-    started = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
-        config = FitConfig(run_dir=os.path.join(scratch, "run"), export=False, **config_values)
-        result = fit(config, verbose=0, log=lambda *_: None, extra_callbacks=[EpochTimer()])
+        config = FitConfig(run_dir=os.path.join(scratch, "run"), export=False, **job["config"])
+        result = fit(config, verbose=0, log=lambda *_: None, extra_callbacks=[EpochTimer.make(times)])
+    figures = throughput(times, job["train_examples"])
+    figures["val_elbo"] = result["val_elbo"]
+    return figures
+
+
+# ------------------------------------------------------------------------ main modes
+def make_data(args, scratch):
+    """The dataset config: full Fashion-MNIST, or (--quick) a seeded subset written as .npz."""
+    if not args.quick:
+        return {"dataset": "fashion_mnist", "data_dir": args.data_dir}, 60000
+    import numpy as np
+
     from keras_vae.data.datasets import load_dataset
 
-    examples = len(load_dataset(config.dataset, config.data_dir).x_train)
-    steady = times[1:] or times
+    data = load_dataset("fashion_mnist", args.data_dir)
+    path = os.path.join(scratch, "fashion_subset.npz")
+    np.savez(path, x=data.x_train[:args.quick_train], y=data.y_train[:args.quick_train],
+             x_test=data.x_test[:2000], y_test=data.y_test[:2000])
+    return {"dataset": path}, args.quick_train
+
+
+def main_benchmark(args):
+    os.makedirs(OUT_DIR, exist_ok=True)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as scratch:
+        data, train_examples = make_data(args, scratch)
+        common = dict(data, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, latent_dim=16)
+        job = dict(iw_samples=args.iw_samples, iw_examples=args.iw_examples, train_examples=train_examples)
+        peaks = run_child("peak", {})
+        runs = {
+            "reference conv-small": ("reference", dict(job, design="conv-small", config=common)),
+            "keras_vae conv-small": ("package", dict(job, config=dict(common, architecture="conv-small"))),
+            "keras_vae conv-small bf16": ("package", dict(job, config=dict(common, architecture="conv-small",
+                                                                           precision="mixed_bfloat16"))),
+            "reference mlp": ("reference", dict(job, design="mlp", config=common)),
+            "keras_vae mlp": ("package", dict(job, config=dict(common, architecture="mlp"))),
+        }
+        rows = {}
+        for name, (kind, spec) in runs.items():
+            print(f"... {name}", file=sys.stderr, flush=True)
+            rows[name] = run_child(kind, spec)
+    for name, row in rows.items():
+        peak = peaks["bfloat16"] if "bf16" in name else peaks["float32"]
+        row["gflops"] = row["samples_per_s"] * row["train_flops_per_example"] / 1e9
+        row["fraction_of_peak"] = row["gflops"] / peak
+    report = {
+        "cpu": cpu_model(), "cores": os.cpu_count(), "quick": args.quick,
+        "settings": {"epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed, "latent_dim": 16,
+                     "train_examples": train_examples, "iw_samples": args.iw_samples,
+                     "iw_examples": args.iw_examples},
+        "matmul_peak_gflops": peaks, "rows": rows, "targets": targets(rows, peaks),
+        "total_wall_s": time.perf_counter() - started,
+    }
+    write_report(report)
+    return report
+
+
+def targets(rows, peaks):
+    ref, ours, bf16 = rows["reference conv-small"], rows["keras_vae conv-small"], rows["keras_vae conv-small bf16"]
+    mlp, ref_mlp = rows["keras_vae mlp"], rows["reference mlp"]
     return {
-        "examples_per_epoch": examples,
-        "first_epoch_s": times[0],
-        "steady_epoch_s": sum(steady) / len(steady),
-        "samples_per_s": examples / (sum(steady) / len(steady)),
-        "wall_s": time.perf_counter() - started,
-        "val_elbo": result["val_elbo"],
+        "conv-small fp32 speed-up (>= 1.3)": ours["samples_per_s"] / ref["samples_per_s"],
+        "conv-small fp32 ELBO minus reference (>= -0.5 nats)": ours["test_elbo"] - ref["test_elbo"],
+        "conv-small bf16 speed-up (>= 2.5)": bf16["samples_per_s"] / ref["samples_per_s"],
+        "conv-small bf16 ELBO vs fp32 (relative, <= 0.01)": abs(bf16["test_elbo"] - ours["test_elbo"]) / abs(ours["test_elbo"]),
+        "mlp fraction of fp32 matmul peak (>= 0.5)": mlp["gflops"] / peaks["float32"],
+        "peak RSS of fit, MB (< 3000)": max(r["peak_rss_mb"] for n, r in rows.items() if n.startswith("keras_vae")),
+        "mlp nll_iw below reference mlp, nats (>= 2)": ref_mlp["nll_iw"] - mlp["nll_iw"],
     }
 
 
-def run_child(config_values):
-    """Measures one configuration in a fresh Python process."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
-    command = [sys.executable, __file__, "_child", json.dumps(config_values)]
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
-    if result.returncode != 0:
-        raise SystemExit(f"benchmark child failed: {result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+def table(report):
+    header = (f"| model | samples/s | 1st epoch s | wall s | peak RSS MB | test ELBO | nll_iw (K={report['settings']['iw_samples']}) "
+              "| IW samples/s | GFLOP/s | of peak |")
+    lines = [header, "|" + "---|" * 10]
+    for name, r in report["rows"].items():
+        lines.append(f"| {name} | {r['samples_per_s']:.0f} | {r['first_epoch_s']:.1f} | {r['wall_s']:.0f} | "
+                     f"{r['peak_rss_mb']:.0f} | {r['test_elbo']:.2f} | {r['nll_iw']:.2f} | {r['iw_samples_per_s']:.0f} | "
+                     f"{r['gflops']:.1f} | {r['fraction_of_peak']:.0%} |")
+    return "\n".join(lines)
+
+
+def write_report(report):
+    with open(os.path.join(OUT_DIR, "results.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    s = report["settings"]
+    md = [
+        "# keras_vae benchmark results", "",
+        f"Machine: {report['cpu']}, {report['cores']} cores. Matmul peaks measured in the same run (2048×2048): "
+        f"float32 {report['matmul_peak_gflops']['float32']:.0f} GFLOP/s, bfloat16 {report['matmul_peak_gflops']['bfloat16']:.0f} GFLOP/s.",
+        "",
+        f"Fashion-MNIST ({s['train_examples']} training images{', --quick subset' if report['quick'] else ''}), "
+        f"{s['epochs']} epochs, batch {s['batch_size']}, seed {s['seed']}, latent 16, dynamic binarization for every model. "
+        f"Test ELBO on the test split; nll_iw on its first {s['iw_examples']} images. samples/s is the steady state "
+        "(epochs after the first); the first epoch includes tracing.",
+        "", table(report), "", "Targets:", "",
+    ]
+    md += [f"- {name}: {value:.3f}" for name, value in report["targets"].items()]
+    md += ["", f"Command: `python scripts/benchmark.py{' --quick' if report['quick'] else ''} --epochs {s['epochs']}`; "
+           f"total {report['total_wall_s']:.0f} s.", ""]
+    with open(os.path.join(OUT_DIR, "RESULTS.md"), "w") as f:
+        f.write("\n".join(md))
+    print(table(report))
+    for name, value in report["targets"].items():
+        print(f"{name}: {value:.3f}")
 
 
 def replicas(args):
     base = dict(dataset="fashion_mnist", data_dir=args.data_dir, epochs=args.epochs, batch_size=args.batch_size,
                 architecture=args.architecture)
     rows = {
-        "1 device": run_child(dict(base, strategy="one")),
-        "2 CPU replicas (mirrored)": run_child(dict(base, strategy="mirrored", cpu_replicas=2)),
+        "1 device": run_child("fit", {"config": dict(base, strategy="one"), "train_examples": 60000}),
+        "2 CPU replicas (mirrored)": run_child("fit", {"config": dict(base, strategy="mirrored", cpu_replicas=2),
+                                                      "train_examples": 60000}),
     }
     reference = rows["1 device"]["samples_per_s"]
     print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; {args.architecture}, batch {args.batch_size}, "
@@ -90,28 +443,75 @@ def replicas(args):
     for name, row in rows.items():
         print(f"{name:28s} {row['samples_per_s']:10.0f} {row['samples_per_s'] / reference:6.2f} "
               f"{row['first_epoch_s']:12.1f} {row['val_elbo']:9.2f}")
+
+
+def levers(args):
+    """Throughput of fit options side by side, for choosing the defaults."""
+    base = dict(dataset="fashion_mnist", data_dir=args.data_dir, epochs=args.epochs, batch_size=args.batch_size,
+                architecture=args.architecture)
+    variants = {
+        "defaults": {},
+        "steps_per_execution 8": {"steps_per_execution": 8},
+        "jit_compile on": {"jit_compile": "on"},
+        "mixed_bfloat16": {"precision": "mixed_bfloat16"},
+        "mixed_bfloat16 + spe 8": {"precision": "mixed_bfloat16", "steps_per_execution": 8},
+    }
+    print(f"{args.architecture}, batch {args.batch_size}")
+    for name, extra in variants.items():
+        row = run_child("fit", {"config": dict(base, **extra), "train_examples": 60000})
+        print(f"{name:28s} {row['samples_per_s']:8.0f} samples/s  first epoch {row['first_epoch_s']:5.1f}s  "
+              f"val ELBO {row['val_elbo']:.2f}", flush=True)
+
+
+def scale(args):
+    """How training cost grows: samples/s and epoch time over dataset, batch, latent and image sizes."""
+    import numpy as np
+
+    from keras_vae.data.datasets import load_dataset
+
+    fashion = load_dataset("fashion_mnist", args.data_dir)
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        def subset(n):
+            path = os.path.join(scratch, f"fashion_{n}.npz")
+            np.savez(path, x=fashion.x_train[:n], x_test=fashion.x_test[:1000])
+            return path
+
+        base = dict(architecture=args.architecture, epochs=2, batch_size=128, latent_dim=16)
+        points = [("dataset size", f"{n} images", dict(base, dataset=subset(n)), n) for n in (15000, 30000, 60000)]
+        points += [("batch size", str(b), dict(base, dataset=subset(60000), batch_size=b), 60000) for b in (32, 128, 512)]
+        points += [("latent size", str(l), dict(base, dataset=subset(60000), latent_dim=l), 60000) for l in (2, 64)]
+        points += [("image size", name, dict(base, dataset=name), 20000) for name in ("sprites28", "sprites")]
+        for axis, value, config, examples in points:
+            row = run_child("fit", {"config": config, "train_examples": examples})
+            rows.append({"axis": axis, "value": value, "samples_per_s": row["samples_per_s"],
+                         "epoch_s": row["steady_epoch_s"]})
+            print(f"{axis:13s} {value:14s} {row['samples_per_s']:8.0f} samples/s  {row['steady_epoch_s']:6.1f} s/epoch",
+                  flush=True)
     return rows
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="mode", required=True)
-    rep = sub.add_parser("replicas", help="1 device vs 2 mirrored CPU replicas")
-    rep.add_argument("--data-dir", default=DEFAULT_DATA)
-    rep.add_argument("--epochs", type=int, default=3)
-    rep.add_argument("--batch-size", type=int, default=128)
-    rep.add_argument("--architecture", default="mlp")
-    rep.add_argument("--json", help="also write the figures to this file")
-    child = sub.add_parser("_child")
-    child.add_argument("config")
-    args = parser.parse_args(argv)
-    if args.mode == "_child":
-        print(json.dumps(measure(json.loads(args.config))))
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "_child":
+        child_main(sys.argv[2], sys.argv[3])
         return
-    rows = replicas(args)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"cpu": cpu_model(), "cores": os.cpu_count(), "rows": rows}, f, indent=2)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", nargs="?", default="compare", choices=["compare", "replicas", "levers", "scale"])
+    parser.add_argument("--data-dir", default=DEFAULT_DATA)
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--architecture", default="mlp", help="for replicas and levers")
+    parser.add_argument("--iw-samples", type=int, default=None)
+    parser.add_argument("--iw-examples", type=int, default=None)
+    parser.add_argument("--quick", action="store_true", help="a subset: finishes in under 3 minutes on 2 cores")
+    parser.add_argument("--quick-train", type=int, default=10000, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.epochs is None:
+        args.epochs = 2 if args.quick else (3 if args.mode != "compare" else 10)
+    args.iw_samples = args.iw_samples or (100 if args.quick else 1000)
+    args.iw_examples = args.iw_examples or (200 if args.quick else 1000)
+    {"compare": main_benchmark, "replicas": replicas, "levers": levers, "scale": scale}[args.mode](args)
 
 
 if __name__ == "__main__":

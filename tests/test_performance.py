@@ -1,0 +1,59 @@
+"""The performance machinery: FLOP counts, the XLA policy and the learning-rate schedule."""
+
+import keras
+import pytest
+import tensorflow as tf
+
+from keras_vae import flops
+from keras_vae.config import FitConfig
+from keras_vae.errors import UserError
+from keras_vae.models.base import VAE
+from keras_vae.train import has_convolutions, jit_setting, learning_rate
+
+
+def test_flops_of_the_mlp_are_its_matrix_sizes():
+    model = VAE((28, 28, 1), latent_dim=16, architecture="mlp")
+    encoder = 2 * (784 * 512 + 512 * 512 + 512 * 32)
+    decoder = 2 * (16 * 512 + 512 * 512 + 512 * 784)
+    assert flops.network_flops(model.encoder) == encoder
+    assert flops.network_flops(model.decoder) == decoder
+    assert flops.training_flops(model.encoder, model.decoder) == 3 * (encoder + decoder)
+
+
+def test_flops_of_conv_small_count_every_convolution():
+    model = VAE((28, 28, 1), latent_dim=16, architecture="conv-small")
+    encoder = 2 * (9 * 1 * 32 * 14 * 14 + 9 * 32 * 64 * 7 * 7 + 3136 * 16 + 16 * 32)
+    # Transposed convolutions: 2·k²·C_in·C_out per *input* pixel.
+    decoder = 2 * (16 * 3136 + 9 * 64 * 64 * 7 * 7 + 9 * 64 * 32 * 14 * 14 + 9 * 32 * 1 * 28 * 28)
+    assert flops.network_flops(model.encoder) == encoder
+    assert flops.network_flops(model.decoder) == decoder
+
+
+def test_xla_policy():
+    strategy = tf.distribute.get_strategy()
+    mlp, conv = VAE((28, 28, 1), 4, "mlp"), VAE((28, 28, 1), 4, "conv-small")
+    assert not has_convolutions(mlp) and has_convolutions(conv)
+    assert jit_setting("auto", mlp, strategy) is True  # this machine has no GPU
+    assert jit_setting("auto", conv, strategy) == "auto"
+    assert jit_setting("on", conv, strategy) is True and jit_setting("off", mlp, strategy) is False
+
+
+def test_training_under_xla_still_stops_on_nan():
+    from keras_vae.callbacks import StopOnNaN
+    from keras_vae.errors import TrainingDiverged
+
+    model = VAE((4, 4, 1), 2, "mlp")
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=True)
+    x = tf.fill([8, 4, 4, 1], float("nan"))
+    with pytest.raises(TrainingDiverged, match="at epoch 1, step 1"):
+        model.fit(x, batch_size=8, epochs=1, verbose=0, callbacks=[StopOnNaN()])
+
+
+def test_cosine_schedule_decays_to_zero_over_the_run():
+    schedule = learning_rate(FitConfig(learning_rate=2e-3, lr_schedule="cosine"), total_steps=100)
+    assert float(schedule(0)) == pytest.approx(2e-3)
+    assert float(schedule(50)) == pytest.approx(1e-3, rel=1e-3)
+    assert float(schedule(100)) == pytest.approx(0.0, abs=1e-9)
+    assert learning_rate(FitConfig(learning_rate=5e-4), 100) == 5e-4
+    with pytest.raises(UserError, match="lr_schedule='step'"):
+        FitConfig(lr_schedule="step")

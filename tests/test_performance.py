@@ -13,8 +13,8 @@ from keras_vae.train import has_convolutions, jit_setting, learning_rate
 
 def test_flops_of_the_mlp_are_its_matrix_sizes():
     model = VAE((28, 28, 1), latent_dim=16, architecture="mlp")
-    encoder = 2 * (784 * 512 + 512 * 512 + 512 * 32)
-    decoder = 2 * (16 * 512 + 512 * 512 + 512 * 784)
+    encoder = 2 * (784 * 1024 + 1024 * 1024 + 1024 * 32)
+    decoder = 2 * (16 * 1024 + 1024 * 1024 + 1024 * 784)
     assert flops.network_flops(model.encoder) == encoder
     assert flops.network_flops(model.decoder) == decoder
     assert flops.training_flops(model.encoder, model.decoder) == 3 * (encoder + decoder)

@@ -11,7 +11,9 @@ from keras_vae.config import (
     JIT_CHOICES,
     LIKELIHOODS,
     LR_SCHEDULES,
+    NOISES,
     POSTERIOR_SCALES,
+    PRIORS,
     PRECISIONS,
     STRATEGIES,
     FitConfig,
@@ -58,6 +60,13 @@ FIT_OPTIONS = [
     click.option("--beta", type=float, help="Weight of the KL term. Default: 1."),
     click.option("--kl-warmup-steps", type=int, help="Steps over which beta rises linearly from 0. Default: 1000."),
     click.option("--free-bits", type=float, help="Floor on each latent dimension's KL, in nats. Default: 0."),
+    click.option("--prior", type=click.Choice(PRIORS), help="p(z): normal (default), mog (learned mixture) or vamp (VampPrior)."),
+    click.option("--prior-components", type=int, help="Components / pseudo-inputs of a learned prior. Default: 10."),
+    click.option("--noise", type=click.Choice(NOISES), help="dae: gaussian (default) or masking corruption."),
+    click.option("--noise-level", type=float, help="dae: the Gaussian's std or the masked fraction. Default: 0.3."),
+    click.option("--capacity-max", type=float, help="beta_vae: the KL capacity C reached, in nats. Default: 25."),
+    click.option("--capacity-steps", type=int, help="beta_vae: steps over which C rises. Default: 100000."),
+    click.option("--iw-k", type=int, help="iwae: importance samples per example. Default: 5."),
     click.option("--epochs", type=int, help="Default: 10."),
     click.option("--batch-size", type=int, help="Global batch size. Default: 128."),
     click.option("--learning-rate", type=float, help="Adam's learning rate. Default: 1e-3."),
@@ -104,14 +113,14 @@ def fit(config_file, force, **flags):
     result = run_fit(config, force=force, log=click.echo)
     if result["complete"]:
         return
-    history = result["history"]
-    click.echo(
-        f"Done. {result['split'].capitalize()} ELBO {result['val_elbo']:.2f} nats/example "
-        f"(reconstruction {history['val_reconstruction_loss'][-1]:.2f}, KL {history['val_kl'][-1]:.2f}); "
-        f"run in {result['run_dir']}"
-        + (f"; exported to {result['export_path']}" if result["export_path"] else "")
-        + "."
-    )
+    history, split = result["history"], result["split"].capitalize()
+    if result["val_elbo"] is not None:
+        summary = (f"{split} ELBO {result['val_elbo']:.2f} nats/example "
+                   f"(reconstruction {history['val_reconstruction_loss'][-1]:.2f}, KL {history['val_kl'][-1]:.2f})")
+    else:
+        summary = f"{split} reconstruction loss {history['val_reconstruction_loss'][-1]:.2f} nats/example"
+    exported = f"; exported to {result['export_path']}" if result["export_path"] else ""
+    click.echo(f"Done. {summary}; run in {result['run_dir']}{exported}.")
 
 
 @cli.command()

@@ -12,6 +12,8 @@ PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 JIT_CHOICES = ("auto", "on", "off")
 POSTERIOR_SCALES = ("softplus", "exp")
 LR_SCHEDULES = ("constant", "cosine")
+PRIORS = ("normal", "mog", "vamp")
+NOISES = ("gaussian", "masking")
 STRATEGIES = ("auto", "one", "mirrored", "multi-worker")
 
 
@@ -38,6 +40,14 @@ class FitConfig:
     beta: float = 1.0
     kl_warmup_steps: int = 1000  # measured: -1.4 nats of test -log p(x) on Fashion-MNIST
     free_bits: float = 0.0
+    prior: str = "normal"
+    prior_components: int = 10
+    # Model-specific (used by the models that name them).
+    noise: str = "gaussian"  # dae: gaussian or masking corruption
+    noise_level: float = 0.3  # dae: the Gaussian's std, or the masked fraction
+    capacity_max: float = 25.0  # beta_vae: C rises to this many nats ...
+    capacity_steps: int = 100000  # ... over this many steps
+    iw_k: int = 5  # iwae: importance samples per example
     # Optimization.
     epochs: int = 10
     batch_size: int = 128
@@ -60,14 +70,14 @@ class FitConfig:
         self.validate()
 
     def validate(self):
-        positive = ("latent_dim", "epochs", "batch_size", "steps_per_execution")
+        positive = ("latent_dim", "epochs", "batch_size", "steps_per_execution", "prior_components", "iw_k")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise UserError(
                     f"{_flag(name)} must be a positive integer. Received: {name}={value!r}."
                 )
-        for name in ("beta", "free_bits", "learning_rate"):
+        for name in ("beta", "free_bits", "learning_rate", "noise_level", "capacity_max"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 raise UserError(
@@ -75,6 +85,12 @@ class FitConfig:
                 )
         if self.learning_rate == 0:
             raise UserError("--learning-rate must be positive. Received: learning_rate=0.")
+        if not isinstance(self.capacity_steps, int) or self.capacity_steps < 0:
+            raise UserError(
+                f"--capacity-steps must be a non-negative integer. Received: capacity_steps={self.capacity_steps!r}."
+            )
+        if self.noise == "masking" and not self.noise_level < 1:
+            raise UserError(f"--noise-level is the masked fraction and must be below 1. Received: {self.noise_level!r}.")
         if not isinstance(self.kl_warmup_steps, int) or self.kl_warmup_steps < 0:
             raise UserError(
                 "--kl-warmup-steps must be a non-negative integer. "
@@ -98,6 +114,8 @@ class FitConfig:
             ("likelihood", LIKELIHOODS),
             ("posterior_scale", POSTERIOR_SCALES),
             ("lr_schedule", LR_SCHEDULES),
+            ("prior", PRIORS),
+            ("noise", NOISES),
             ("binarize", BINARIZATIONS),
             ("precision", PRECISIONS),
             ("jit_compile", JIT_CHOICES),

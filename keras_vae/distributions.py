@@ -153,3 +153,33 @@ def standard_normal_prior(latent_dim):
     return tfd.Independent(
         tfd.Normal(tf.zeros([latent_dim]), tf.ones([latent_dim])), reinterpreted_batch_ndims=1
     )
+
+
+@keras.saving.register_keras_serializable(package="keras_vae")
+class DeterministicPosterior(keras.layers.Layer):
+    """The code of a plain autoencoder: a point mass at the encoder output.
+
+    Call arguments:
+        params: float tensor [B, L].
+
+    Returns:
+        `tfd.Independent(tfd.Deterministic(params), 1)`.
+    """
+
+    def __init__(self, latent_dim, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.latent_dim = latent_dim
+
+    def parameters(self, params):
+        """(code, zero stddev), each [B, L] float32."""
+        code = tf.cast(params, tf.float32)
+        return code, tf.zeros_like(code)
+
+    def call(self, params):
+        return tfd.Independent(tfd.Deterministic(tf.cast(params, tf.float32)), reinterpreted_batch_ndims=1)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(latent_dim=self.latent_dim)
+        return config

@@ -110,13 +110,16 @@ def evaluate_model(model, data, iw_samples=1000, batch_size=100, train_data=None
             totals[name] += float(tf.reduce_sum(terms[name]))
         if terms.get("kl_per_dim") is not None:
             kl_per_dim += tf.reduce_sum(terms["kl_per_dim"], axis=0).numpy()
-        totals["nll_iw"] += float(tf.reduce_sum(importance_weighted_nll(log_weights, x, iw_samples, chunk)))
+        if model.has_elbo:
+            totals["nll_iw"] += float(tf.reduce_sum(importance_weighted_nll(log_weights, x, iw_samples, chunk)))
         means.append(model.encode(x)[0].numpy())
         bar.update(i + 1, [("nll_iw", totals["nll_iw"] / ((i + 1) * batch_size))])
     count = len(data.x)
     means = np.concatenate(means)
     result = {name: value / count for name, value in totals.items()}
     result["bits_per_dim"] = float(losses.bits_per_dim(result["nll_iw"], int(np.prod(data.x.shape[1:]))))
+    if not model.has_elbo:  # a plain autoencoder: no likelihood bound exists
+        result.update(elbo=None, kl=None, nll_iw=None, bits_per_dim=None)
     result["active_units"], _ = metrics.active_units(means)
     result["kl_per_dim"] = [float(v) for v in kl_per_dim / count]
     result["linear_probe_accuracy"] = None

@@ -108,3 +108,15 @@ def iwae_bound(log_weights, axis=0):
 def bits_per_dim(nll_nats, num_dims):
     """Converts nats per example into bits per dimension."""
     return nll_nats / (num_dims * math.log(2.0))
+
+
+def capacity(step, capacity_max, capacity_steps):
+    """The KL capacity C of Burgess et al. (2018), rising linearly from 0 to `capacity_max` nats."""
+    if capacity_steps <= 0:
+        return tf.constant(float(capacity_max), tf.float32)
+    return float(capacity_max) * tf.minimum(1.0, tf.cast(step, tf.float32) / float(capacity_steps))
+
+
+def capacity_regularizer(kl, gamma, capacity_value):
+    """γ·|KL − C| (Burgess et al. 2018, eq. 8): the KL is pulled towards C, not towards 0."""
+    return gamma * tf.abs(tf.reduce_mean(kl) - capacity_value)

@@ -64,9 +64,12 @@ def prepare_data(config, dataset, replicas=1):
         x_val = pipeline.binarize_once(x_val, config.seed + 1)
     dynamic = config.binarize == "dynamic"
     with_labels = getattr(build_model_class(config), "uses_labels", False)
+    # Whole batches only (the remainder changes with every reshuffle): one batch
+    # shape, so XLA compiles the step once instead of again for a ragged last batch.
     train = pipeline.make_pipeline(
         x_train, config.batch_size, y=y_train if with_labels else None,
         dynamic_binarization=dynamic, shuffle=True, seed=config.seed,
+        drop_remainder=len(x_train) >= config.batch_size,
     )
     val = pipeline.make_pipeline(x_val, config.batch_size, y=y_val if with_labels else None)
     return train, val, pipeline.to_unit_float(x_val[:NUM_SUMMARY_IMAGES]), len(x_train)
@@ -167,9 +170,7 @@ def fit(config, verbose="auto", force=False, log=print, extra_callbacks=()):
                 f"{run_dir} is already complete ({state['epoch']} epochs). "
                 "Use --force to start it over, or a larger --epochs to train it further."
             )
-            history = state["history"]
-            return {"run_dir": run_dir, "history": history, "export_path": None, "complete": True,
-                    "val_elbo": history["val_elbo"][-1]}
+            return {"run_dir": run_dir, "history": state["history"], "export_path": None, "complete": True}
 
     keras.utils.set_random_seed(config.seed)
     dataset = load_dataset(config.dataset, config.data_dir, config.seed)
@@ -184,7 +185,7 @@ def fit(config, verbose="auto", force=False, log=print, extra_callbacks=()):
     if chief:
         config.save(os.path.join(run_dir, CONFIG_FILE))
 
-    steps_per_epoch = -(-num_train // config.batch_size)
+    steps_per_epoch = max(1, num_train // config.batch_size)
     with dtype_policy(config.precision), strategy.scope():
         model = build_model(config, dataset.image_shape)
         model.compile(
@@ -215,7 +216,7 @@ def fit(config, verbose="auto", force=False, log=print, extra_callbacks=()):
         )
     history = checkpointer.history
     result = {"run_dir": run_dir, "history": history, "export_path": None, "complete": False,
-              "val_elbo": float(history["val_elbo"][-1]),
+              "val_elbo": history["val_elbo"][-1] if "val_elbo" in history else None,
               "split": "test" if dataset.x_test is not None else "validation"}
     # Every worker saves (a save may need all of them), the others into scratch.
     output_dir = run_dir if chief else distribute.worker_scratch(run_dir, strategy)

@@ -14,7 +14,7 @@ Variants override one method: `compute_terms` (what the model computes),
 import keras
 import tensorflow as tf
 
-from keras_vae import losses
+from keras_vae import losses, priors
 from keras_vae.distributions import (
     BernoulliLikelihood,
     GaussianLikelihood,
@@ -26,6 +26,7 @@ from keras_vae.models import register_model
 from keras_vae.networks import build_networks
 
 METRIC_NAMES = ("loss", "elbo", "reconstruction_loss", "kl", "beta")
+ELBO_NAMES = ("elbo", "reconstruction_loss", "kl")
 
 
 def replica_id():
@@ -60,6 +61,9 @@ class VAE(keras.Model):
         free_bits: a floor, in nats, on each latent dimension's batch-mean KL
             in the loss (Kingma et al. 2016). Reported `kl` and `elbo` are the
             true values.
+        prior: "normal" (N(0, I)), "mog" (a learned mixture of Gaussians) or
+            "vamp" (the VampPrior, Tomczak & Welling 2018).
+        prior_components: mixture components / pseudo-inputs of a learned prior.
         seed: seeds the reparameterization noise.
 
     Call arguments:
@@ -86,6 +90,8 @@ class VAE(keras.Model):
         beta=1.0,
         kl_warmup_steps=0,
         free_bits=0.0,
+        prior="normal",
+        prior_components=10,
         seed=0,
         **kwargs,
     ):
@@ -103,6 +109,8 @@ class VAE(keras.Model):
         self.beta = float(beta)
         self.kl_warmup_steps = int(kl_warmup_steps)
         self.free_bits = float(free_bits)
+        self.prior_name = prior
+        self.prior_components = int(prior_components)
         self.seed = int(seed)
 
         self.encoder, self.decoder = build_networks(
@@ -111,6 +119,7 @@ class VAE(keras.Model):
         self.posterior_layer = self.build_posterior_layer()
         self.likelihood_layer = self.build_likelihood_layer()
         self.seed_generator = keras.random.SeedGenerator(seed, name="noise_seed")
+        priors.add_prior_weights(self, prior, self.prior_components)
         self.trackers = {name: keras.metrics.Mean(name=name) for name in self.metric_names()}
         self.built = True
 
@@ -127,6 +136,8 @@ class VAE(keras.Model):
             beta=config.beta,
             kl_warmup_steps=config.kl_warmup_steps,
             free_bits=config.free_bits,
+            prior=config.prior,
+            prior_components=config.prior_components,
             seed=config.seed,
         )
 
@@ -135,6 +146,8 @@ class VAE(keras.Model):
         return cls(**cls.config_kwargs(config, image_shape))
 
     # ----------------------------------------------------------- structure
+    has_elbo = True  # False for the plain autoencoders: no likelihood bound to evaluate
+
     def num_posterior_params(self):
         return 2 * self.latent_dim
 
@@ -160,11 +173,17 @@ class VAE(keras.Model):
     # ------------------------------------------------------ distributions
     def prior(self):
         """p(z)."""
-        return standard_normal_prior(self.latent_dim)
+        if self.prior_name == "normal":
+            return standard_normal_prior(self.latent_dim)
+        return priors.learned_prior(self, self.prior_name)
 
     def posterior(self, x, training=False):
         """q(z|x) for images x [B, H, W, C]."""
         return self.posterior_layer(self.encoder(x, training=training))
+
+    def corrupt(self, x, training=False):
+        """What the encoder sees of x; the identity here (a denoising model overrides it)."""
+        return x
 
     def likelihood(self, z, training=False):
         """p(x|z) for codes z [B, L]."""
@@ -194,9 +213,13 @@ class VAE(keras.Model):
 
         The same `seed` gives the same images on every call.
         """
-        z = temperature * tf.random.stateless_normal(
-            [num_samples, self.latent_dim], seed=tf.stack([tf.cast(seed, tf.int64), tf.constant(0, tf.int64)])
-        )
+        seed = tf.stack([tf.cast(seed, tf.int64), tf.constant(0, tf.int64)])
+        if self.prior_name == "normal":
+            z = temperature * tf.random.stateless_normal([num_samples, self.latent_dim], seed=seed)
+        else:
+            if temperature != 1.0:
+                raise UserError(f"--temperature applies to the N(0, I) prior only; this model's prior is {self.prior_name!r}.")
+            z = self.prior().sample(num_samples, seed=tf.cast(seed, tf.int32))
         return self.decode(z), z
 
     def call(self, x, training=False):
@@ -210,7 +233,7 @@ class VAE(keras.Model):
             dict with `reconstruction_loss`, `kl` and `elbo` [B], and
             `kl_per_dim` [B, L] (None when the KL has no per-dimension form).
         """
-        posterior = self.posterior(x, training=training)
+        posterior = self.posterior(self.corrupt(x, training), training=training)
         z = posterior.sample(seed=self.noise_seed())  # (B, L), reparameterized
         reconstruction_loss = -self.likelihood(z, training=training).log_prob(x)  # (B,)
         prior = self.prior()
@@ -318,6 +341,8 @@ class VAE(keras.Model):
             beta=self.beta,
             kl_warmup_steps=self.kl_warmup_steps,
             free_bits=self.free_bits,
+            prior=self.prior_name,
+            prior_components=self.prior_components,
             seed=self.seed,
         )
         return config

@@ -1,0 +1,111 @@
+"""The model family, tested over the registry, plus each model's own facts."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import tiny_images
+from keras_vae import losses
+from keras_vae.config import FitConfig
+from keras_vae.export import export_saved_model
+from keras_vae.models import build_model, model_names
+
+# Every registered model, and the VAE with each learned prior.
+VARIANTS = [(name, {}) for name in model_names()] + [("vae", {"prior": "mog"}), ("vae", {"prior": "vamp"})]
+IDS = [name + ("-" + extra["prior"] if extra else "") for name, extra in VARIANTS]
+
+
+def images(num=64):
+    return (tiny_images(num) / 255).astype(np.float32)
+
+
+def make(name, **extra):
+    config = FitConfig(model=name, latent_dim=3, seed=1, kl_warmup_steps=0, prior_components=4, **extra)
+    model = build_model(config, (28, 28, 1))
+    model.compile(optimizer=keras.optimizers.Adam(3e-3))
+    return model
+
+
+@pytest.mark.parametrize("name, extra", VARIANTS, ids=IDS)
+def test_every_model_trains_lowers_its_loss_and_exports_what_it_computes(name, extra, tmp_path):
+    model = make(name, **extra)
+    x = images()
+    before = [w.numpy().copy() for w in model.trainable_weights]
+    history = model.fit(x, batch_size=32, epochs=6, verbose=0, shuffle=False).history
+    assert all(not np.allclose(b, w.numpy()) for b, w in zip(before, model.trainable_weights))
+    assert history["loss"][-1] < 0.8 * history["loss"][0]
+
+    loaded = tf.saved_model.load(export_saved_model(model, str(tmp_path), name))
+    out = loaded.signatures["reconstruct"](x=tf.constant(x[:4]))
+    np.testing.assert_allclose(out["x_mean"], model.reconstruct(x[:4]), atol=1e-5)
+    sample = loaded.signatures["sample"](num_samples=tf.constant(3), seed=tf.constant(2))
+    np.testing.assert_allclose(sample["z"], model.sample(3, seed=2)[1], atol=1e-5)
+    score = loaded.signatures["score"](x=tf.constant(x[:4]))
+    assert np.all(np.isfinite(score["elbo"])) and np.all(score["log_px_iw"] >= score["elbo"] - 1e-4)
+
+
+def test_iwae_bound_with_one_sample_is_the_elbo_and_grows_with_k():
+    model = make("iwae", iw_k=1)
+    x = images(8)
+    model.fit(x, batch_size=8, epochs=3, verbose=0)
+    draws = 300
+    elbo = np.mean([model.compute_terms(x)["elbo"].numpy() for _ in range(draws)], axis=0)
+    vae_elbo = np.mean([super(type(model), model).compute_terms(x)["elbo"].numpy() for _ in range(draws)], axis=0)
+    # k = 1 is the ELBO: equal in expectation (Monte-Carlo vs analytic KL); averaged over
+    # 300 draws x 8 examples the standard error is ~0.3%.
+    assert elbo.mean() == pytest.approx(vae_elbo.mean(), rel=0.01)
+    means = {}
+    for k in (1, 5, 50):
+        log_weights, _ = model.importance_log_weights(np.tile(x, (40, 1, 1, 1)), k, seed=tf.constant([k, 3]))
+        means[k] = losses.iwae_bound(log_weights).numpy().mean()
+    assert means[1] < means[5] < means[50]
+
+
+def test_beta_vae_capacity_rises_linearly_and_pulls_the_kl_towards_it():
+    assert [float(losses.capacity(s, 20.0, 100)) for s in (0, 50, 100, 200)] == [0.0, 10.0, 20.0, 20.0]
+    kl = tf.constant([3.0, 5.0])  # mean 4
+    assert float(losses.capacity_regularizer(kl, 10.0, 1.0)) == pytest.approx(30.0)
+    assert float(losses.capacity_regularizer(kl, 10.0, 6.0)) == pytest.approx(20.0)
+    model = make("beta_vae", beta=50.0, capacity_max=10.0, capacity_steps=4)
+    history = model.fit(images(32), batch_size=8, epochs=2, verbose=0, shuffle=False).history
+    assert history["capacity"] == pytest.approx([(0 + 2.5 + 5 + 7.5) / 4, 10.0])  # C at steps 0..7, capped
+
+
+def test_denoising_corrupts_only_while_training():
+    x = np.full((4, 28, 28, 1), 0.5, np.float32)
+    masking = make("dae", noise="masking", noise_level=0.25)
+    np.testing.assert_array_equal(masking.corrupt(x, training=False), x)
+    corrupted = masking.corrupt(tf.constant(np.ones((64, 28, 28, 1), np.float32)), training=True).numpy()
+    assert set(np.unique(corrupted)) == {0.0, 1.0} and np.mean(corrupted == 0) == pytest.approx(0.25, abs=0.02)
+    gaussian = make("dae", noise="gaussian", noise_level=0.3)
+    noisy = gaussian.corrupt(tf.constant(x), training=True).numpy()
+    assert np.std(noisy - x) == pytest.approx(0.3, rel=0.05)
+
+
+def test_the_autoencoder_code_is_deterministic_and_has_no_elbo():
+    from keras_vae.evaluate import Split, evaluate_model
+
+    model = make("ae")
+    x = images(8)
+    mean, stddev = model.encode(x)
+    assert np.all(stddev.numpy() == 0)
+    terms = model.compute_terms(x)
+    np.testing.assert_allclose(terms["reconstruction_loss"], model.compute_terms(x)["reconstruction_loss"])
+    report = evaluate_model(model, Split("test", x), iw_samples=4, batch_size=8, progress=False)
+    assert report["elbo"] is None and report["nll_iw"] is None and report["reconstruction_loss"] > 0
+
+
+@pytest.mark.parametrize("prior", ["mog", "vamp"])
+def test_learned_priors_take_the_monte_carlo_kl_and_learn(prior):
+    model = make("vae", prior=prior)
+    x = images(16)
+    posterior = model.posterior(x)
+    assert losses.kl_per_dimension(posterior, model.prior()) is None  # no closed form
+    z = posterior.sample(seed=(4, 5))
+    np.testing.assert_allclose(losses.kl_divergence(posterior, model.prior(), z),
+                               posterior.log_prob(z) - model.prior().log_prob(z), rtol=1e-5)
+    prior_weights = [w for w in model.trainable_weights if "prior" in w.path or "pseudo" in w.path]
+    before = [w.numpy().copy() for w in prior_weights]
+    model.fit(x, batch_size=16, epochs=2, verbose=0)
+    assert prior_weights and all(not np.allclose(b, w.numpy()) for b, w in zip(before, prior_weights))

@@ -5,6 +5,7 @@
     python scripts/benchmark.py replicas [--epochs 3]
     python scripts/benchmark.py levers           # throughput of fit options, for choosing defaults
     python scripts/benchmark.py scale            # cost vs dataset, batch, latent and image size
+    python scripts/benchmark.py ab --architecture conv-small   # interleaved reference vs keras_vae speed
 
 The main run trains, in one run, on the same data (Fashion-MNIST), batch size,
 epochs and seed:
@@ -269,6 +270,28 @@ def reference_adapter(encoder, decoder, latent_dim, image_shape):
     return Adapter()
 
 
+def child_reference_speed(job):
+    """Training throughput only, of the canonical Keras VAE (for the interleaved A/B mode)."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_vae.config import FitConfig
+    from keras_vae.data.datasets import load_dataset
+
+    config = FitConfig(**job["config"])
+    keras.utils.set_random_seed(config.seed)
+    x_train = load_dataset(config.dataset, config.data_dir).x_train.astype(np.float32) / 255.0
+    train = (tf.data.Dataset.from_tensor_slices(x_train).shuffle(len(x_train), seed=config.seed)
+             .batch(config.batch_size).map(lambda x: tf.cast(tf.random.uniform(tf.shape(x)) < x, tf.float32))
+             .prefetch(tf.data.AUTOTUNE))
+    vae = reference_vae_class()(*reference_networks(job["design"], x_train.shape[1:], config.latent_dim))
+    vae.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
+    times = []
+    vae.fit(train, epochs=config.epochs, verbose=0, callbacks=[EpochTimer.make(times)])
+    return throughput(times, len(x_train))
+
+
 def child_reference(job):
     """The canonical Keras VAE, trained plainly: dynamic binarization in a plain tf.data pipeline."""
     import keras
@@ -319,7 +342,8 @@ def run_child(kind, job):
 
 
 def child_main(kind, job):
-    children = {"peak": child_peak, "package": child_package, "reference": child_reference, "fit": child_fit}
+    children = {"peak": child_peak, "package": child_package, "reference": child_reference, "fit": child_fit,
+                "reference_speed": child_reference_speed}
     figures = children[kind](json.loads(job))
     figures["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(figures))
@@ -504,12 +528,45 @@ def scale(args):
     return rows
 
 
+def ab(args):
+    """Interleaved A/B: reference vs keras_vae training throughput, alternating `--rounds` times.
+
+    Single runs on a shared VM drift by up to ~1.8x over minutes; alternating the
+    two and comparing the medians of their runs keeps that drift out of the ratio.
+    """
+    import statistics
+
+    import numpy as np
+
+    from keras_vae.data.datasets import load_dataset
+
+    data = load_dataset("fashion_mnist", args.data_dir)
+    with tempfile.TemporaryDirectory() as scratch:
+        path = os.path.join(scratch, "subset.npz")
+        np.savez(path, x=data.x_train[:args.quick_train * 2], x_test=data.x_test[:1000])
+        common = dict(dataset=path, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, latent_dim=16)
+        examples = args.quick_train * 2
+        speeds = {"reference": [], "keras_vae": [], "keras_vae bf16": []}
+        for _ in range(args.rounds):
+            speeds["reference"].append(run_child("reference_speed", {"design": args.architecture, "config": common})["samples_per_s"])
+            for name, precision in (("keras_vae", "float32"), ("keras_vae bf16", "mixed_bfloat16")):
+                config = dict(common, architecture=args.architecture, precision=precision)
+                speeds[name].append(run_child("fit", {"config": config, "train_examples": examples})["samples_per_s"])
+            print({k: [round(v) for v in vals] for k, vals in speeds.items()}, flush=True)
+    medians = {k: statistics.median(v) for k, v in speeds.items()}
+    for name in ("keras_vae", "keras_vae bf16"):
+        print(f"{args.architecture} {name}: {medians[name]:.0f} samples/s vs reference {medians['reference']:.0f}: "
+              f"{medians[name] / medians['reference']:.2f}x")
+    return speeds
+
+
 def main(argv=None):
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "_child":
         child_main(sys.argv[2], sys.argv[3])
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", nargs="?", default="compare", choices=["compare", "replicas", "levers", "scale"])
+    parser.add_argument("mode", nargs="?", default="compare", choices=["compare", "replicas", "levers", "scale", "ab"])
+    parser.add_argument("--rounds", type=int, default=3, help="ab: alternations")
     parser.add_argument("--data-dir", default=DEFAULT_DATA)
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=128)
@@ -524,7 +581,7 @@ def main(argv=None):
         args.epochs = 3 if args.quick else (3 if args.mode != "compare" else 10)
     args.iw_samples = args.iw_samples or (100 if args.quick else 1000)
     args.iw_examples = args.iw_examples or (200 if args.quick else 1000)
-    {"compare": main_benchmark, "replicas": replicas, "levers": levers, "scale": scale}[args.mode](args)
+    {"compare": main_benchmark, "replicas": replicas, "levers": levers, "scale": scale, "ab": ab}[args.mode](args)
 
 
 if __name__ == "__main__":

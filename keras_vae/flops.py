@@ -40,7 +40,3 @@ def network_flops(network):
 def training_flops(*networks):
     """FLOPs per example of one training step through the given networks."""
     return TRAINING_MULTIPLIER * sum(network_flops(n) for n in networks)
-
-def describe(flops):
-    return f"{flops / 1e6:.2f} MFLOP" if flops < 1e9 else f"{flops / 1e9:.2f} GFLOP"
-

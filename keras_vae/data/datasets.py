@@ -62,10 +62,6 @@ def load_dataset(name, data_dir=None, seed=0):
     return check_dataset(dataset)
 
 
-def dataset_names():
-    return DATASETS.names()
-
-
 def _looks_like_path(name):
     return os.path.exists(name) or os.sep in name or name.endswith(".npz")
 

@@ -26,7 +26,6 @@ from keras_vae.models import register_model
 from keras_vae.networks import build_networks
 
 METRIC_NAMES = ("loss", "elbo", "reconstruction_loss", "kl", "beta")
-ELBO_NAMES = ("elbo", "reconstruction_loss", "kl")
 
 
 def replica_id():

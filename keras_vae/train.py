@@ -257,9 +257,7 @@ def load_run(run_dir):
             "(they are written when `keras-vae fit` completes)."
         )
     config = load_config(config_path)
-    import keras_vae.models  # noqa: F401  registers the classes with Keras
-
-    build_model_class(config)
+    build_model_class(config)  # imports the model classes, registering them with Keras
     try:
         model = keras.saving.load_model(model_path)
     except Exception as error:  # noqa: BLE001 - any failure to read the file

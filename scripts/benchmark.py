@@ -124,21 +124,27 @@ def trained_examples(job):
     return job["train_examples"] // batch * batch
 
 
-def child_package(job):
-    """This package through keras_vae.train.fit (the keras-vae fit code path)."""
-    from keras_vae import flops
+def timed_fit(job, run_dir):
+    """keras_vae.train.fit (the keras-vae fit code path) with epoch timing; returns (config, result, figures)."""
     from keras_vae.config import FitConfig
-    from keras_vae.evaluate import load_split
-    from keras_vae.train import fit, load_run
+    from keras_vae.train import fit
 
     times = []
+    config = FitConfig(run_dir=run_dir, export=False, **job["config"])
+    result = fit(config, verbose=0, log=lambda *_: None, extra_callbacks=[EpochTimer.make(times)])
+    return config, result, throughput(times, trained_examples(job))
+
+
+def child_package(job):
+    """This package: trained through train.fit, reloaded from its run directory, evaluated."""
+    from keras_vae import flops
+    from keras_vae.evaluate import load_split
+    from keras_vae.train import load_run
+
     with tempfile.TemporaryDirectory() as scratch:
-        config = FitConfig(run_dir=os.path.join(scratch, "run"), export=False, **job["config"])
-        fit(config, verbose=0, log=lambda *_: None, extra_callbacks=[EpochTimer.make(times)])
+        config, _, figures = timed_fit(job, os.path.join(scratch, "run"))
         _, model = load_run(config.run_dir)
-        data = load_split(config, "test")
-        figures = throughput(times, trained_examples(job))
-        figures.update(evaluation(model, data, job["iw_samples"], job["iw_examples"]))
+        figures.update(evaluation(model, load_split(config, "test"), job["iw_samples"], job["iw_examples"]))
         figures["train_flops_per_example"] = flops.training_flops(model.encoder, model.decoder)
     return figures
 
@@ -270,38 +276,15 @@ def reference_adapter(encoder, decoder, latent_dim, image_shape):
     return Adapter()
 
 
-def child_reference_speed(job):
-    """Training throughput only, of the canonical Keras VAE (for the interleaved A/B mode)."""
+def train_reference(job):
+    """Trains the canonical Keras VAE plainly (dynamic binarization in a plain tf.data
+    pipeline); returns (config, dataset, encoder, decoder, throughput figures)."""
     import keras
     import numpy as np
     import tensorflow as tf
 
     from keras_vae.config import FitConfig
     from keras_vae.data.datasets import load_dataset
-
-    config = FitConfig(**job["config"])
-    keras.utils.set_random_seed(config.seed)
-    x_train = load_dataset(config.dataset, config.data_dir).x_train.astype(np.float32) / 255.0
-    train = (tf.data.Dataset.from_tensor_slices(x_train).shuffle(len(x_train), seed=config.seed)
-             .batch(config.batch_size).map(lambda x: tf.cast(tf.random.uniform(tf.shape(x)) < x, tf.float32))
-             .prefetch(tf.data.AUTOTUNE))
-    vae = reference_vae_class()(*reference_networks(job["design"], x_train.shape[1:], config.latent_dim))
-    vae.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
-    times = []
-    vae.fit(train, epochs=config.epochs, verbose=0, callbacks=[EpochTimer.make(times)])
-    return throughput(times, len(x_train))
-
-
-def child_reference(job):
-    """The canonical Keras VAE, trained plainly: dynamic binarization in a plain tf.data pipeline."""
-    import keras
-    import numpy as np
-    import tensorflow as tf
-
-    from keras_vae import flops
-    from keras_vae.config import FitConfig
-    from keras_vae.data.datasets import load_dataset
-    from keras_vae.evaluate import load_split
 
     config = FitConfig(**job["config"])
     keras.utils.set_random_seed(config.seed)
@@ -319,13 +302,24 @@ def child_reference(job):
     vae.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
     times = []
     vae.fit(train, epochs=config.epochs, verbose=0, callbacks=[EpochTimer.make(times)])
-    figures = throughput(times, len(x_train))
+    return config, dataset, encoder, decoder, throughput(times, len(x_train))
+
+
+def child_reference_speed(job):
+    """Training throughput only, of the canonical Keras VAE (for the interleaved A/B mode)."""
+    return train_reference(job)[-1]
+
+
+def child_reference(job):
+    """The canonical Keras VAE: trained, then scored with keras_vae's evaluator."""
+    from keras_vae import flops
+    from keras_vae.evaluate import load_split
+
+    config, dataset, encoder, decoder, figures = train_reference(job)
     model = reference_adapter(encoder, decoder, config.latent_dim, dataset.image_shape)
     figures.update(evaluation(model, load_split(config, "test", dataset), job["iw_samples"], job["iw_examples"]))
     figures["train_flops_per_example"] = flops.training_flops(encoder, decoder)
     return figures
-
-
 
 
 def run_child(kind, job):
@@ -350,15 +344,9 @@ def child_main(kind, job):
 
 
 def child_fit(job):
-    """Throughput only, of keras_vae.train.fit with the given config (for `replicas` and `levers`)."""
-    from keras_vae.config import FitConfig
-    from keras_vae.train import fit
-
-    times = []
+    """Throughput only, of keras_vae.train.fit with the given config (for `replicas`, `levers`, `scale`, `ab`)."""
     with tempfile.TemporaryDirectory() as scratch:
-        config = FitConfig(run_dir=os.path.join(scratch, "run"), export=False, **job["config"])
-        result = fit(config, verbose=0, log=lambda *_: None, extra_callbacks=[EpochTimer.make(times)])
-    figures = throughput(times, trained_examples(job))
+        _, result, figures = timed_fit(job, os.path.join(scratch, "run"))
     figures["val_elbo"] = result["val_elbo"]
     return figures
 

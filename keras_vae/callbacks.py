@@ -132,14 +132,16 @@ class Summaries(keras.callbacks.Callback):
     Args:
         log_dir: the TensorBoard log directory.
         images: a few validation images [N, H, W, C] in [0, 1].
+        labels: their labels [N] for a conditional model, else None.
         metric_names: the scalar tags to write.
     """
 
-    def __init__(self, log_dir, images, metric_names, seed=0):
+    def __init__(self, log_dir, images, labels, metric_names, seed=0):
         super().__init__()
         self.train_writer = tf.summary.create_file_writer(os.path.join(log_dir, "train"))
         self.val_writer = tf.summary.create_file_writer(os.path.join(log_dir, "validation"))
         self.images = np.asarray(images, np.float32)
+        self.labels = labels  # for a conditional model, else None
         self.metric_names = metric_names
         self.seed = seed
 
@@ -158,7 +160,7 @@ class Summaries(keras.callbacks.Callback):
         self.val_writer.flush()
 
     def reconstruction_grid(self):
-        reconstructions = np.asarray(self.model.reconstruct(self.images))
+        reconstructions = np.asarray(self.model.reconstruct(self.images, self.labels))
         return make_grid(np.concatenate([self.images, reconstructions]), columns=len(self.images))
 
     def sample_grid(self):

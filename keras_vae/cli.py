@@ -166,12 +166,13 @@ def export(run_dir, export_dir, name, version):
 @click.option("--input", "input_path", help="A .npy array or an image file (for x or z inputs).")
 @click.option("--num-samples", type=int, default=8, show_default=True, help="For the sample signature.")
 @click.option("--seed", type=int, default=0, show_default=True, help="For the sample signature.")
+@click.option("--label", type=int, help="Conditional models: the label y for every input (or for sample).")
 @click.option("--output", help="Write outputs to this .npz, or the x_mean images to this .png grid.")
-def predict(saved_model, signature, input_path, num_samples, seed, output):
+def predict(saved_model, signature, input_path, num_samples, seed, label, output):
     """Run one signature of a SavedModel locally, as TF Serving would."""
     from keras_vae.predict import run_signature, write_outputs
 
-    outputs = run_signature(saved_model, signature, input_path, num_samples, seed)
+    outputs = run_signature(saved_model, signature, input_path, num_samples, seed, label)
     if output:
         write_outputs(outputs, output)
         click.echo(f"Wrote {', '.join(sorted(outputs))} to {output}.")
@@ -207,8 +208,36 @@ def _explore(run_dir, num=None):
     return config, model, data
 
 
-def _kl_per_dim(model, x):
-    terms = model.compute_terms(x[:1000])
+def _labels(model, data):
+    """The split's labels when the model is conditional, else None."""
+    if not model.uses_labels:
+        return None
+    if data.y is None:
+        raise UserError("This model is conditional, but its dataset's test split has no labels.")
+    return data.y
+
+
+def _label_option(model, label):
+    """A checked --label: required meaning for conditional models, refused for the others."""
+    if label is None:
+        return None
+    if not model.uses_labels:
+        raise UserError(f"--label applies to conditional models (cvae) only; this run's model is {type(model).__name__}.")
+    if not 0 <= label < model.num_classes:
+        raise UserError(f"--label must lie in 0..{model.num_classes - 1}. Received: label={label}.")
+    return label
+
+
+def _continuous(model, command):
+    if not model.continuous_code:
+        raise UserError(
+            f"`{command}` sweeps a continuous code, and this {type(model).__name__} has a discrete one. "
+            "Use sample, reconstruct or interpolate."
+        )
+
+
+def _kl_per_dim(model, x, y=None):
+    terms = model.compute_terms(x[:1000], y=None if y is None else y[:1000])
     if terms.get("kl_per_dim") is None:
         return [0.0] * model.latent_dim
     return terms["kl_per_dim"].numpy().mean(axis=0)
@@ -237,14 +266,17 @@ _out_opt = click.option("--out", required=True, help="The PNG file to write.")
 @click.option("--num", type=int, default=64, show_default=True)
 @click.option("--temperature", type=float, default=1.0, show_default=True, help="Scale of the prior's noise.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def sample(run_dir, out, num, temperature, seed):
+@click.option("--label", type=int, help="Conditional models: the class to draw (default: one row per class).")
+def sample(run_dir, out, num, temperature, seed, label):
     """A grid of samples from the prior."""
     from keras_vae.explore import sample_grid
     from keras_vae.train import load_run
 
     _positive(num=num, temperature=temperature)
     _, model = load_run(run_dir)
-    _write(out, sample_grid(model, num, temperature, seed), run_dir, "samples")
+    label = _label_option(model, label)
+    _write(out, sample_grid(model, num, temperature, seed, y=label), run_dir,
+           "samples" if label is None else f"samples_{label}")
 
 
 @cli.command()
@@ -257,7 +289,8 @@ def reconstruct(run_dir, out, num):
 
     _positive(num=num)
     _, model, data = _explore(run_dir, num)
-    _write(out, reconstruction_grid(model, data.x, columns=min(10, num)), run_dir, "reconstructions")
+    _write(out, reconstruction_grid(model, data.x, columns=min(10, num), y=_labels(model, data)), run_dir,
+           "reconstructions")
 
 
 @cli.command()
@@ -273,7 +306,9 @@ def interpolate(run_dir, out, pairs, steps, spherical):
     _positive(pairs=pairs, steps=steps)
     _, model, data = _explore(run_dir, 2 * pairs)
     x_pairs = list(zip(data.x[0::2], data.x[1::2]))
-    _write(out, interpolation_grid(model, x_pairs, steps, spherical), run_dir, "interpolations")
+    labels = _labels(model, data)
+    y_pairs = list(zip(labels[0::2], labels[1::2])) if labels is not None else None
+    _write(out, interpolation_grid(model, x_pairs, steps, spherical, y_pairs), run_dir, "interpolations")
 
 
 @cli.command()
@@ -289,11 +324,16 @@ def traverse(run_dir, out, value_range, steps, dims, index):
 
     _positive(range=value_range, steps=steps)
     _, model, data = _explore(run_dir)
+    _continuous(model, "traverse")
+    labels = _labels(model, data)
     try:
         chosen = [int(d) for d in dims.split(",")] if dims else None
     except ValueError:
         raise UserError(f"--dims must be comma-separated integers. Received: {dims!r}.") from None
-    grid = traversal_grid(model, data.x[index], _kl_per_dim(model, data.x), value_range, steps, chosen)
+    if not 0 <= index < len(data.x):
+        raise UserError(f"--index must lie in 0..{len(data.x) - 1}. Received: index={index}.")
+    grid = traversal_grid(model, data.x[index], _kl_per_dim(model, data.x, labels), value_range, steps, chosen,
+                          y=None if labels is None else labels[index])
     _write(out, grid, run_dir, "traversal")
 
 
@@ -301,13 +341,19 @@ def traverse(run_dir, out, value_range, steps, dims, index):
 @_run_arg
 @_out_opt
 @click.option("--size", type=int, default=15, show_default=True)
-def manifold(run_dir, out, size):
+@click.option("--label", type=int, help="Conditional models: the class to decode (default 0).")
+def manifold(run_dir, out, size, label):
     """The decoded grid over the prior's quantiles of two latent dimensions."""
     from keras_vae.explore import manifold_grid
 
     _positive(size=size)
     _, model, data = _explore(run_dir)
-    _write(out, manifold_grid(model, _kl_per_dim(model, data.x), size), run_dir, "manifold")
+    _continuous(model, "manifold")
+    label = _label_option(model, label)
+    if model.uses_labels and label is None:
+        label = 0
+    kl = _kl_per_dim(model, data.x, _labels(model, data))
+    _write(out, manifold_grid(model, kl, size, y=label), run_dir, "manifold")
 
 
 @cli.command()
@@ -323,6 +369,9 @@ def attribute(run_dir, out, label, num, steps, scale):
 
     _positive(num=num, steps=steps)
     _, model, data = _explore(run_dir)
+    if model.uses_labels:
+        raise UserError("A conditional model takes the label as an input: draw a class with "
+                        "`keras-vae sample --label K` instead of adding an attribute vector.")
     if data.y is None:
         raise UserError(f"{run_dir}'s dataset has no labels, so it has no attribute vectors.")
     means = model.encode(data.x)[0].numpy()
@@ -342,7 +391,9 @@ def embed(run_dir, num, out):
     _positive(num=num)
     _, model, data = _explore(run_dir, num)
     out = out or os.path.join(run_dir, "logs", "projector")
-    write_projector(out, model.encode(data.x)[0].numpy(), data.y, data.x)
+    from keras_vae.evaluate import encode_means
+
+    write_projector(out, encode_means(model, data, 500), data.y, data.x)
     click.echo(f"Wrote {len(data.x)} embeddings to {out}; view them with: tensorboard --logdir {os.path.dirname(out)}")
 
 

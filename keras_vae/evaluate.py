@@ -77,8 +77,21 @@ def importance_weighted_nll(log_weights_fn, x, num_samples, chunk):
     return -metrics.chunked_log_mean_exp(chunks, num_samples)
 
 
-def encode_means(model, x, batch_size):
-    return np.concatenate([model.encode(b)[0].numpy() for b in batches(x, batch_size)])
+def model_labels(model, data):
+    """The labels a conditional model reads (None for the others)."""
+    if not model.uses_labels:
+        return None
+    if data.y is None:
+        raise UserError(f"This {type(model).__name__} is conditional, but the {data.name} split has no labels.")
+    return data.y
+
+
+def encode_means(model, data, batch_size):
+    labels = model_labels(model, data)
+    return np.concatenate([
+        model.encode(x, None if labels is None else labels[i : i + batch_size])[0].numpy()
+        for i, x in zip(range(0, len(data.x), batch_size), batches(data.x, batch_size))
+    ])
 
 
 def evaluate_model(model, data, iw_samples=1000, batch_size=100, train_data=None, progress=True):
@@ -95,7 +108,9 @@ def evaluate_model(model, data, iw_samples=1000, batch_size=100, train_data=None
             f"batch_size={batch_size}."
         )
     chunk = max(1, min(iw_samples, MAX_DECODER_ROWS // batch_size))
-    log_weights = tf.function(lambda x, k, seed: model.importance_log_weights(x, k, seed)[0], reduce_retracing=True)
+    labels = model_labels(model, data)
+    log_weights = tf.function(lambda x, k, seed, y: model.importance_log_weights(x, k, seed, y)[0],
+                              reduce_retracing=True)
     terms_fn = tf.function(model.compute_terms, reduce_retracing=True)
 
     totals = {"elbo": 0.0, "reconstruction_loss": 0.0, "kl": 0.0, "nll_iw": 0.0}
@@ -105,14 +120,16 @@ def evaluate_model(model, data, iw_samples=1000, batch_size=100, train_data=None
                               stateful_metrics=["nll_iw"])
     for i, x in enumerate(batches(data.x, batch_size)):
         x = tf.constant(x)
-        terms = terms_fn(x)
+        y = None if labels is None else tf.constant(labels[i * batch_size : (i + 1) * batch_size], tf.int32)
+        terms = terms_fn(x, False, y)
         for name in ("elbo", "reconstruction_loss", "kl"):
             totals[name] += float(tf.reduce_sum(terms[name]))
         if terms.get("kl_per_dim") is not None:
             kl_per_dim += tf.reduce_sum(terms["kl_per_dim"], axis=0).numpy()
         if model.has_elbo:
-            totals["nll_iw"] += float(tf.reduce_sum(importance_weighted_nll(log_weights, x, iw_samples, chunk)))
-        means.append(model.encode(x)[0].numpy())
+            totals["nll_iw"] += float(tf.reduce_sum(importance_weighted_nll(
+                lambda x, k, seed: log_weights(x, k, seed, y), x, iw_samples, chunk)))
+        means.append(model.encode(x, y)[0].numpy())
         bar.update(i + 1, [("nll_iw", totals["nll_iw"] / ((i + 1) * batch_size))])
     count = len(data.x)
     means = np.concatenate(means)
@@ -124,7 +141,7 @@ def evaluate_model(model, data, iw_samples=1000, batch_size=100, train_data=None
     result["kl_per_dim"] = [float(v) for v in kl_per_dim / count]
     result["linear_probe_accuracy"] = None
     if data.y is not None and train_data is not None and train_data.y is not None:
-        train_means = encode_means(model, train_data.x, max(batch_size, 500))
+        train_means = encode_means(model, train_data, max(batch_size, 500))
         result["linear_probe_accuracy"] = metrics.linear_probe_accuracy(train_means, train_data.y, means, data.y)
     result["mig"] = metrics.mutual_information_gap(means, data.factors) if data.factors is not None else None
     result.update(split=data.name, iw_samples=iw_samples, num_examples=count)

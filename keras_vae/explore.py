@@ -15,23 +15,31 @@ from keras_vae.errors import UserError
 from keras_vae.images import make_grid, save_png
 
 
-def _decode(model, z):
-    return np.asarray(model.decode(tf.constant(np.asarray(z, np.float32))))
+def _labels(y, count):
+    """`count` copies of one label (conditional models), or None."""
+    return None if y is None else tf.fill([count], tf.cast(y, tf.int32))
 
 
-def _means(model, x):
-    return np.asarray(model.encode(tf.constant(x))[0])
+def _decode(model, z, y=None):
+    """Decodes codes z [N, L]; `y` is one label for all of them (conditional models)."""
+    z = tf.constant(np.asarray(z, np.float32))
+    return np.asarray(model.decode(z, _labels(y, len(z))))
 
 
-def sample_grid(model, num, temperature=1.0, seed=0, columns=None):
-    """`num` prior samples (z ~ N(0, T²I)) decoded into a grid."""
-    images = np.asarray(model.sample(num, seed=seed, temperature=temperature)[0])
+def _means(model, x, y=None):
+    """Posterior means of images x; `y` their labels [N] (conditional models)."""
+    return np.asarray(model.encode(tf.constant(x), None if y is None else tf.constant(y, tf.int32))[0])
+
+
+def sample_grid(model, num, temperature=1.0, seed=0, columns=None, y=None):
+    """`num` prior samples (z ~ N(0, T²I)) decoded into a grid; `y`: a label to draw (conditional models)."""
+    images = np.asarray(model.sample(num, seed=seed, temperature=temperature, y=y)[0])
     return make_grid(images, columns or min(num, 10))
 
 
-def reconstruction_grid(model, x, columns=10):
+def reconstruction_grid(model, x, columns=10, y=None):
     """Rows of inputs, each followed by a row of their reconstructions."""
-    recon = np.asarray(model.reconstruct(tf.constant(x)))
+    recon = np.asarray(model.reconstruct(tf.constant(x), None if y is None else tf.constant(y, tf.int32)))
     rows = []
     for start in range(0, len(x), columns):
         rows += [x[start : start + columns], recon[start : start + columns]]
@@ -48,14 +56,19 @@ def slerp(a, b, t):
     return (np.sin((1 - t) * omega) * a + np.sin(t * omega) * b) / np.sin(omega)
 
 
-def interpolation_grid(model, x_pairs, steps=10, spherical=False):
-    """One row per pair: the first image, `steps` decoded points between their codes, the second."""
+def interpolation_grid(model, x_pairs, steps=10, spherical=False, y_pairs=None):
+    """One row per pair: the first image, `steps` decoded points between their codes, the second.
+
+    A conditional model encodes each image with its label (`y_pairs`) and decodes the path with the first's.
+    """
     rows = []
-    for a_image, b_image in x_pairs:
-        a, b = _means(model, np.stack([a_image, b_image]))
+    for i, (a_image, b_image) in enumerate(x_pairs):
+        y = y_pairs[i] if y_pairs is not None else None
+        a, b = _means(model, np.stack([a_image, b_image]), y)
         ts = np.linspace(0.0, 1.0, steps)
         codes = [slerp(a, b, t) if spherical else (1 - t) * a + t * b for t in ts]
-        rows.append(np.concatenate([a_image[None], _decode(model, codes), b_image[None]]))
+        rows.append(np.concatenate([a_image[None], _decode(model, codes, None if y is None else y[0]),
+                                    b_image[None]]))
     return make_grid(np.concatenate(rows), steps + 2)
 
 
@@ -63,24 +76,24 @@ def dims_by_kl(kl_per_dim):
     return list(np.argsort(-np.asarray(kl_per_dim), kind="stable"))
 
 
-def traversal_grid(model, x, kl_per_dim, value_range=3.0, steps=10, dims=None):
+def traversal_grid(model, x, kl_per_dim, value_range=3.0, steps=10, dims=None, y=None):
     """One row per latent dimension (most informative first): that dimension swept over
-    [-range, range] with the others fixed at the posterior mean of `x` (one image)."""
+    [-range, range] with the others fixed at the posterior mean of `x` (one image, label `y`)."""
     dims = dims if dims is not None else dims_by_kl(kl_per_dim)
     for d in dims:
         if not 0 <= d < model.latent_dim:
             raise UserError(f"--dims must lie in 0..{model.latent_dim - 1}. Received: {d}.")
-    base = _means(model, x[None])[0]
+    base = _means(model, x[None], None if y is None else [y])[0]
     codes = []
     for d in dims:
         for value in np.linspace(-value_range, value_range, steps):
             code = base.copy()
             code[d] = value
             codes.append(code)
-    return make_grid(_decode(model, codes), steps)
+    return make_grid(_decode(model, codes, y), steps)
 
 
-def manifold_grid(model, kl_per_dim, size=15):
+def manifold_grid(model, kl_per_dim, size=15, y=None):
     """The decoded grid over the prior's quantiles 5%..95% of two dimensions (the two with the
     most KL when the latent space is larger; the others at 0, the prior mean)."""
     dims = [0, 1] if model.latent_dim == 2 else dims_by_kl(kl_per_dim)[:2]
@@ -93,7 +106,7 @@ def manifold_grid(model, kl_per_dim, size=15):
             code = np.zeros(model.latent_dim, np.float32)
             code[dims[0]], code[dims[1]] = column, row
             codes.append(code)
-    return make_grid(_decode(model, codes), size)
+    return make_grid(_decode(model, codes, y), size)
 
 
 def attribute_vector(means, labels, label):

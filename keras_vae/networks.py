@@ -133,3 +133,29 @@ def conv(image_shape, latent_dim, num_params):
     )
     return encoder, decoder
 
+
+
+def condition_encoder(encoder, num_classes):
+    """`encoder` with a one-hot label [B, K] joined to the image features where they are flattened.
+
+    For `mlp` that is the input itself (Kingma et al. 2014's M2, Sohn et al.
+    2015); for the conv designs, the convolutional features. The layers up to
+    the Flatten are shared with `encoder`; the ones after it are rebuilt with
+    the wider input.
+
+    Returns:
+        A functional model taking [images, one_hot].
+    """
+    layers = encoder.layers
+    split = next((i for i, layer in enumerate(layers) if isinstance(layer, keras.layers.Flatten)), None)
+    if split is None:
+        raise UserError(f"The encoder {encoder.name!r} has no Flatten layer to join a label to.")
+    images = keras.Input(encoder.input_shape[1:], name="images")
+    one_hot = keras.Input((num_classes,), name="one_hot")
+    h = images
+    for layer in layers[: split + 1]:
+        h = layer(h)
+    h = keras.layers.Concatenate()([h, one_hot])
+    for layer in layers[split + 1 :]:
+        h = layer.__class__.from_config(layer.get_config())(h)
+    return keras.Model([images, one_hot], h, name=encoder.name)

@@ -38,8 +38,11 @@ def read_input(path):
     return array[None].astype(np.float32) / 255.0
 
 
-def run_signature(saved_model, signature, input_path=None, num_samples=8, seed=0):
-    """Calls `signature` of the SavedModel at `saved_model`; returns numpy outputs by name."""
+def run_signature(saved_model, signature, input_path=None, num_samples=8, seed=0, label=None):
+    """Calls `signature` of the SavedModel at `saved_model`; returns numpy outputs by name.
+
+    `label` fills a conditional model's `y` input (one label for the whole batch).
+    """
     import tensorflow as tf
 
     loaded = load_saved_model(saved_model)
@@ -55,11 +58,19 @@ def run_signature(saved_model, signature, input_path=None, num_samples=8, seed=0
             inputs[name] = tf.constant(num_samples, tf.int32)
         elif name == "seed":
             inputs[name] = tf.constant(seed, tf.int32)
-        else:
+        elif name != "y":
             array = read_input(input_path)
             if array.ndim == len(spec.shape) - 1:
                 array = array[None]
-            inputs[name] = tf.constant(array, spec.dtype)
+            inputs[name] = tf.constant(array.astype(spec.dtype.as_numpy_dtype))
+    if "y" in specs:
+        if label is None:
+            raise UserError(f"Signature {signature!r} of this conditional model needs --label K.")
+        # One label per example of the x or z input, or a scalar for `sample`.
+        shape = [len(inputs.get("x", inputs.get("z")))] if specs["y"].shape.rank else []
+        inputs["y"] = tf.fill(shape, tf.constant(label, tf.int32))
+    elif label is not None:
+        raise UserError(f"--label applies to conditional models only; signature {signature!r} takes no label.")
     try:
         outputs = function(**inputs)
     except (tf.errors.InvalidArgumentError, ValueError, TypeError) as error:

@@ -11,6 +11,9 @@ that cannot import tensorflow_probability, runs it.
 | decode                        | z [B, L] float32                | x_mean                          |
 | sample                        | num_samples, seed (int32 scalars) | x_mean, z                     |
 | score                         | x                               | elbo [B], log_px_iw [B]         |
+
+A conditional model (cvae) adds `y` int32 [B] to x/z inputs and a scalar `y`
+to `sample`; the VQ-VAE's `encode`/`decode` use code indices (`vq_signatures`).
 """
 
 import tensorflow as tf
@@ -37,53 +40,67 @@ def check_shape(tensor, expected, name):
         return tf.identity(tensor)
 
 
+def check_labels(y, num_classes, name="y"):
+    """A runtime check that the labels `y` lie in 0..num_classes-1."""
+    message = f"Input `{name}` must hold class labels in 0..{num_classes - 1} (int32)."
+    ok = tf.logical_and(tf.reduce_all(y >= 0), tf.reduce_all(y < num_classes))
+    with tf.control_dependencies([tf.debugging.Assert(ok, [message, "Received:", y])]):
+        return tf.identity(y)
+
+
 def default_signatures(model):
-    """The serving functions of a VAE-like model, keyed by signature name."""
+    """The serving functions of a VAE-like model, keyed by signature name.
+
+    A conditional model (`model.uses_labels`) takes labels too: `y` int32 [B]
+    beside `x` or `z`, and `sample` takes one label `y` (a scalar) for all
+    its draws.
+    """
     image_shape = list(model.image_shape)
     latent_dim = model.latent_dim
     x_spec = tf.TensorSpec([None] + image_shape, tf.float32, name="x")
     z_spec = tf.TensorSpec([None, latent_dim], tf.float32, name="z")
+    count_specs = [tf.TensorSpec([], tf.int32, name="num_samples"), tf.TensorSpec([], tf.int32, name="seed")]
+    labels = [tf.TensorSpec([None], tf.int32, name="y")] if model.uses_labels else []
+    label = [tf.TensorSpec([], tf.int32, name="y")] if model.uses_labels else []
 
-    @tf.function(input_signature=[x_spec])
-    def reconstruct(x):
+    def checked(x, y):
         x = check_shape(x, image_shape, "x")
-        mean, _ = model.encode(x)
-        return {"x_mean": model.decode(mean), "z_mean": mean}
+        return x, (check_labels(y, model.num_classes) if y is not None else None)
 
-    @tf.function(input_signature=[x_spec])
-    def encode(x):
-        x = check_shape(x, image_shape, "x")
-        mean, stddev = model.encode(x)
+    def reconstruct(x, y=None):
+        x, y = checked(x, y)
+        mean, _ = model.encode(x, y)
+        return {"x_mean": model.decode(mean, y), "z_mean": mean}
+
+    def encode(x, y=None):
+        x, y = checked(x, y)
+        mean, stddev = model.encode(x, y)
         noise = tf.random.stateless_normal(tf.shape(mean), seed=_ENCODE_SEED)
         return {"mean": mean, "stddev": stddev, "z": mean + stddev * noise}
 
-    @tf.function(input_signature=[z_spec])
-    def decode(z):
+    def decode(z, y=None):
         z = check_shape(z, [latent_dim], "z")
-        return {"x_mean": model.decode(z)}
+        y = check_labels(y, model.num_classes) if y is not None else None
+        return {"x_mean": model.decode(z, y)}
 
-    @tf.function(
-        input_signature=[
-            tf.TensorSpec([], tf.int32, name="num_samples"),
-            tf.TensorSpec([], tf.int32, name="seed"),
-        ]
-    )
-    def sample(num_samples, seed):
+    def sample(num_samples, seed, y=None):
         tf.debugging.assert_non_negative(num_samples, message="`num_samples` must be >= 0.")
-        x_mean, z = model.sample(num_samples, seed=seed)
+        if y is not None:
+            y = tf.fill([num_samples], check_labels(y, model.num_classes))
+        x_mean, z = model.sample(num_samples, seed=seed, y=y)
         return {"x_mean": x_mean, "z": z}
 
-    @tf.function(input_signature=[x_spec])
-    def score(x):
-        x = check_shape(x, image_shape, "x")
-        log_weights, elbo = model.importance_log_weights(x, SCORE_SAMPLES, seed=_SCORE_SEED)
+    def score(x, y=None):
+        x, y = checked(x, y)
+        log_weights, elbo = model.importance_log_weights(x, SCORE_SAMPLES, seed=_SCORE_SEED, y=y)
         return {"elbo": elbo, "log_px_iw": losses.iwae_bound(log_weights)}
 
+    reconstruct = tf.function(reconstruct, input_signature=[x_spec] + labels)
     return {
         "serving_default": reconstruct,
         "reconstruct": reconstruct,
-        "encode": encode,
-        "decode": decode,
-        "sample": sample,
-        "score": score,
+        "encode": tf.function(encode, input_signature=[x_spec] + labels),
+        "decode": tf.function(decode, input_signature=[z_spec] + labels),
+        "sample": tf.function(sample, input_signature=count_specs + label),
+        "score": tf.function(score, input_signature=[x_spec] + labels),
     }

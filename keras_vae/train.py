@@ -42,7 +42,8 @@ def dtype_policy(precision):
 
 
 def prepare_data(config, dataset, replicas=1):
-    """(train pipeline, validation pipeline, a few validation images, training-set size).
+    """(train pipeline, validation pipeline, (a few validation images, their labels or None),
+    training-set size).
 
     With several replicas the validation set is cut to a multiple of their
     number: Keras averages the first batch over replicas before evaluating,
@@ -64,6 +65,12 @@ def prepare_data(config, dataset, replicas=1):
         x_val = pipeline.binarize_once(x_val, config.seed + 1)
     dynamic = config.binarize == "dynamic"
     with_labels = getattr(build_model_class(config), "uses_labels", False)
+    if with_labels and (y_train is None or y_val is None):
+        raise UserError(
+            f"--model {config.model} is conditional and needs labels, but the dataset {config.dataset!r} has none. "
+            "Use a labelled dataset (mnist, fashion_mnist, sprites, a .npz with y, or an image folder with "
+            "one sub-folder per class)."
+        )
     # Whole batches only (the remainder changes with every reshuffle): one batch
     # shape, so XLA compiles the step once instead of again for a ragged last batch.
     train = pipeline.make_pipeline(
@@ -72,7 +79,9 @@ def prepare_data(config, dataset, replicas=1):
         drop_remainder=len(x_train) >= config.batch_size,
     )
     val = pipeline.make_pipeline(x_val, config.batch_size, y=y_val if with_labels else None)
-    return train, val, pipeline.to_unit_float(x_val[:NUM_SUMMARY_IMAGES]), len(x_train)
+    summary = (pipeline.to_unit_float(x_val[:NUM_SUMMARY_IMAGES]),
+               y_val[:NUM_SUMMARY_IMAGES] if with_labels else None)
+    return train, val, summary, len(x_train)
 
 
 def build_model_class(config):
@@ -187,7 +196,7 @@ def fit(config, verbose="auto", force=False, log=print, extra_callbacks=()):
 
     steps_per_epoch = max(1, num_train // config.batch_size)
     with dtype_policy(config.precision), strategy.scope():
-        model = build_model(config, dataset.image_shape)
+        model = build_model(config, dataset.image_shape, dataset.num_classes)
         model.compile(
             optimizer=keras.optimizers.Adam(learning_rate(config, steps_per_epoch * config.epochs)),
             steps_per_execution=config.steps_per_execution,
@@ -203,7 +212,7 @@ def fit(config, verbose="auto", force=False, log=print, extra_callbacks=()):
     callbacks = [kv_callbacks.StopOnNaN(checkpoint_dir), checkpointer, *extra_callbacks]
     if chief:
         log_dir = os.path.join(run_dir, "logs")
-        callbacks.append(kv_callbacks.Summaries(log_dir, summary_images, model.metric_names(), config.seed))
+        callbacks.append(kv_callbacks.Summaries(log_dir, *summary_images, model.metric_names(), config.seed))
     if initial_epoch < config.epochs:
         model.fit(
             train_data,

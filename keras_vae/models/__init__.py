@@ -21,7 +21,7 @@ def model_names():
     return MODELS.names()
 
 
-def build_model(config, image_shape):
-    """Builds the model a `FitConfig` names, for data of `image_shape`."""
+def build_model(config, image_shape, num_classes=0):
+    """Builds the model a `FitConfig` names, for data of `image_shape` with `num_classes` labels."""
     cls = get_model_class(config.model)
-    return cls.from_fit_config(config, image_shape)
+    return cls.from_fit_config(config, image_shape, num_classes)

@@ -112,9 +112,7 @@ class VAE(keras.Model):
         self.prior_components = int(prior_components)
         self.seed = int(seed)
 
-        self.encoder, self.decoder = build_networks(
-            architecture, self.image_shape, self.latent_dim, self.num_posterior_params()
-        )
+        self.encoder, self.decoder = self.build_networks()
         self.posterior_layer = self.build_posterior_layer()
         self.likelihood_layer = self.build_likelihood_layer()
         self.seed_generator = keras.random.SeedGenerator(seed, name="noise_seed")
@@ -141,11 +139,26 @@ class VAE(keras.Model):
         )
 
     @classmethod
-    def from_fit_config(cls, config, image_shape):
+    def from_fit_config(cls, config, image_shape, num_classes=0):
+        """The model a `FitConfig` describes; `num_classes` matters to conditional models only."""
         return cls(**cls.config_kwargs(config, image_shape))
 
     # ----------------------------------------------------------- structure
     has_elbo = True  # False for the plain autoencoders: no likelihood bound to evaluate
+    uses_labels = False  # True for conditional models: batches are (x, y) and y reaches the networks
+    continuous_code = True  # False for a discrete code (VQ-VAE): no traversals or manifolds
+
+    def build_networks(self):
+        """(encoder, decoder) of the chosen architecture."""
+        return build_networks(self.architecture, self.image_shape, self.latent_dim, self.num_posterior_params())
+
+    def encoder_inputs(self, x, y=None):
+        """What the encoder network is called on (a conditional model adds the label)."""
+        return x
+
+    def decoder_inputs(self, z, y=None):
+        """What the decoder network is called on (a conditional model adds the label)."""
+        return z
 
     def num_posterior_params(self):
         return 2 * self.latent_dim
@@ -176,17 +189,17 @@ class VAE(keras.Model):
             return standard_normal_prior(self.latent_dim)
         return priors.learned_prior(self, self.prior_name)
 
-    def posterior(self, x, training=False):
-        """q(z|x) for images x [B, H, W, C]."""
-        return self.posterior_layer(self.encoder(x, training=training))
+    def posterior(self, x, training=False, y=None):
+        """q(z|x) for images x [B, H, W, C] (q(z|x, y) for a conditional model)."""
+        return self.posterior_layer(self.encoder(self.encoder_inputs(x, y), training=training))
 
     def corrupt(self, x, training=False):
         """What the encoder sees of x; the identity here (a denoising model overrides it)."""
         return x
 
-    def likelihood(self, z, training=False):
-        """p(x|z) for codes z [B, L]."""
-        return self.likelihood_layer(self.decoder(z, training=training))
+    def likelihood(self, z, training=False, y=None):
+        """p(x|z) for codes z [B, L] (p(x|z, y) for a conditional model)."""
+        return self.likelihood_layer(self.decoder(self.decoder_inputs(z, y), training=training))
 
     def noise_seed(self):
         """A fresh stateless seed [2], different on every replica and every call."""
@@ -194,23 +207,24 @@ class VAE(keras.Model):
         return tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), replica_id())
 
     # ------------------------------------------------------ tensor helpers
-    def encode(self, x):
+    def encode(self, x, y=None):
         """Posterior mean and standard deviation, each [B, L]."""
-        return self.posterior_layer.parameters(self.encoder(x, training=False))
+        return self.posterior_layer.parameters(self.encoder(self.encoder_inputs(x, y), training=False))
 
-    def decode(self, z):
+    def decode(self, z, y=None):
         """The decoder mean [B, H, W, C] for codes z [B, L]."""
-        return self.likelihood_layer.mean(self.decoder(z, training=False))
+        return self.likelihood_layer.mean(self.decoder(self.decoder_inputs(z, y), training=False))
 
-    def reconstruct(self, x):
+    def reconstruct(self, x, y=None):
         """The decoder mean at the posterior mean, [B, H, W, C]."""
-        mean, _ = self.encode(x)
-        return self.decode(mean)
+        mean, _ = self.encode(x, y)
+        return self.decode(mean, y)
 
-    def sample(self, num_samples, seed=0, temperature=1.0):
+    def sample(self, num_samples, seed=0, temperature=1.0, y=None):
         """Draws from the model with stateless noise: returns (x_mean, z).
 
-        The same `seed` gives the same images on every call.
+        The same `seed` gives the same images on every call. `y` (labels, or
+        one label for all) is for conditional models.
         """
         seed = tf.stack([tf.cast(seed, tf.int64), tf.constant(0, tf.int64)])
         if self.prior_name == "normal":
@@ -219,22 +233,27 @@ class VAE(keras.Model):
             if temperature != 1.0:
                 raise UserError(f"--temperature applies to the N(0, I) prior only; this model's prior is {self.prior_name!r}.")
             z = self.prior().sample(num_samples, seed=tf.cast(seed, tf.int32))
-        return self.decode(z), z
+        return self.decode(z, y), z
 
     def call(self, x, training=False):
         return self.reconstruct(x)
 
     # ---------------------------------------------------------- objective
-    def compute_terms(self, x, training=False):
+    def compute_terms(self, x, training=False, y=None):
         """The per-example terms of the ELBO from one reparameterized sample.
+
+        Args:
+            x: images [B, H, W, C].
+            training: whether the networks (and any corruption) run in training mode.
+            y: labels [B] for a conditional model, else None.
 
         Returns:
             dict with `reconstruction_loss`, `kl` and `elbo` [B], and
             `kl_per_dim` [B, L] (None when the KL has no per-dimension form).
         """
-        posterior = self.posterior(self.corrupt(x, training), training=training)
+        posterior = self.posterior(self.corrupt(x, training), training=training, y=y)
         z = posterior.sample(seed=self.noise_seed())  # (B, L), reparameterized
-        reconstruction_loss = -self.likelihood(z, training=training).log_prob(x)  # (B,)
+        reconstruction_loss = -self.likelihood(z, training=training, y=y).log_prob(x)  # (B,)
         prior = self.prior()
         kl = losses.kl_divergence(posterior, prior, z)  # (B,)
         return {
@@ -244,19 +263,20 @@ class VAE(keras.Model):
             "kl_per_dim": losses.kl_per_dimension(posterior, prior),
         }
 
-    def importance_log_weights(self, x, num_samples, seed):
+    def importance_log_weights(self, x, num_samples, seed, y=None):
         """log p(x, z_k) - log q(z_k|x) for k = 1..num_samples, with stateless noise.
 
         Returns:
             (log_weights [K, B], elbo [B]): the ELBO here is the mean of the
             log-weights, an unbiased K-sample estimate.
         """
-        posterior = self.posterior(x)
+        posterior = self.posterior(x, y=y)
         z = posterior.sample(num_samples, seed=seed)  # (K, B, L)
         batch = tf.shape(z)[1]
         flat_z = tf.reshape(z, [-1, self.latent_dim])  # (K, B, L) -> (K*B, L)
         flat_x = tf.tile(x, [num_samples] + [1] * len(self.image_shape))  # (K*B, H, W, C)
-        log_likelihood = tf.reshape(self.likelihood(flat_z).log_prob(flat_x), [num_samples, batch])
+        flat_y = tf.tile(y, [num_samples]) if y is not None else None  # (K*B,)
+        log_likelihood = tf.reshape(self.likelihood(flat_z, y=flat_y).log_prob(flat_x), [num_samples, batch])
         log_weights = log_likelihood + self.prior().log_prob(z) - posterior.log_prob(z)  # (K, B)
         return log_weights, tf.reduce_mean(log_weights, axis=0)
 
@@ -286,14 +306,14 @@ class VAE(keras.Model):
     # ------------------------------------------------------ training loop
     @staticmethod
     def unpack(data):
-        """Images from a batch given as x, (x,) or (x, y)."""
+        """(images, labels or None) from a batch given as x, (x,) or (x, y)."""
         if isinstance(data, (tuple, list)):
-            return data[0]
-        return data
+            return data[0], (data[1] if len(data) > 1 else None)
+        return data, None
 
     def losses_and_terms(self, data, training):
-        x = self.unpack(data)
-        terms = self.compute_terms(x, training=training)
+        x, y = self.unpack(data)
+        terms = self.compute_terms(x, training=training, y=y if self.uses_labels else None)
         beta = self.current_beta()
         return self.objective(terms, beta), terms, beta
 

@@ -5,6 +5,10 @@ References:
         Denoising Autoencoders. ICML.
     Burgess et al. (2018). Understanding disentangling in β-VAE. arXiv:1804.03599.
     Burda, Grosse & Salakhutdinov (2016). Importance Weighted Autoencoders. ICLR.
+    Kingma, Rezende, Mohamed & Welling (2014). Semi-Supervised Learning with Deep
+        Generative Models. NeurIPS.
+    Sohn, Lee & Yan (2015). Learning Structured Output Representation using Deep
+        Conditional Generative Models. NeurIPS.
 """
 
 import keras
@@ -15,6 +19,7 @@ from keras_vae.distributions import DeterministicPosterior
 from keras_vae.errors import UserError
 from keras_vae.models import register_model
 from keras_vae.models.base import VAE
+from keras_vae.networks import build_networks, condition_encoder
 
 
 @register_model("ae")
@@ -37,19 +42,20 @@ class AE(VAE):
     def metric_names(self):
         return ("loss", "reconstruction_loss")
 
-    def compute_terms(self, x, training=False):
-        code, _ = self.posterior_layer.parameters(self.encoder(self.corrupt(x, training), training=training))
-        reconstruction_loss = -self.likelihood(code, training=training).log_prob(x)  # (B,)
+    def compute_terms(self, x, training=False, y=None):
+        code, _ = self.posterior_layer.parameters(
+            self.encoder(self.encoder_inputs(self.corrupt(x, training), y), training=training))
+        reconstruction_loss = -self.likelihood(code, training=training, y=y).log_prob(x)  # (B,)
         return {"reconstruction_loss": reconstruction_loss, "kl": tf.zeros_like(reconstruction_loss),
                 "elbo": -reconstruction_loss, "kl_per_dim": None}
 
     def objective(self, terms, beta):
         return tf.reduce_mean(terms["reconstruction_loss"])
 
-    def importance_log_weights(self, x, num_samples, seed):
+    def importance_log_weights(self, x, num_samples, seed, y=None):
         """No bound exists: the `score` signature reports log p(x | f(x)) in both outputs."""
-        code, _ = self.encode(x)
-        log_likelihood = self.likelihood(code).log_prob(x)  # (B,)
+        code, _ = self.encode(x, y)
+        log_likelihood = self.likelihood(code, y=y).log_prob(x)  # (B,)
         return tf.tile(log_likelihood[None], [num_samples, 1]), log_likelihood
 
 
@@ -139,9 +145,9 @@ class IWAE(VAE):
     def config_kwargs(cls, config, image_shape):
         return dict(super().config_kwargs(config, image_shape), iw_k=config.iw_k)
 
-    def compute_terms(self, x, training=False):
-        terms = super().compute_terms(x, training)  # the one-sample terms, for the recon / KL logs
-        log_weights, _ = self.importance_log_weights(x, self.iw_k, seed=self.noise_seed())  # (k, B)
+    def compute_terms(self, x, training=False, y=None):
+        terms = super().compute_terms(x, training, y)  # the one-sample terms, for the recon / KL logs
+        log_weights, _ = self.importance_log_weights(x, self.iw_k, seed=self.noise_seed(), y=y)  # (k, B)
         terms["elbo"] = losses.iwae_bound(log_weights)
         return terms
 
@@ -150,3 +156,62 @@ class IWAE(VAE):
 
     def get_config(self):
         return dict(super().get_config(), iw_k=self.iw_k)
+
+
+@register_model("cvae")
+@keras.saving.register_keras_serializable(package="keras_vae")
+class CVAE(VAE):
+    """The conditional VAE (Kingma et al. 2014; Sohn et al. 2015): q(z|x, y), p(x|z, y), p(z) = N(0, I).
+
+    The label's one-hot joins the encoder's flattened image features and the
+    decoder's input [z, one_hot(y)]. Its ELBO bounds the conditional log p(x|y).
+    Batches are (x, y); `sample(..., y=k)` draws class k.
+
+    Args:
+        num_classes: K, the number of labels (from the dataset).
+    """
+
+    uses_labels = True
+
+    def __init__(self, num_classes=10, **kwargs):
+        if not isinstance(num_classes, int) or num_classes < 2:
+            raise UserError(
+                "cvae needs a labelled dataset with at least 2 classes "
+                f"(a .npz with y, or an image folder with one sub-folder per class). Received: {num_classes!r} classes."
+            )
+        if kwargs.get("prior", "normal") != "normal":
+            raise UserError(f"cvae uses the N(0, I) prior. Received: --prior {kwargs['prior']}.")
+        self.num_classes = num_classes
+        super().__init__(**kwargs)
+
+    @classmethod
+    def from_fit_config(cls, config, image_shape, num_classes=0):
+        return cls(**cls.config_kwargs(config, image_shape), num_classes=int(num_classes))
+
+    def build_networks(self):
+        encoder, _ = build_networks(self.architecture, self.image_shape, self.latent_dim, self.num_posterior_params())
+        # The decoder reads [z, one_hot(y)]: built for a code of L + K inputs.
+        _, decoder = build_networks(
+            self.architecture, self.image_shape, self.latent_dim + self.num_classes, self.num_posterior_params())
+        return condition_encoder(encoder, self.num_classes), decoder
+
+    def one_hot(self, y):
+        if y is None:
+            raise UserError("cvae is conditional: give labels y (e.g. `keras-vae sample --label K`).")
+        return tf.one_hot(tf.cast(y, tf.int32), self.num_classes, dtype=tf.float32)
+
+    def encoder_inputs(self, x, y=None):
+        return [tf.convert_to_tensor(x), self.one_hot(y)]
+
+    def decoder_inputs(self, z, y=None):
+        return tf.concat([z, self.one_hot(y)], axis=-1)
+
+    def sample(self, num_samples, seed=0, temperature=1.0, y=None):
+        """As `VAE.sample`; `y` is one label or [num_samples] labels (default: 0, 1, .., K-1, 0, ..)."""
+        if y is None:
+            y = tf.range(num_samples) % self.num_classes
+        y = tf.broadcast_to(tf.cast(y, tf.int32), [num_samples])
+        return super().sample(num_samples, seed, temperature, y)
+
+    def get_config(self):
+        return dict(super().get_config(), num_classes=self.num_classes)

@@ -24,7 +24,7 @@ split_cpu(2)
 class DeterministicVAE(VAE):
     """z = E_q[z]: no sampling noise, so 1 and 2 replicas must agree to float precision."""
 
-    def compute_terms(self, x, training=False):
+    def compute_terms(self, x, training=False, y=None):
         posterior = self.posterior(x, training=training)
         reconstruction_loss = -self.likelihood(posterior.mean(), training=training).log_prob(x)
         kl = losses.kl_divergence(posterior, self.prior())

@@ -67,6 +67,10 @@ FIT_OPTIONS = [
     click.option("--capacity-max", type=float, help="beta_vae: the KL capacity C reached, in nats. Default: 25."),
     click.option("--capacity-steps", type=int, help="beta_vae: steps over which C rises. Default: 100000."),
     click.option("--iw-k", type=int, help="iwae: importance samples per example. Default: 5."),
+    click.option("--codebook-size", type=int, help="vq_vae: codebook vectors. Default: 512."),
+    click.option("--codebook-dim", type=int, help="vq_vae: numbers per codebook vector. Default: 16."),
+    click.option("--commitment", type=float, help="vq_vae: weight of the commitment loss. Default: 0.25."),
+    click.option("--vq-ema/--no-vq-ema", default=None, help="vq_vae: EMA codebook updates (default: off, the codebook loss)."),
     click.option("--epochs", type=int, help="Default: 10."),
     click.option("--batch-size", type=int, help="Global batch size. Default: 128."),
     click.option("--learning-rate", type=float, help="Adam's learning rate. Default: 1e-3."),
@@ -121,6 +125,23 @@ def fit(config_file, force, **flags):
         summary = f"{split} reconstruction loss {history['val_reconstruction_loss'][-1]:.2f} nats/example"
     exported = f"; exported to {result['export_path']}" if result["export_path"] else ""
     click.echo(f"Done. {summary}; run in {result['run_dir']}{exported}.")
+
+
+@cli.command("fit-prior")
+@click.argument("run_dir")
+@click.option("--epochs", type=int, default=20, show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--learning-rate", type=float, default=1e-3, show_default=True)
+@click.option("--export-dir", help="Where the new SavedModel version goes (default: the run's --export-dir).")
+@click.option("--export/--no-export", default=True, show_default=True, help="Export a new version with the prior.")
+def fit_prior(run_dir, epochs, batch_size, learning_rate, export_dir, export):
+    """Train a VQ-VAE run's PixelCNN prior over its code maps; sampling then goes through it."""
+    from keras_vae.train import fit_prior as run_fit_prior
+
+    result = run_fit_prior(run_dir, epochs, batch_size, learning_rate, export, export_dir)
+    exported = f"; exported to {result['export_path']}" if result["export_path"] else ""
+    click.echo(f"Done. Test -log p(code map) {result['test_nats']:.2f} nats under the PixelCNN "
+               f"(uniform prior: {result['uniform_nats']:.2f}){exported}.")
 
 
 @cli.command()
@@ -239,7 +260,7 @@ def _continuous(model, command):
 def _kl_per_dim(model, x, y=None):
     terms = model.compute_terms(x[:1000], y=None if y is None else y[:1000])
     if terms.get("kl_per_dim") is None:
-        return [0.0] * model.latent_dim
+        return [0.0] * model.code_dim
     return terms["kl_per_dim"].numpy().mean(axis=0)
 
 

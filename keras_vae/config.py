@@ -48,6 +48,10 @@ class FitConfig:
     capacity_max: float = 25.0  # beta_vae: C rises to this many nats ...
     capacity_steps: int = 100000  # ... over this many steps
     iw_k: int = 5  # iwae: importance samples per example
+    codebook_size: int = 512  # vq_vae: K codebook vectors ...
+    codebook_dim: int = 16  # ... of D numbers each; the code map has latent_dim positions
+    commitment: float = 0.25  # vq_vae: β of the commitment loss
+    vq_ema: bool = False  # vq_vae: EMA codebook updates instead of the codebook loss
     # Optimization.
     epochs: int = 10
     batch_size: int = 128
@@ -70,14 +74,15 @@ class FitConfig:
         self.validate()
 
     def validate(self):
-        positive = ("latent_dim", "epochs", "batch_size", "steps_per_execution", "prior_components", "iw_k")
+        positive = ("latent_dim", "epochs", "batch_size", "steps_per_execution", "prior_components", "iw_k",
+                    "codebook_size", "codebook_dim")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise UserError(
                     f"{_flag(name)} must be a positive integer. Received: {name}={value!r}."
                 )
-        for name in ("beta", "free_bits", "learning_rate", "noise_level", "capacity_max"):
+        for name in ("beta", "free_bits", "learning_rate", "noise_level", "capacity_max", "commitment"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 raise UserError(

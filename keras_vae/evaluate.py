@@ -114,7 +114,7 @@ def evaluate_model(model, data, iw_samples=1000, batch_size=100, train_data=None
     terms_fn = tf.function(model.compute_terms, reduce_retracing=True)
 
     totals = {"elbo": 0.0, "reconstruction_loss": 0.0, "kl": 0.0, "nll_iw": 0.0}
-    kl_per_dim = np.zeros(model.latent_dim)
+    kl_per_dim = None  # stays None when the KL has no per-dimension form (learned priors, VQ, AE)
     means = []
     bar = keras.utils.Progbar(math.ceil(len(data.x) / batch_size), verbose=1 if progress else 0,
                               stateful_metrics=["nll_iw"])
@@ -125,7 +125,7 @@ def evaluate_model(model, data, iw_samples=1000, batch_size=100, train_data=None
         for name in ("elbo", "reconstruction_loss", "kl"):
             totals[name] += float(tf.reduce_sum(terms[name]))
         if terms.get("kl_per_dim") is not None:
-            kl_per_dim += tf.reduce_sum(terms["kl_per_dim"], axis=0).numpy()
+            kl_per_dim = (0 if kl_per_dim is None else kl_per_dim) + tf.reduce_sum(terms["kl_per_dim"], axis=0).numpy()
         if model.has_elbo:
             totals["nll_iw"] += float(tf.reduce_sum(importance_weighted_nll(
                 lambda x, k, seed: log_weights(x, k, seed, y), x, iw_samples, chunk)))
@@ -138,7 +138,7 @@ def evaluate_model(model, data, iw_samples=1000, batch_size=100, train_data=None
     if not model.has_elbo:  # a plain autoencoder: no likelihood bound exists
         result.update(elbo=None, kl=None, nll_iw=None, bits_per_dim=None)
     result["active_units"], _ = metrics.active_units(means)
-    result["kl_per_dim"] = [float(v) for v in kl_per_dim / count]
+    result["kl_per_dim"] = None if kl_per_dim is None else [float(v) for v in kl_per_dim / count]
     result["linear_probe_accuracy"] = None
     if data.y is not None and train_data is not None and train_data.y is not None:
         train_means = encode_means(model, train_data, max(batch_size, 500))
@@ -172,5 +172,6 @@ def format_table(result):
         if value is not None:
             shown = f"{value:.4f}" if isinstance(value, float) else str(value)
             lines.append(f"  {name:24s} {shown:>12s} {unit}")
-    lines.append("  KL per dimension         " + " ".join(f"{v:.2f}" for v in result["kl_per_dim"]))
+    if result["kl_per_dim"] is not None:
+        lines.append("  KL per dimension         " + " ".join(f"{v:.2f}" for v in result["kl_per_dim"]))
     return "\n".join(lines)

@@ -81,8 +81,8 @@ def traversal_grid(model, x, kl_per_dim, value_range=3.0, steps=10, dims=None, y
     [-range, range] with the others fixed at the posterior mean of `x` (one image, label `y`)."""
     dims = dims if dims is not None else dims_by_kl(kl_per_dim)
     for d in dims:
-        if not 0 <= d < model.latent_dim:
-            raise UserError(f"--dims must lie in 0..{model.latent_dim - 1}. Received: {d}.")
+        if not 0 <= d < model.code_dim:
+            raise UserError(f"--dims must lie in 0..{model.code_dim - 1}. Received: {d}.")
     base = _means(model, x[None], None if y is None else [y])[0]
     codes = []
     for d in dims:
@@ -96,14 +96,14 @@ def traversal_grid(model, x, kl_per_dim, value_range=3.0, steps=10, dims=None, y
 def manifold_grid(model, kl_per_dim, size=15, y=None):
     """The decoded grid over the prior's quantiles 5%..95% of two dimensions (the two with the
     most KL when the latent space is larger; the others at 0, the prior mean)."""
-    dims = [0, 1] if model.latent_dim == 2 else dims_by_kl(kl_per_dim)[:2]
-    if model.latent_dim < 2:
+    dims = [0, 1] if model.code_dim == 2 else dims_by_kl(kl_per_dim)[:2]
+    if model.code_dim < 2:
         raise UserError("manifold needs a latent space of at least 2 dimensions.")
     quantiles = [NormalDist().inv_cdf(p) for p in np.linspace(0.05, 0.95, size)]
     codes = []
     for row in reversed(quantiles):  # top row = high values of the second dimension
         for column in quantiles:
-            code = np.zeros(model.latent_dim, np.float32)
+            code = np.zeros(model.code_dim, np.float32)
             code[dims[0]], code[dims[1]] = column, row
             codes.append(code)
     return make_grid(_decode(model, codes, y), size)

@@ -25,13 +25,10 @@ _ENCODE_SEED = (20240101, 0)
 _SCORE_SEED = (20240102, 0)
 
 
-def check_shape(tensor, expected, name):
+def check_shape(tensor, expected, name, dtype="float32"):
     """A runtime check that `tensor` has shape [B, *expected], naming the expected shape."""
     expected = [int(d) for d in expected]
-    message = (
-        f"Input `{name}` must have shape [batch, {', '.join(map(str, expected))}] "
-        "(float32)."
-    )
+    message = f"Input `{name}` must have shape [batch, {', '.join(map(str, expected))}] ({dtype})."
     # One assertion on the joined trailing dims, so that a wrong rank and a
     # wrong size fail with the same message (no op sees mismatched shapes).
     actual = tf.strings.reduce_join(tf.strings.as_string(tf.shape(tensor)[1:]), separator=",")
@@ -40,9 +37,9 @@ def check_shape(tensor, expected, name):
         return tf.identity(tensor)
 
 
-def check_labels(y, num_classes, name="y"):
-    """A runtime check that the labels `y` lie in 0..num_classes-1."""
-    message = f"Input `{name}` must hold class labels in 0..{num_classes - 1} (int32)."
+def check_labels(y, num_classes, name="y", what="class labels"):
+    """A runtime check that the labels (or code indices) `y` lie in 0..num_classes-1."""
+    message = f"Input `{name}` must hold {what} in 0..{num_classes - 1} (int32)."
     ok = tf.logical_and(tf.reduce_all(y >= 0), tf.reduce_all(y < num_classes))
     with tf.control_dependencies([tf.debugging.Assert(ok, [message, "Received:", y])]):
         return tf.identity(y)
@@ -56,7 +53,7 @@ def default_signatures(model):
     its draws.
     """
     image_shape = list(model.image_shape)
-    latent_dim = model.latent_dim
+    latent_dim = model.code_dim
     x_spec = tf.TensorSpec([None] + image_shape, tf.float32, name="x")
     z_spec = tf.TensorSpec([None, latent_dim], tf.float32, name="z")
     count_specs = [tf.TensorSpec([], tf.int32, name="num_samples"), tf.TensorSpec([], tf.int32, name="seed")]
@@ -104,3 +101,49 @@ def default_signatures(model):
         "sample": tf.function(sample, input_signature=count_specs + label),
         "score": tf.function(score, input_signature=[x_spec] + labels),
     }
+
+
+def vq_signatures(model):
+    """The serving functions of a VQ-VAE: its code is a map of int32 indices [B, h, w].
+
+    | signature                     | inputs                            | outputs                          |
+    |-------------------------------|-----------------------------------|----------------------------------|
+    | serving_default, reconstruct  | x                                 | x_mean, indices [B, h, w] int32  |
+    | encode                        | x                                 | indices                          |
+    | decode                        | indices [B, h, w] int32           | x_mean                           |
+    | sample                        | num_samples, seed                 | x_mean, indices (from the prior) |
+    | score                         | x                                 | elbo, log_px_iw (equal: q is a point mass) |
+    """
+    image_shape = list(model.image_shape)
+    x_spec = tf.TensorSpec([None] + image_shape, tf.float32, name="x")
+    indices_spec = tf.TensorSpec([None, *model.grid], tf.int32, name="indices")
+
+    @tf.function(input_signature=[x_spec])
+    def reconstruct(x):
+        indices = model.encode_indices(check_shape(x, image_shape, "x"))
+        return {"x_mean": model.decode_indices(indices), "indices": indices}
+
+    @tf.function(input_signature=[x_spec])
+    def encode(x):
+        return {"indices": model.encode_indices(check_shape(x, image_shape, "x"))}
+
+    @tf.function(input_signature=[indices_spec])
+    def decode(indices):
+        indices = check_shape(indices, model.grid, "indices", "int32")
+        indices = check_labels(indices, model.codebook_size, "indices", "code indices")
+        return {"x_mean": model.decode_indices(indices)}
+
+    @tf.function(input_signature=[tf.TensorSpec([], tf.int32, name="num_samples"),
+                                  tf.TensorSpec([], tf.int32, name="seed")])
+    def sample(num_samples, seed):
+        tf.debugging.assert_non_negative(num_samples, message="`num_samples` must be >= 0.")
+        x_mean, indices = model.sample(num_samples, seed=seed)
+        return {"x_mean": x_mean, "indices": indices}
+
+    @tf.function(input_signature=[x_spec])
+    def score(x):
+        _, elbo = model.importance_log_weights(check_shape(x, image_shape, "x"), 1, seed=_SCORE_SEED)
+        return {"elbo": elbo, "log_px_iw": elbo}
+
+    return {"serving_default": reconstruct, "reconstruct": reconstruct, "encode": encode, "decode": decode,
+            "sample": sample, "score": score}

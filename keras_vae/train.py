@@ -3,10 +3,12 @@
 import contextlib
 import datetime
 import json
+import math
 import os
 import shutil
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_vae import callbacks as kv_callbacks
@@ -272,3 +274,56 @@ def load_run(run_dir):
     except Exception as error:  # noqa: BLE001 - any failure to read the file
         raise UserError(f"{model_path} cannot be loaded: {error}.") from None
     return config, model
+
+
+PRIOR_HISTORY_FILE = "prior_history.json"
+
+
+def fit_prior(run_dir, epochs=20, batch_size=128, learning_rate=1e-3, export=True, export_dir=None,
+              verbose="auto", log=print):
+    """Trains the PixelCNN prior over a finished VQ-VAE run's code maps (`keras-vae fit-prior`).
+
+    Encodes the training split to code maps, fits the run's `prior_network`
+    to them by maximum likelihood, marks the prior fitted, and rewrites
+    model.keras (atomically) so that `sample`, `evaluate` and exports use it.
+
+    Returns:
+        dict with `history`, `test_nats` (−log p(c) per code map on the test
+        split), `uniform_nats` (h·w·log K) and `export_path`.
+    """
+    from keras_vae.evaluate import batches, load_split
+
+    for name, value in (("epochs", epochs), ("batch-size", batch_size)):
+        if not isinstance(value, int) or value <= 0:
+            raise UserError(f"--{name} must be a positive integer. Received: {value!r}.")
+    if not learning_rate > 0:
+        raise UserError(f"--learning-rate must be positive. Received: {learning_rate!r}.")
+    config, model = load_run(run_dir)
+    if not hasattr(model, "prior_network"):
+        raise UserError(f"fit-prior trains the code prior of a vq_vae run; {run_dir} holds a {config.model} model.")
+    dataset = load_dataset(config.dataset, config.data_dir, config.seed)
+
+    def codes(split):
+        data = load_split(config, split, dataset)
+        return np.concatenate([model.encode_indices(b).numpy() for b in batches(data.x, 500)])
+
+    train_codes, test_codes = codes("train"), codes("test")
+    keras.utils.set_random_seed(config.seed)
+    network = model.prior_network
+    network.trainable = True
+    network.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    history = network.fit(train_codes, train_codes, validation_data=(test_codes, test_codes), epochs=epochs,
+                          batch_size=batch_size, verbose=verbose).history
+    network.trainable = False
+    model.prior_fitted.assign(1.0)
+    positions = model.latent_dim
+    history = {name: [float(v) * positions for v in values] for name, values in history.items()}  # nats per map
+    save_keras_model(model, os.path.join(run_dir, MODEL_FILE))
+    write_history(os.path.join(run_dir, PRIOR_HISTORY_FILE), history)
+    result = {"history": history, "test_nats": history["val_loss"][-1],
+              "uniform_nats": positions * math.log(model.codebook_size), "export_path": None}
+    if export:
+        name = config.export_name or os.path.basename(os.path.normpath(run_dir))
+        result["export_path"] = export_saved_model(model, export_dir or config.export_dir, name)
+    return result

@@ -219,3 +219,36 @@ def test_cvae_mistakes_get_a_message_and_status_2(cvae_run, args, message):
         args += ["--run-dir", root / "other"]
     result = invoke(*args)
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+
+
+def test_precision_weighting_is_the_normalized_product_of_two_gaussians():
+    from keras_vae.models.hierarchical import precision_weighted
+
+    loc, scale = precision_weighted(tf.constant([1.0]), tf.constant([2.0]), tf.constant([-3.0]), tf.constant([0.5]))
+    grid = np.linspace(-10, 10, 200001)
+    density = np.exp(-0.5 * ((grid - 1) / 2) ** 2 - 0.5 * ((grid + 3) / 0.5) ** 2)
+    density /= density.sum()
+    mean = (grid * density).sum()
+    assert float(loc[0]) == pytest.approx(mean, abs=1e-6)
+    assert float(scale[0]) == pytest.approx(np.sqrt(((grid - mean) ** 2 * density).sum()), abs=1e-6)
+
+
+def test_hvae_reports_positive_kl_per_layer_and_samples_top_down():
+    model = make("hvae")
+    x = images(32)
+    history = model.fit(x, batch_size=16, epochs=3, verbose=0).history
+    assert {"kl_z1", "kl_z2"} <= set(history)
+    terms = model.compute_terms(x)
+    assert np.all(terms["kl_z1"].numpy() > 0) and np.all(terms["kl_z2"].numpy() > 0)
+    np.testing.assert_allclose(terms["kl"], terms["kl_z1"] + terms["kl_z2"], rtol=1e-5)
+    np.testing.assert_allclose(tf.reduce_sum(terms["kl_per_dim"], -1), terms["kl"], rtol=1e-4)
+    # The mean log importance weight (Monte-Carlo KLs) estimates the same ELBO (analytic KLs).
+    _, elbo_mc = model.importance_log_weights(x, 2000, seed=tf.constant([1, 2]))
+    elbo = np.mean([model.compute_terms(x)["elbo"].numpy() for _ in range(200)], axis=0)
+    assert float(np.mean(elbo_mc)) == pytest.approx(float(np.mean(elbo)), rel=0.01)
+    # The code [ε1, z2] decodes through z1 = μp(z2) + σp(z2) ε1; the code mean reconstructs.
+    code = model.sample(5, seed=4)[1].numpy()
+    assert code.shape == (5, 6)
+    prior_loc, prior_scale = model.top_down_prior(code[:, 3:])
+    np.testing.assert_allclose(model.decoder_inputs(code), prior_loc + prior_scale * code[:, :3], rtol=1e-5)
+    np.testing.assert_allclose(model.decode(model.encode(x)[0]), model.reconstruct(x), atol=1e-6)

@@ -8,7 +8,7 @@ register_model = MODELS.register
 
 def _load_builtin_models():
     # Imported on first use, not at package import, so `import keras_vae` stays cheap.
-    from keras_vae.models import base, family  # noqa: F401
+    from keras_vae.models import base, family, hierarchical, vq  # noqa: F401
 
 
 def get_model_class(name):

@@ -148,6 +148,11 @@ class VAE(keras.Model):
     uses_labels = False  # True for conditional models: batches are (x, y) and y reaches the networks
     continuous_code = True  # False for a discrete code (VQ-VAE): no traversals or manifolds
 
+    @property
+    def code_dim(self):
+        """The size of the code that `encode` returns and `decode` takes (L here)."""
+        return self.latent_dim
+
     def build_networks(self):
         """(encoder, decoder) of the chosen architecture."""
         return build_networks(self.architecture, self.image_shape, self.latent_dim, self.num_posterior_params())
@@ -228,7 +233,7 @@ class VAE(keras.Model):
         """
         seed = tf.stack([tf.cast(seed, tf.int64), tf.constant(0, tf.int64)])
         if self.prior_name == "normal":
-            z = temperature * tf.random.stateless_normal([num_samples, self.latent_dim], seed=seed)
+            z = temperature * tf.random.stateless_normal([num_samples, self.code_dim], seed=seed)
         else:
             if temperature != 1.0:
                 raise UserError(f"--temperature applies to the N(0, I) prior only; this model's prior is {self.prior_name!r}.")

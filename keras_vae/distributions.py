@@ -47,6 +47,7 @@ class NormalPosterior(keras.layers.Layer):
     def __init__(self, latent_dim, scale_function="softplus", **kwargs):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
+        self.built = True  # no shape-dependent weights: Keras needs no symbolic call to build it
         if scale_function not in SCALE_FUNCTIONS:
             raise UserError(
                 f"scale_function must be one of {', '.join(SCALE_FUNCTIONS)}. "
@@ -86,6 +87,7 @@ class BernoulliLikelihood(keras.layers.Layer):
     def __init__(self, **kwargs):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
+        self.built = True  # no shape-dependent weights: Keras needs no symbolic call to build it
 
     def call(self, logits):
         logits = tf.cast(logits, tf.float32)
@@ -119,6 +121,7 @@ class GaussianLikelihood(keras.layers.Layer):
     def __init__(self, channels, scale=None, **kwargs):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
+        self.built = True  # no shape-dependent weights: Keras needs no symbolic call to build it
         self.channels = channels
         self.scale = scale
         if scale is None:
@@ -169,6 +172,7 @@ class DeterministicPosterior(keras.layers.Layer):
     def __init__(self, latent_dim, **kwargs):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
+        self.built = True  # no shape-dependent weights: Keras needs no symbolic call to build it
         self.latent_dim = latent_dim
 
     def parameters(self, params):

@@ -1,0 +1,46 @@
+"""Runs in its own process (the CPU must be split before TensorFlow starts).
+
+Trains every registered model (and the EMA VQ-VAE) for two epochs under
+MirroredStrategy on two CPU replicas and prints, per model, its losses, whether
+every trainable weight moved, and whether its non-trainable EMA state moved.
+"""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from conftest import tiny_images  # noqa: E402
+from keras_vae.config import FitConfig  # noqa: E402
+from keras_vae.distribute import split_cpu  # noqa: E402
+from keras_vae.models import build_model, model_names  # noqa: E402
+
+split_cpu(2)
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+x = (tiny_images(64) / 255).astype(np.float32)
+y = (np.arange(64) % 3).astype(np.int32)
+report = {}
+for name, extra in [(n, {}) for n in model_names()] + [("vq_vae", {"vq_ema": True})]:
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        config = FitConfig(model=name, latent_dim=4, kl_warmup_steps=0, codebook_size=16, codebook_dim=2, **extra)
+        model = build_model(config, (28, 28, 1), num_classes=3)
+        model.compile(optimizer=keras.optimizers.Adam(3e-3))
+    before = [w.numpy().copy() for w in model.weights]
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
+    history = model.fit(data, epochs=2, verbose=0).history
+    moved = [not np.allclose(b, w.numpy()) for b, w in zip(before, model.weights)]
+    trainable = {id(w) for w in model.trainable_weights}
+    report[name + ("-ema" if extra else "")] = {
+        "loss": [float(v) for v in history["loss"]],
+        "all_trainable_moved": all(m for m, w in zip(moved, model.weights) if id(w) in trainable),
+        "moved_state": sorted(w.name for m, w in zip(moved, model.weights) if m and id(w) not in trainable),
+    }
+json.dump(report, sys.stdout)

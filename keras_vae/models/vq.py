@@ -76,7 +76,6 @@ class VQVAE(VAE):
     """
 
     continuous_code = False
-    uses_labels = False
 
     def __init__(self, codebook_size=512, codebook_dim=16, commitment=0.25, vq_ema=False, **kwargs):
         if kwargs.get("prior", "normal") != "normal":

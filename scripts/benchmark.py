@@ -249,24 +249,24 @@ def reference_adapter(encoder, decoder, latent_dim, image_shape):
     tfd = tfp.distributions
 
     class Adapter:
-        has_elbo = True
+        has_elbo, uses_labels = True, False
         corrupt = VAE.corrupt
         compute_terms = VAE.compute_terms
         importance_log_weights = VAE.importance_log_weights
         noise_seed = VAE.noise_seed
 
         def __init__(self):
-            self.latent_dim, self.image_shape = latent_dim, image_shape
+            self.latent_dim, self.code_dim, self.image_shape = latent_dim, latent_dim, image_shape
             self.seed_generator = keras.random.SeedGenerator(0)
 
-        def encode(self, x):
+        def encode(self, x, y=None):
             z_mean, z_log_var, _ = encoder(x)
             return z_mean, tf.exp(0.5 * z_log_var)
 
-        def posterior(self, x, training=False):
+        def posterior(self, x, training=False, y=None):
             return tfd.Independent(tfd.Normal(*self.encode(x)), 1)
 
-        def likelihood(self, z, training=False):
+        def likelihood(self, z, training=False, y=None):
             probs = tf.clip_by_value(decoder(z), 1e-7, 1 - 1e-7)  # as keras's binary_crossentropy clips
             return tfd.Independent(tfd.Bernoulli(probs=probs, dtype=tf.float32), len(image_shape))
 

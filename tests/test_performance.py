@@ -57,3 +57,26 @@ def test_cosine_schedule_decays_to_zero_over_the_run():
     assert learning_rate(FitConfig(learning_rate=5e-4), 100) == 5e-4
     with pytest.raises(UserError, match="lr_schedule='step'"):
         FitConfig(lr_schedule="step")
+
+
+def test_the_benchmark_scores_the_reference_with_the_same_evaluator():
+    """The reference VAE goes through keras_vae's evaluator: its KL is the closed form of its own outputs."""
+    import os
+    import sys
+
+    import numpy as np
+
+    from conftest import REPO, tiny_images
+    from keras_vae.evaluate import Split, evaluate_model
+
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    import benchmark
+
+    encoder, decoder = benchmark.reference_networks("mlp", (28, 28, 1), 3)
+    adapter = benchmark.reference_adapter(encoder, decoder, 3, (28, 28, 1))
+    x = (tiny_images(20) > 127).astype(np.float32)
+    mean, log_var, _ = encoder(x)
+    closed_form = 0.5 * np.sum(mean**2 + np.exp(log_var) - 1 - log_var, axis=1)
+    report = evaluate_model(adapter, Split("test", x), iw_samples=50, batch_size=10, progress=False)
+    assert report["kl"] == pytest.approx(closed_form.mean(), rel=1e-4)
+    assert report["nll_iw"] <= -report["elbo"] + 0.5

@@ -58,7 +58,7 @@ FIT_OPTIONS = [
     click.option("--binarize", type=click.Choice(BINARIZATIONS), help="Binarization of the data. Default: dynamic."),
     click.option("--validation-split", type=float, help="Held-out fraction when the dataset has no test split. Default: 0.1."),
     click.option("--beta", type=float, help="Weight of the KL term. Default: 1."),
-    click.option("--kl-warmup-steps", type=int, help="Steps over which beta rises linearly from 0. Default: 1000."),
+    click.option("--kl-warmup-steps", type=int, help="Steps over which beta rises linearly from 0. Default: half the run's steps."),
     click.option("--free-bits", type=float, help="Floor on each latent dimension's KL, in nats. Default: 0."),
     click.option("--prior", type=click.Choice(PRIORS), help="p(z): normal (default), mog (learned mixture) or vamp (VampPrior)."),
     click.option("--prior-components", type=int, help="Components / pseudo-inputs of a learned prior. Default: 10."),

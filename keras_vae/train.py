@@ -1,6 +1,7 @@
 """`fit`: the one library call behind `keras-vae fit`."""
 
 import contextlib
+import dataclasses
 import datetime
 import json
 import math
@@ -197,8 +198,10 @@ def fit(config, verbose="auto", force=False, log=print, extra_callbacks=()):
         config.save(os.path.join(run_dir, CONFIG_FILE))
 
     steps_per_epoch = max(1, num_train // config.batch_size)
+    # config.json keeps kl_warmup_steps=None ("half the run"); the model gets the number.
+    model_config = dataclasses.replace(config, kl_warmup_steps=config.warmup_steps(steps_per_epoch * config.epochs))
     with dtype_policy(config.precision), strategy.scope():
-        model = build_model(config, dataset.image_shape, dataset.num_classes)
+        model = build_model(model_config, dataset.image_shape, dataset.num_classes)
         model.compile(
             optimizer=keras.optimizers.Adam(learning_rate(config, steps_per_epoch * config.epochs)),
             steps_per_execution=config.steps_per_execution,

@@ -181,3 +181,19 @@ def test_a_checkpoint_interrupted_mid_write_is_ignored_and_resume_restores_state
     np.testing.assert_array_equal(fresh.seed_generator.state.numpy(), model.seed_generator.state.numpy())
     for a, b in zip(fresh.weights, model.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_default_kl_warmup_spans_half_the_run(tiny_npz, tmp_path):
+    import json
+
+    from keras_vae.config import FitConfig
+    from keras_vae.train import fit
+
+    # 96 images, 10% held out: 86 to train, 2 whole batches of 32 per epoch; 4 epochs = 8 steps.
+    config = FitConfig(dataset=tiny_npz, epochs=4, batch_size=32, latent_dim=2, run_dir=str(tmp_path / "run"),
+                       export=False, jit_compile="off")
+    history = fit(config, verbose=0, log=lambda *_: None)["history"]
+    # β = (step + 1) / 4 for steps 0..3, then 1: epoch means 0.375, 0.875, 1, 1.
+    assert history["beta"] == pytest.approx([0.375, 0.875, 1.0, 1.0])
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["kl_warmup_steps"] is None
+    assert FitConfig(kl_warmup_steps=100).warmup_steps(1000) == 100

@@ -131,7 +131,7 @@ class VAE(keras.Model):
             likelihood_scale=config.likelihood_scale,
             posterior_scale=config.posterior_scale,
             beta=config.beta,
-            kl_warmup_steps=config.kl_warmup_steps,
+            kl_warmup_steps=config.kl_warmup_steps or 0,  # `fit` resolves None (half the run) before this
             free_bits=config.free_bits,
             prior=config.prior,
             prior_components=config.prior_components,

@@ -19,7 +19,8 @@ Each runs in a fresh process. Reported: steady-state training samples/s (the
 first epoch, which traces, apart), whole-process wall time, peak RSS, test
 ELBO and nll_iw (K importance samples on the first test images), evaluation
 importance-samples/s, and achieved GFLOP/s against matmul peaks measured in
-the same run. Writes benchmarks/results.json and benchmarks/RESULTS.md.
+the same run. Writes benchmarks/results.json and benchmarks/RESULTS.md
+(`--quick`: results-quick.json and RESULTS-quick.md, not kept in git).
 """
 
 import argparse
@@ -429,7 +430,8 @@ def table(report):
 
 
 def write_report(report):
-    with open(os.path.join(OUT_DIR, "results.json"), "w") as f:
+    suffix = "-quick" if report["quick"] else ""  # a --quick run never overwrites the full results
+    with open(os.path.join(OUT_DIR, f"results{suffix}.json"), "w") as f:
         json.dump(report, f, indent=2)
     s = report["settings"]
     md = [
@@ -446,7 +448,7 @@ def write_report(report):
     md += [f"- {name}: {value:.3f}" for name, value in report["targets"].items()]
     md += ["", f"Command: `python scripts/benchmark.py{' --quick' if report['quick'] else ''} --epochs {s['epochs']}`; "
            f"total {report['total_wall_s']:.0f} s.", ""]
-    with open(os.path.join(OUT_DIR, "RESULTS.md"), "w") as f:
+    with open(os.path.join(OUT_DIR, f"RESULTS{suffix}.md"), "w") as f:
         f.write("\n".join(md))
     print(table(report))
     for name, value in report["targets"].items():

@@ -141,10 +141,13 @@ class VQVAE(VAE):
         indices, _ = self.nearest_entries(self.encoder_vectors(x))
         return tf.reshape(indices, [-1, *self.grid])
 
+    def codebook_vectors(self, indices):
+        """The codebook entries [B, h·w, D] of code maps [B, h, w]."""
+        return tf.gather(self.codebook, tf.reshape(indices, [-1, self.latent_dim]))
+
     def decode_indices(self, indices):
         """The decoder mean [B, H, W, C] for code maps [B, h, w]."""
-        vectors = tf.gather(self.codebook, tf.reshape(indices, [-1, self.latent_dim]))
-        return self.likelihood_layer.mean(self.decode_vectors(vectors))
+        return self.likelihood_layer.mean(self.decode_vectors(self.codebook_vectors(indices)))
 
     def encode(self, x, y=None):
         """The encoder's continuous output z_e, flattened [B, h·w·D], and zero spread."""
@@ -228,8 +231,8 @@ class VQVAE(VAE):
     def importance_log_weights(self, x, num_samples, seed, y=None):
         """A point-mass posterior: every 'sample' has log weight log p(x | z_q) + log p(c) = the ELBO."""
         indices = self.encode_indices(x)
-        log_weight = (self.likelihood_layer(self.decode_vectors(tf.gather(self.codebook, tf.reshape(
-            indices, [-1, self.latent_dim])))).log_prob(x) + self.code_log_prior(indices))
+        log_likelihood = self.likelihood_layer(self.decode_vectors(self.codebook_vectors(indices))).log_prob(x)
+        log_weight = log_likelihood + self.code_log_prior(indices)
         return tf.tile(log_weight[None], [num_samples, 1]), log_weight
 
     def serving_signatures(self):

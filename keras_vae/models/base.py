@@ -99,6 +99,8 @@ class VAE(keras.Model):
             raise UserError(f"latent_dim must be a positive integer. Received: latent_dim={latent_dim!r}.")
         if beta < 0:
             raise UserError(f"beta must be non-negative. Received: beta={beta!r}.")
+        if prior != "normal" and self.own_prior:
+            raise UserError(f"{self.own_prior}; --prior must be normal. Received: --prior {prior}.")
         self.image_shape = tuple(int(d) for d in image_shape)
         self.latent_dim = latent_dim
         self.architecture = architecture
@@ -147,6 +149,7 @@ class VAE(keras.Model):
     has_elbo = True  # False for the plain autoencoders: no likelihood bound to evaluate
     uses_labels = False  # True for conditional models: batches are (x, y) and y reaches the networks
     continuous_code = True  # False for a discrete code (VQ-VAE): no traversals or manifolds
+    own_prior = None  # why a model takes no --prior mog/vamp (it has a prior of its own), else None
 
     @property
     def code_dim(self):

@@ -172,6 +172,7 @@ class CVAE(VAE):
     """
 
     uses_labels = True
+    own_prior = "cvae uses the N(0, I) prior"
 
     def __init__(self, num_classes=10, **kwargs):
         if not isinstance(num_classes, int) or num_classes < 2:
@@ -179,8 +180,6 @@ class CVAE(VAE):
                 "cvae needs a labelled dataset with at least 2 classes "
                 f"(a .npz with y, or an image folder with one sub-folder per class). Received: {num_classes!r} classes."
             )
-        if kwargs.get("prior", "normal") != "normal":
-            raise UserError(f"cvae uses the N(0, I) prior. Received: --prior {kwargs['prior']}.")
         self.num_classes = num_classes
         super().__init__(**kwargs)
 

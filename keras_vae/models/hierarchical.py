@@ -29,7 +29,6 @@ import tensorflow_probability as tfp
 
 from keras_vae import losses
 from keras_vae.distributions import standard_normal_prior
-from keras_vae.errors import UserError
 from keras_vae.models import register_model
 from keras_vae.models.base import VAE
 from keras_vae.networks import build_networks
@@ -63,9 +62,9 @@ class HierarchicalVAE(VAE):
     is the whitened [ε1, z2] (2 × latent_dim), whose prior is N(0, I).
     """
 
+    own_prior = "hvae has its own hierarchical prior"
+
     def __init__(self, **kwargs):
-        if kwargs.get("prior", "normal") != "normal":
-            raise UserError(f"hvae has its own hierarchical prior; --prior must be normal. Received: {kwargs['prior']!r}.")
         super().__init__(**kwargs)
         latent = self.latent_dim
         # Bottom-up: the encoder's features -> the estimate for z1, and (one layer deeper) q(z2|x).

@@ -76,11 +76,9 @@ class VQVAE(VAE):
     """
 
     continuous_code = False
+    own_prior = "vq_vae learns its prior over codes with `keras-vae fit-prior`"
 
     def __init__(self, codebook_size=512, codebook_dim=16, commitment=0.25, vq_ema=False, **kwargs):
-        if kwargs.get("prior", "normal") != "normal":
-            raise UserError(f"vq_vae learns its prior with `keras-vae fit-prior`; --prior must be normal. "
-                            f"Received: {kwargs['prior']!r}.")
         for name, value in (("codebook_size", codebook_size), ("codebook_dim", codebook_dim)):
             if not isinstance(value, int) or value <= 0:
                 raise UserError(f"--{name.replace('_', '-')} must be a positive integer. Received: {value!r}.")

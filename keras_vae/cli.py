@@ -231,11 +231,9 @@ def _explore(run_dir, num=None):
 
 def _labels(model, data):
     """The split's labels when the model is conditional, else None."""
-    if not model.uses_labels:
-        return None
-    if data.y is None:
-        raise UserError("This model is conditional, but its dataset's test split has no labels.")
-    return data.y
+    from keras_vae.evaluate import model_labels
+
+    return model_labels(model, data)
 
 
 def _label_option(model, label):

@@ -15,6 +15,8 @@ import math
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from keras_vae.errors import UserError
+
 tfd = tfp.distributions
 
 
@@ -120,3 +122,128 @@ def capacity(step, capacity_max, capacity_steps):
 def capacity_regularizer(kl, gamma, capacity_value):
     """γ·|KL − C| (Burgess et al. 2018, eq. 8): the KL is pulled towards C, not towards 0."""
     return gamma * tf.abs(tf.reduce_mean(kl) - capacity_value)
+
+
+def gaussian_log_density_matrix(z, loc, scale):
+    """log q(z_id | x_j) for every sample i, posterior j and dimension d.
+
+    The pairwise densities of the minibatch estimators of Chen et al. (2018),
+    section 3: the closed form of the Normal log density,
+    -((z - μ)/σ)²/2 - log σ - log(2π)/2, evaluated in log space.
+
+    References:
+        Chen, Li, Grosse & Duvenaud (2018). Isolating Sources of
+        Disentanglement in Variational Autoencoders. NeurIPS.
+
+    Args:
+        z: samples, [M, L].
+        loc: posterior means, [M, L].
+        scale: posterior standard deviations, [M, L].
+
+    Returns:
+        Tensor [M, M, L]; entry [i, j, d] is log N(z_id; loc_jd, scale_jd).
+    """
+    z = tf.cast(z, tf.float32)[:, None, :]  # (M, 1, L)
+    loc = tf.cast(loc, tf.float32)[None, :, :]  # (1, M, L)
+    scale = tf.cast(scale, tf.float32)[None, :, :]  # (1, M, L)
+    standardized = (z - loc) / scale  # (M, M, L)
+    return -0.5 * tf.square(standardized) - tf.math.log(scale) - 0.5 * math.log(2.0 * math.pi)
+
+
+def total_correlation_decomposition(z, loc, scale, dataset_size=None):
+    """The β-TCVAE decomposition of the KL term into MI, TC and dimension-wise KL.
+
+    Chen et al. (2018), eq. 2: E_p(n)[KL(q(z|n) ‖ p(z))] = I_q(z; n)
+    + KL(q(z) ‖ Π_d q(z_d)) + Σ_d KL(q(z_d) ‖ p(z_d)), with p(z) = N(0, I).
+    The aggregate posterior is estimated by minibatch-weighted sampling
+    (section 3, eq. S4):
+
+        log q(z_i) ≈ logsumexp_j Σ_d log q(z_id|x_j) − log(N·M)
+        log Π_d q(z_id) ≈ Σ_d [logsumexp_j log q(z_id|x_j) − log(N·M)]
+
+    With `dataset_size=None` the batch is treated as the whole data set, so
+    q(z) = (1/M) Σ_j q(z|x_j) exactly and the normalizer is log M (not
+    log(M·M)): the terms are then the exact decomposition for the batch's
+    empirical aggregate posterior, evaluated at the samples.
+
+    For any normalizer the three terms sum to the Monte-Carlo KL
+    mean_i[log q(z_i|x_i) − log p(z_i)].
+
+    References:
+        Chen, Li, Grosse & Duvenaud (2018). Isolating Sources of
+        Disentanglement in Variational Autoencoders. NeurIPS.
+
+    Args:
+        z: z_i ~ q(z|x_i), [M, L].
+        loc: posterior means, [M, L].
+        scale: posterior standard deviations, [M, L].
+        dataset_size: N, the number of training examples; None for N = M
+            with the exact batch normalization above.
+
+    Returns:
+        Dict of scalar float32 tensors `mutual_information`,
+        `total_correlation` and `dimension_wise_kl`, in nats.
+    """
+    z = tf.cast(z, tf.float32)
+    log_q_matrix = gaussian_log_density_matrix(z, loc, scale)  # (M, M, L)
+    batch_size = tf.cast(tf.shape(z)[0], tf.float32)
+    if dataset_size is None:
+        log_normalizer = tf.math.log(batch_size)
+    else:
+        log_normalizer = tf.math.log(batch_size) + math.log(float(dataset_size))
+
+    joint = tf.reduce_sum(log_q_matrix, axis=2)  # (M, M, L) -> (M, M)
+    log_q_z_given_x = tf.linalg.diag_part(joint)  # (M, M) -> (M,)
+    log_q_z = tf.reduce_logsumexp(joint, axis=1) - log_normalizer  # (M, M) -> (M,)
+    marginals = tf.reduce_logsumexp(log_q_matrix, axis=1) - log_normalizer  # (M, M, L) -> (M, L)
+    log_prod_q_z = tf.reduce_sum(marginals, axis=1)  # (M, L) -> (M,)
+    log_p_z = tf.reduce_sum(-0.5 * tf.square(z) - 0.5 * math.log(2.0 * math.pi), axis=1)  # (M, L) -> (M,)
+
+    return {
+        "mutual_information": tf.reduce_mean(log_q_z_given_x - log_q_z),
+        "total_correlation": tf.reduce_mean(log_q_z - log_prod_q_z),
+        "dimension_wise_kl": tf.reduce_mean(log_prod_q_z - log_p_z),
+    }
+
+
+def dip_vae_penalty(loc, scale, lambda_od, lambda_d, kind):
+    """The DIP-VAE regularizer: moments of the aggregate posterior pushed towards N(0, I).
+
+    Kumar, Sattigeri & Balakrishnan (2018), eqs. 6 (DIP-VAE-I) and 7
+    (DIP-VAE-II): Cov_q(z) = Cov_batch[μ(x)] for kind "i", and
+    Cov_batch[μ(x)] + E_batch[diag(σ²(x))] for kind "ii"; the penalty is
+    λ_od Σ_{i≠j} Cov_ij² + λ_d Σ_i (Cov_ii − 1)². The batch covariance uses
+    the 1/M normalization.
+
+    References:
+        Kumar, Sattigeri & Balakrishnan (2018). Variational Inference of
+        Disentangled Latent Concepts from Unlabeled Observations. ICLR.
+
+    Args:
+        loc: posterior means, [M, L].
+        scale: posterior standard deviations, [M, L].
+        lambda_od: weight of the off-diagonal term.
+        lambda_d: weight of the diagonal term.
+        kind: "i" or "ii".
+
+    Returns:
+        (penalty, covariance): a scalar and the [L, L] covariance it penalizes.
+
+    Raises:
+        UserError: `kind` is neither "i" nor "ii".
+    """
+    if kind not in ("i", "ii"):
+        raise UserError(f"kind must be 'i' or 'ii'. Received: kind={kind!r}.")
+    loc = tf.cast(loc, tf.float32)
+    centered = loc - tf.reduce_mean(loc, axis=0, keepdims=True)  # (M, L) -> (M, L)
+    batch_size = tf.cast(tf.shape(loc)[0], tf.float32)
+    covariance = tf.matmul(centered, centered, transpose_a=True) / batch_size  # (M, L) -> (L, L)
+    if kind == "ii":
+        variance = tf.reduce_mean(tf.square(tf.cast(scale, tf.float32)), axis=0)  # (M, L) -> (L,)
+        covariance = covariance + tf.linalg.diag(variance)
+    diagonal = tf.linalg.diag_part(covariance)  # (L, L) -> (L,)
+    off_diagonal = covariance - tf.linalg.diag(diagonal)
+    off_diagonal_term = tf.reduce_sum(tf.square(off_diagonal))  # (L, L) -> ()
+    diagonal_term = tf.reduce_sum(tf.square(diagonal - 1.0))  # (L,) -> ()
+    penalty = tf.cast(lambda_od, tf.float32) * off_diagonal_term + tf.cast(lambda_d, tf.float32) * diagonal_term
+    return penalty, covariance

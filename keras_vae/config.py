@@ -1,167 +1,159 @@
-"""The run configuration: one dataclass that rebuilds a run and its model."""
+"""The run configuration: `FitConfig`, built from declared hyperparameters.
 
-import dataclasses
+A configuration holds the run-level settings declared here (data,
+optimization, distribution, outputs) plus the hyperparameters that the
+chosen model declares (`Model.hyperparameters`). A setting that the chosen
+model does not use is refused, naming the models that do. `config.json` in a
+run directory is `to_dict()` of the configuration that trained it, and
+`--config FILE.json` takes the same keys.
+"""
+
 import json
-from typing import Optional
+import os
 
 from keras_vae.errors import UserError
+from keras_vae.hparams import Hyperparameter as H
+from keras_vae.hparams import by_name
 
-LIKELIHOODS = ("bernoulli", "gaussian")
 BINARIZATIONS = ("dynamic", "static", "none")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 JIT_CHOICES = ("auto", "on", "off")
-POSTERIOR_SCALES = ("softplus", "exp")
 LR_SCHEDULES = ("constant", "cosine")
-PRIORS = ("normal", "mog", "vamp")
-NOISES = ("gaussian", "masking")
 STRATEGIES = ("auto", "one", "mirrored", "multi-worker")
+MAX_SEED = 2**31 - 1
+
+# (section, hyperparameters): the settings of every run, whatever its model.
+RUN_SECTIONS = (
+    ("data", (
+        H("dataset", str, "sprites", "A registered dataset (see `keras-vae datasets`) or a path to a .npz file "
+          "or image folder."),
+        H("data_dir", str, None, "Folder with the dataset's files (IDX .gz or Keras .npz); also "
+          "KERAS_VAE_DATA_DIR.", nullable=True),
+        H("binarize", str, "dynamic", "Binarization of the data: resampled every batch, drawn once, or none.",
+          choices=BINARIZATIONS, reference="Salakhutdinov & Murray 2008"),
+        H("validation_split", float, 0.1, "Held-out fraction when the dataset has no test split.",
+          minimum=0, maximum=1, open_minimum=True, open_maximum=True),
+    )),
+    ("model", (
+        H("model", str, "vae", "A registered model (see `keras-vae models`)."),
+    )),
+    ("optimization", (
+        H("epochs", int, 10, "Passes over the training set.", minimum=1),
+        H("batch_size", int, 128, "Global batch size (split over the replicas).", minimum=1),
+        H("learning_rate", float, 1e-3, "Adam's learning rate.", minimum=0, open_minimum=True),
+        H("lr_schedule", str, "constant", "constant, or cosine decay to 0 over the run.", choices=LR_SCHEDULES,
+          reference="Loshchilov & Hutter 2017"),
+        H("seed", int, 0, "Seeds weights, data order, binarization and noise.", minimum=0, maximum=MAX_SEED),
+        H("precision", str, "float32", "Keras dtype policy; distributions and losses stay float32.",
+          choices=PRECISIONS),
+        H("steps_per_execution", int, 1, "Training steps per tf.function call.", minimum=1),
+        H("jit_compile", str, "auto", "XLA: auto (on for conv-free nets on one CPU device), on or off.",
+          choices=JIT_CHOICES),
+    )),
+    ("distribution", (
+        H("strategy", str, "auto", "tf.distribute strategy.", choices=STRATEGIES),
+        H("cpu_replicas", int, 0, "Split the CPU into N logical devices for mirrored training (0: don't).",
+          minimum=0),
+    )),
+    ("outputs", (
+        H("run_dir", str, None, "Where checkpoints, logs and history go (default: runs/<dataset>-<model>-<time>).",
+          nullable=True),
+        H("export_dir", str, "saved_models", "Where the SavedModel goes."),
+        H("export_name", str, None, "Model name under the export dir (default: the run directory's name).",
+          nullable=True),
+        H("export", bool, True, "Export a SavedModel at the end."),
+    )),
+)
+RUN_HYPERPARAMETERS = by_name(h for _, section in RUN_SECTIONS for h in section)
 
 
-@dataclasses.dataclass
+def model_class(name):
+    from keras_vae.models import get_model_class  # the model registry imports TensorFlow: only when needed
+
+    return get_model_class(RUN_HYPERPARAMETERS["model"].check(name))
+
+
+def users_of(name):
+    """The registered models that declare hyperparameter `name`."""
+    from keras_vae.models import get_model_class, model_names
+
+    return [m for m in model_names() if name in get_model_class(m).all_hyperparameters()]
+
+
 class FitConfig:
-    """Everything `keras-vae fit` needs; `config.json` in a run directory holds one.
+    """Everything `keras-vae fit` needs: the run's settings and its model's hyperparameters.
 
-    The command line's flags map one to one onto these fields (dashes for
-    underscores), and `--config FILE.json` takes the same keys.
+    Args:
+        **values: settings by name; the ones left out take their declared
+            defaults. `model` chooses which model hyperparameters exist.
+
+    Raises:
+        UserError: an unknown key, a key the model does not use (naming the
+            models that use it), or a value of the wrong type or range.
+
+    Example:
+        >>> config = FitConfig(model="beta_vae", capacity_max=10.0)
+        >>> config.capacity_max, config.epochs
+        (10.0, 10)
+        >>> config.replace(epochs=2).epochs
+        2
     """
 
-    # Data.
-    dataset: str = "sprites"
-    data_dir: Optional[str] = None
-    binarize: str = "dynamic"
-    validation_split: float = 0.1
-    # Model.
-    model: str = "vae"
-    architecture: str = "mlp"
-    latent_dim: int = 16
-    likelihood: str = "bernoulli"
-    likelihood_scale: Optional[float] = None  # Gaussian only; None = learned.
-    posterior_scale: str = "softplus"
-    beta: float = 1.0
-    # None: half the run's optimizer steps (measured on Fashion-MNIST, 10 epochs, 2 seeds: test
-    # -log p(x) 0.5 nats below a 1000-step warm-up, 0.2 below warming up over the whole run).
-    kl_warmup_steps: Optional[int] = None
-    free_bits: float = 0.0
-    prior: str = "normal"
-    prior_components: int = 10
-    # Model-specific (used by the models that name them).
-    noise: str = "gaussian"  # dae: gaussian or masking corruption
-    noise_level: float = 0.3  # dae: the Gaussian's std, or the masked fraction
-    capacity_max: float = 25.0  # beta_vae: C rises to this many nats ...
-    capacity_steps: int = 100000  # ... over this many steps
-    iw_k: int = 5  # iwae: importance samples per example
-    codebook_size: int = 512  # vq_vae: K codebook vectors ...
-    codebook_dim: int = 16  # ... of D numbers each; the code map has latent_dim positions
-    commitment: float = 0.25  # vq_vae: β of the commitment loss
-    vq_ema: bool = False  # vq_vae: EMA codebook updates instead of the codebook loss
-    # Optimization.
-    epochs: int = 10
-    batch_size: int = 128
-    learning_rate: float = 1e-3
-    lr_schedule: str = "constant"
-    seed: int = 0
-    precision: str = "float32"
-    steps_per_execution: int = 1
-    jit_compile: str = "auto"
-    # Distribution.
-    strategy: str = "auto"
-    cpu_replicas: int = 0
-    # Outputs.
-    run_dir: Optional[str] = None
-    export_dir: str = "saved_models"
-    export_name: Optional[str] = None
-    export: bool = True
-
-    def __post_init__(self):
-        self.validate()
-
-    def validate(self):
-        positive = ("latent_dim", "epochs", "batch_size", "steps_per_execution", "prior_components", "iw_k",
-                    "codebook_size", "codebook_dim")
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+    def __init__(self, source="The configuration", **values):
+        cls = model_class(values.get("model", RUN_HYPERPARAMETERS["model"].default))
+        declared = {**RUN_HYPERPARAMETERS, **cls.all_hyperparameters()}
+        unknown = sorted(set(values) - set(declared))
+        for key in unknown:
+            users = users_of(key)
+            if users:
                 raise UserError(
-                    f"{_flag(name)} must be a positive integer. Received: {name}={value!r}."
+                    f"--{key.replace('_', '-')} is not used by the {cls.model_name} model; it is a hyperparameter of "
+                    f"{', '.join(users)}. Leave it out, or choose one of those models."
                 )
-        for name in ("beta", "free_bits", "learning_rate", "noise_level", "capacity_max", "commitment"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-                raise UserError(
-                    f"{_flag(name)} must be a non-negative number. Received: {name}={value!r}."
-                )
-        if self.learning_rate == 0:
-            raise UserError("--learning-rate must be positive. Received: learning_rate=0.")
-        if not isinstance(self.capacity_steps, int) or self.capacity_steps < 0:
-            raise UserError(
-                f"--capacity-steps must be a non-negative integer. Received: capacity_steps={self.capacity_steps!r}."
-            )
-        if self.noise == "masking" and not self.noise_level < 1:
-            raise UserError(f"--noise-level is the masked fraction and must be below 1. Received: {self.noise_level!r}.")
-        if self.kl_warmup_steps is not None and (
-            not isinstance(self.kl_warmup_steps, int) or isinstance(self.kl_warmup_steps, bool)
-            or self.kl_warmup_steps < 0
-        ):
-            raise UserError(
-                "--kl-warmup-steps must be a non-negative integer. "
-                f"Received: kl_warmup_steps={self.kl_warmup_steps!r}."
-            )
-        if not 0 < self.validation_split < 1:
-            raise UserError(
-                "--validation-split must lie strictly between 0 and 1. "
-                f"Received: validation_split={self.validation_split!r}."
-            )
-        if self.likelihood_scale is not None and not self.likelihood_scale > 0:
-            raise UserError(
-                "--likelihood-scale must be positive (leave it out to learn the scale). "
-                f"Received: likelihood_scale={self.likelihood_scale!r}."
-            )
-        if not isinstance(self.cpu_replicas, int) or self.cpu_replicas < 0:
-            raise UserError(
-                f"--cpu-replicas must be 0 or more. Received: cpu_replicas={self.cpu_replicas!r}."
-            )
-        for name, choices in (
-            ("likelihood", LIKELIHOODS),
-            ("posterior_scale", POSTERIOR_SCALES),
-            ("lr_schedule", LR_SCHEDULES),
-            ("prior", PRIORS),
-            ("noise", NOISES),
-            ("binarize", BINARIZATIONS),
-            ("precision", PRECISIONS),
-            ("jit_compile", JIT_CHOICES),
-            ("strategy", STRATEGIES),
-        ):
-            if getattr(self, name) not in choices:
-                raise UserError(
-                    f"{_flag(name)} must be one of {', '.join(choices)}. "
-                    f"Received: {name}={getattr(self, name)!r}."
-                )
+        if unknown:
+            raise UserError(f"{source} has unknown keys: {', '.join(unknown)}. Valid keys for the "
+                            f"{cls.model_name} model: {', '.join(sorted(declared))}.")
+        checked = {name: h.check(values.get(name, h.default)) for name, h in declared.items()}
+        object.__setattr__(self, "_values", checked)
+        object.__setattr__(self, "_model_names", tuple(cls.all_hyperparameters()))
 
-    def warmup_steps(self, total_steps):
-        """The KL warm-up in optimizer steps for a run of `total_steps`: as given, or half the run."""
-        return self.kl_warmup_steps if self.kl_warmup_steps is not None else total_steps // 2
+    def __getattr__(self, name):
+        values = self.__dict__["_values"]
+        if name in values:
+            return values[name]
+        raise AttributeError(f"FitConfig of a {values['model']} model has no setting {name!r}.")
+
+    def __setattr__(self, name, value):
+        raise AttributeError("FitConfig is immutable: use config.replace(name=value).")
+
+    def __eq__(self, other):
+        return isinstance(other, FitConfig) and self._values == other._values
+
+    def __repr__(self):
+        return "FitConfig(" + ", ".join(f"{k}={v!r}" for k, v in self._values.items()) + ")"
+
+    def replace(self, **changes):
+        """A copy with `changes` applied (validated like any configuration)."""
+        return FitConfig(**{**self._values, **changes})
+
+    def model_hyperparameters(self):
+        """{name: value} of the hyperparameters the model declares: its constructor arguments."""
+        return {name: self._values[name] for name in self._model_names}
 
     def to_dict(self):
-        return dataclasses.asdict(self)
+        return dict(self._values)
 
     @classmethod
-    def from_dict(cls, values, source="the configuration"):
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise UserError(
-                f"{source} has unknown keys: {', '.join(unknown)}. "
-                f"Valid keys: {', '.join(sorted(known))}."
-            )
-        try:
-            return cls(**values)
-        except TypeError as error:
-            raise UserError(f"{source} is not a valid configuration: {error}.") from None
+    def from_dict(cls, values, source="The configuration"):
+        return cls(source=source, **values)
 
     def save(self, path):
-        with open(path, "w") as f:
+        """Writes the configuration as JSON, atomically (a temporary file, then a rename)."""
+        temporary = os.fspath(path) + ".tmp"
+        with open(temporary, "w") as f:
             json.dump(self.to_dict(), f, indent=2, sort_keys=True)
             f.write("\n")
+        os.replace(temporary, path)
 
 
 def read_json_object(path):
@@ -185,5 +177,29 @@ def load_config(path):
     return FitConfig.from_dict(read_json_object(path), source=f"Config file {path}")
 
 
-def _flag(name):
-    return "--" + name.replace("_", "-")
+def flag_rows():
+    """(Hyperparameter, where it applies) for every setting: the run's, then each model's.
+
+    A hyperparameter that several models declare is listed once, as its most
+    general model declares it; a model that redeclares its default is named
+    with that default.
+    """
+    from keras_vae.models import get_model_class, model_names
+
+    rows = [(h, "all models") for h in RUN_HYPERPARAMETERS.values()]
+    declarations = {}  # name -> [(depth of the model class, model, Hyperparameter)]
+    for model in model_names():
+        cls = get_model_class(model)
+        for h in cls.all_hyperparameters().values():
+            declarations.setdefault(h.name, []).append((len(cls.__mro__), model, h))
+    for found in declarations.values():
+        general = min(found, key=lambda item: item[0])[2]
+        users = [model if h.default == general.default else f"{model} (default {h.default})" for _, model, h in found]
+        rows.append((general, "all models" if len(found) == len(model_names()) else ", ".join(users)))
+    return rows
+
+
+if __name__ == "__main__":  # python -m keras_vae.config: the README's flag table
+    from keras_vae.hparams import flag_table
+
+    print(flag_table(flag_rows()))

@@ -1,64 +1,23 @@
 """`keras-vae evaluate`: how well a trained model models its data, in nats per example."""
 
-import dataclasses
 import math
-from typing import Optional
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from keras_vae import losses, metrics
-from keras_vae.data import pipeline
+from keras_vae.codes import encode_means, model_labels
 from keras_vae.data.datasets import load_dataset
+from keras_vae.data.splits import batches, load_split
 from keras_vae.errors import UserError
+from keras_vae.runs import load_run
 
 EVALUATION_KEYS = (
     "elbo", "reconstruction_loss", "kl", "nll_iw", "bits_per_dim", "active_units", "kl_per_dim",
     "linear_probe_accuracy", "mig",
 )
 MAX_DECODER_ROWS = 4000  # importance samples x batch per chunk: bounds memory for any K (~0.6 GB for conv-small)
-
-
-@dataclasses.dataclass
-class Split:
-    """The images of one split as the model was trained on them (binarized the same way)."""
-
-    name: str
-    x: np.ndarray  # float32 [N, H, W, C] in [0, 1]
-    y: Optional[np.ndarray] = None
-    factors: Optional[np.ndarray] = None
-
-
-def load_split(config, split="test", dataset=None):
-    """The `split` of the run's dataset, binarized as in training.
-
-    `test` is the dataset's test split, or, when it has none, the validation
-    slice held out during training. Binarized data is evaluated on one fixed,
-    seeded binarization (the one validation used during training).
-    """
-    if split not in ("test", "train"):
-        raise UserError(f"--split must be test or train. Received: split={split!r}.")
-    dataset = dataset or load_dataset(config.dataset, config.data_dir, config.seed)
-    if dataset.x_test is not None:
-        x, y, f = (
-            (dataset.x_test, dataset.y_test, dataset.factors_test)
-            if split == "test"
-            else (dataset.x_train, dataset.y_train, dataset.factors_train)
-        )
-    else:
-        x_tr, y_tr, x_val, y_val = pipeline.split_validation(
-            dataset.x_train, dataset.y_train, config.validation_split, config.seed
-        )
-        x, y, f = (x_val, y_val, None) if split == "test" else (x_tr, y_tr, None)
-    if config.binarize != "none":
-        x = pipeline.binarize_once(x, config.seed + 1)
-    return Split(split, pipeline.to_unit_float(x), y, f)
-
-
-def batches(array, batch_size):
-    for start in range(0, len(array), batch_size):
-        yield array[start : start + batch_size]
 
 
 def importance_weighted_nll(log_weights_fn, x, num_samples, chunk):
@@ -75,23 +34,6 @@ def importance_weighted_nll(log_weights_fn, x, num_samples, chunk):
         for i, k in enumerate(metrics.chunk_sizes(num_samples, chunk))
     )
     return -metrics.chunked_log_mean_exp(chunks, num_samples)
-
-
-def model_labels(model, data):
-    """The labels a conditional model reads (None for the others)."""
-    if not model.uses_labels:
-        return None
-    if data.y is None:
-        raise UserError(f"This {type(model).__name__} is conditional, but the {data.name} split has no labels.")
-    return data.y
-
-
-def encode_means(model, data, batch_size):
-    labels = model_labels(model, data)
-    return np.concatenate([
-        model.encode(x, None if labels is None else labels[i : i + batch_size])[0].numpy()
-        for i, x in zip(range(0, len(data.x), batch_size), batches(data.x, batch_size))
-    ])
 
 
 def evaluate_model(model, data, iw_samples=1000, batch_size=100, train_data=None, progress=True):
@@ -150,8 +92,6 @@ def evaluate_model(model, data, iw_samples=1000, batch_size=100, train_data=None
 
 def evaluate_run(run_dir, split="test", iw_samples=1000, batch_size=100, progress=True):
     """Loads a run directory and evaluates it (the library call behind `keras-vae evaluate`)."""
-    from keras_vae.train import load_run
-
     config, model = load_run(run_dir)
     dataset = load_dataset(config.dataset, config.data_dir, config.seed)
     data = load_split(config, split, dataset)

@@ -2,7 +2,11 @@
 
 Each function returns a float image [H, W, C] in [0, 1] (a grid with small
 gaps); `write_picture` saves it and, when the run has TensorBoard logs, adds
-it there as an image summary.
+it there as an image summary. The `*_picture` functions are what the
+`keras-vae` picture commands compute, from a model and a `Split`:
+
+    >>> config, model, data = open_run("runs/my-run", num=20)
+    >>> write_picture("r.png", reconstruction_picture(model, data), "runs/my-run")
 """
 
 import os
@@ -11,8 +15,11 @@ from statistics import NormalDist
 import numpy as np
 import tensorflow as tf
 
+from keras_vae.codes import encode_means, mean_kl_per_dim, model_labels
+from keras_vae.data.splits import load_split
 from keras_vae.errors import UserError
 from keras_vae.images import make_grid, save_png
+from keras_vae.runs import load_run
 
 
 def _labels(y, count):
@@ -127,6 +134,88 @@ def attribute_grid(model, x, vector, steps=8, scale=1.5):
         codes = [code + alpha * vector for alpha in np.linspace(0.0, scale, steps)]
         rows.append(np.concatenate([image[None], _decode(model, codes)]))
     return make_grid(np.concatenate(rows), steps + 1)
+
+
+def open_run(run_dir, num=None):
+    """(config, model, test split) of a run, the split cut to its first `num` examples."""
+    config, model = load_run(run_dir)
+    data = load_split(config, "test")
+    if num is not None:
+        data.x, data.y = data.x[:num], (data.y[:num] if data.y is not None else None)
+    return config, model, data
+
+
+def check_positive(**values):
+    for name, value in values.items():
+        if value is not None and value <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be positive. Received: {name}={value}.")
+
+
+def check_label(model, label):
+    """A label to draw: meaningful for conditional models, refused for the others."""
+    if label is None:
+        return None
+    if not model.uses_labels:
+        raise UserError(f"--label applies to conditional models (cvae) only; this run's model is {type(model).__name__}.")
+    if not 0 <= label < model.num_classes:
+        raise UserError(f"--label must lie in 0..{model.num_classes - 1}. Received: label={label}.")
+    return label
+
+
+def check_continuous(model, command):
+    if not model.continuous_code:
+        raise UserError(
+            f"`{command}` sweeps a continuous code, and this {type(model).__name__} has a discrete one. "
+            "Use sample, reconstruct or interpolate."
+        )
+
+
+def reconstruction_picture(model, data, num=20):
+    """The first `num` images of a split (rows) above their reconstructions."""
+    check_positive(num=num)
+    labels = model_labels(model, data)
+    return reconstruction_grid(model, data.x[:num], min(10, num), None if labels is None else labels[:num])
+
+
+def interpolation_picture(model, data, pairs=6, steps=10, spherical=False):
+    """Paths between the codes of consecutive pairs of a split's images."""
+    check_positive(pairs=pairs, steps=steps)
+    x, labels = data.x[: 2 * pairs], model_labels(model, data)
+    y_pairs = list(zip(labels[0 : 2 * pairs : 2], labels[1 : 2 * pairs : 2])) if labels is not None else None
+    return interpolation_grid(model, list(zip(x[0::2], x[1::2])), steps, spherical, y_pairs)
+
+
+def traversal_picture(model, data, index=0, value_range=3.0, steps=10, dims=None):
+    """Each code dimension (most KL first, or `dims`) swept around the code of image `index`."""
+    check_positive(range=value_range, steps=steps)
+    check_continuous(model, "traverse")
+    if not 0 <= index < len(data.x):
+        raise UserError(f"--index must lie in 0..{len(data.x) - 1}. Received: index={index}.")
+    labels = model_labels(model, data)
+    return traversal_grid(model, data.x[index], mean_kl_per_dim(model, data), value_range, steps, dims,
+                          y=None if labels is None else labels[index])
+
+
+def manifold_picture(model, data, size=15, label=None):
+    """The decoded grid over the prior's quantiles of the two dimensions with the most KL."""
+    check_positive(size=size)
+    check_continuous(model, "manifold")
+    label = check_label(model, label)
+    if model.uses_labels and label is None:
+        label = 0
+    return manifold_grid(model, mean_kl_per_dim(model, data), size, y=label)
+
+
+def attribute_picture(model, data, label, num=8, steps=8, scale=1.5):
+    """`num` images without `label`, each moved along the attribute vector of `label`."""
+    check_positive(num=num, steps=steps)
+    if model.uses_labels:
+        raise UserError("A conditional model takes the label as an input: draw a class with "
+                        "`keras-vae sample --label K` instead of adding an attribute vector.")
+    if data.y is None:
+        raise UserError(f"The {data.name} split has no labels, so it has no attribute vectors.")
+    vector = attribute_vector(encode_means(model, data), data.y, label)
+    return attribute_grid(model, data.x[data.y != label][:num], vector, steps, scale)
 
 
 def write_picture(path, grid, run_dir=None, tag=None):

@@ -108,7 +108,8 @@ def throughput(times, examples):
 
 def evaluation(model, data, iw_samples, iw_examples):
     """Test ELBO on the whole split; nll_iw on its first `iw_examples` images, timed."""
-    from keras_vae.evaluate import Split, evaluate_model
+    from keras_vae.data.splits import Split
+    from keras_vae.evaluate import evaluate_model
 
     elbo = evaluate_model(model, data, iw_samples=1, batch_size=500, progress=False)
     subset = Split(data.name, data.x[:iw_examples])
@@ -139,8 +140,8 @@ def timed_fit(job, run_dir):
 def child_package(job):
     """This package: trained through train.fit, reloaded from its run directory, evaluated."""
     from keras_vae import flops
-    from keras_vae.evaluate import load_split
-    from keras_vae.train import load_run
+    from keras_vae.data.splits import load_split
+    from keras_vae.runs import load_run
 
     with tempfile.TemporaryDirectory() as scratch:
         config, _, figures = timed_fit(job, os.path.join(scratch, "run"))
@@ -245,7 +246,7 @@ def reference_adapter(encoder, decoder, latent_dim, image_shape):
     import tensorflow_probability as tfp
 
     from keras_vae.distributions import standard_normal_prior
-    from keras_vae.models.base import VAE
+    from keras_vae.models.vae import VAE
 
     tfd = tfp.distributions
 
@@ -314,7 +315,7 @@ def child_reference_speed(job):
 def child_reference(job):
     """The canonical Keras VAE: trained, then scored with keras_vae's evaluator."""
     from keras_vae import flops
-    from keras_vae.evaluate import load_split
+    from keras_vae.data.splits import load_split
 
     config, dataset, encoder, decoder, figures = train_reference(job)
     model = reference_adapter(encoder, decoder, config.latent_dim, dataset.image_shape)

@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -34,3 +36,61 @@ def tiny_npz(tmp_path):
     x = tiny_images()
     np.savez(path, x=x, y=(np.arange(len(x)) % 3).astype(np.int64))
     return str(path)
+
+
+def config_for(model, **values):
+    """A FitConfig of `model` with those of `values` that the model takes (the others are left out),
+    so one set of settings can be applied across the model registry."""
+    from keras_vae.config import RUN_HYPERPARAMETERS, FitConfig, model_class
+
+    declared = set(RUN_HYPERPARAMETERS) | set(model_class(model).all_hyperparameters())
+    return FitConfig(model=model, **{key: value for key, value in values.items() if key in declared})
+
+
+def invoke(*args):
+    """Runs `keras-vae ARGS` in this process (click's runner); arguments may be paths or numbers."""
+    from click.testing import CliRunner
+
+    from keras_vae.cli import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def keras_vae_process(*args, cwd=None):
+    """Runs the real console entry point in a fresh process."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, "-m", "keras_vae.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd or REPO, env=env)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """The one factory of trained tiny runs, shared by every test file.
+
+    `tiny_run(name, *fit_flags, labels=False, process=False)` trains
+    `keras-vae fit` once per session and name on 96 tiny images (tiny.npz,
+    with 3 labels when `labels`), into `<root>/run`, exporting to
+    `<root>/exports/<name>`; flags given override those defaults. With
+    `process` it runs the real console entry point in a fresh process.
+    Returns (root, what fit printed).
+    """
+    made = {}
+
+    def make(name, *flags, labels=False, process=False):
+        if name not in made:
+            root = tmp_path_factory.mktemp(name)
+            x = tiny_images(96)
+            np.savez(root / "tiny.npz", x=x, **({"y": np.arange(len(x)) % 3} if labels else {}))
+            args = ("fit", "--dataset", root / "tiny.npz", "--epochs", 2, "--batch-size", 32, "--run-dir", root / "run",
+                    "--export-dir", root / "exports", "--export-name", name, *flags)
+            if process:
+                result = keras_vae_process(*args)
+                assert result.returncode == 0, result.stderr[-3000:]
+                made[name] = root, result.stdout
+            else:
+                result = invoke(*args)
+                assert result.exit_code == 0, result.output
+                made[name] = root, result.output
+        return made[name]
+
+    return make

@@ -3,28 +3,12 @@
 import glob
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from click.testing import CliRunner
 
-from conftest import REPO
-from keras_vae.cli import cli
-
-
-def keras_vae(*args, cwd=None):
-    """Runs the real console entry point in a fresh process."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run(
-        [sys.executable, "-m", "keras_vae.cli", *args], capture_output=True, text=True, cwd=cwd or REPO, env=env
-    )
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, list(args))
+from conftest import invoke, keras_vae_process
 
 
 def event_tags(folder):
@@ -36,23 +20,12 @@ def event_tags(folder):
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli")
-    from conftest import tiny_images
-
-    x = tiny_images(96)
-    np.savez(root / "tiny.npz", x=x)
-    result = keras_vae(
-        "fit", "--dataset", str(root / "tiny.npz"), "--epochs", "2", "--batch-size", "32",
-        "--latent-dim", "3", "--run-dir", str(root / "run"), "--export-dir", str(root / "exports"),
-        "--export-name", "tiny",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return root, result
+def finished_run(tiny_run):
+    return tiny_run("tiny", "--latent-dim", 3, process=True)
 
 
 def test_fit_writes_the_run_directory(finished_run):
-    root, result = finished_run
+    root, output = finished_run
     run = root / "run"
     config = json.loads((run / "config.json").read_text())
     assert config["latent_dim"] == 3 and config["epochs"] == 2 and config["dataset"].endswith("tiny.npz")
@@ -64,7 +37,7 @@ def test_fit_writes_the_run_directory(finished_run):
     assert sorted(os.listdir(run / "checkpoints")) == ["epoch-001", "epoch-002"]
     state = json.loads((run / "checkpoints" / "epoch-002" / "state.json").read_text())
     assert state["epoch"] == 2 and state["history"] == history
-    assert "Done. Validation ELBO" in result.stdout and "exports/tiny/1" in result.stdout
+    assert "Done. Validation ELBO" in output and "exports/tiny/1" in output
 
 
 def test_fit_logs_the_elbo_terms_and_images_to_tensorboard(finished_run):
@@ -160,7 +133,7 @@ def test_a_diverging_run_stops_exports_nothing_and_keeps_earlier_work(finished_r
     root, _ = finished_run
     checkpoints = root / "run" / "checkpoints"
     before = {str(p): p.read_bytes() for p in checkpoints.glob("*/*")}
-    result = keras_vae(
+    result = keras_vae_process(
         "fit", "--dataset", str(root / "tiny.npz"), "--epochs", "2", "--batch-size", "32",
         "--latent-dim", "3", "--run-dir", str(root / "run"), "--export-dir", str(root / "exports"),
         "--export-name", "tiny", "--learning-rate", "1e30", "--force",

@@ -196,3 +196,39 @@ def test_static_binarization_and_validation_split():
     x_tr, y_tr, x_val, y_val = pipeline.split_validation(x, np.arange(40), 0.25, seed=0)
     assert len(x_val) == 10 and len(x_tr) == 30
     assert sorted(np.concatenate([y_tr, y_val])) == list(range(40))
+
+
+def registered_dataset_dir(name, tmp_path):
+    """Where each registered dataset's files are in this test run (None: generated in-process)."""
+    if name == "mnist":
+        write_mnist_folder(tmp_path / "mnist", num_train=40, num_test=7)
+        return str(tmp_path / "mnist")
+    if name == "fashion_mnist":
+        from conftest import SHARED_FASHION
+
+        if not os.path.exists(os.path.join(SHARED_FASHION, "train-images-idx3-ubyte.gz")):
+            pytest.skip(f"real Fashion-MNIST not found at {SHARED_FASHION}")
+        return SHARED_FASHION
+    return None
+
+
+@pytest.mark.parametrize("name", datasets.DATASETS.names())
+def test_every_registered_dataset_loads_and_evaluation_sees_what_validation_saw(name, tmp_path):
+    from keras_vae.config import FitConfig
+    from keras_vae.data.splits import load_split
+    from keras_vae.train import prepare_data
+
+    data_dir = registered_dataset_dir(name, tmp_path)
+    dataset = load_dataset(name, data_dir)
+    assert dataset.x_train.ndim == 4 and dataset.x_train.shape[1:] == dataset.image_shape
+    assert dataset.x_train.dtype == np.uint8 and dataset.x_train.max() > 0
+    assert dataset.y_train is None or (len(dataset.y_train) == len(dataset.x_train)
+                                       and 0 <= dataset.y_train.min() and dataset.y_train.max() < dataset.num_classes)
+    config = FitConfig(dataset=name, data_dir=data_dir, batch_size=4)
+    _, val, _, num_train = prepare_data(config, dataset)
+    validation = np.concatenate([batch.numpy() for batch in val])
+    held_out = load_split(config, "test", dataset)
+    # The one rule: evaluation measures exactly the images (and binarization) that validation measured.
+    np.testing.assert_array_equal(held_out.x, validation)
+    assert set(np.unique(validation)) <= {0.0, 1.0}
+    assert num_train == len(load_split(config, "train", dataset).x)

@@ -6,11 +6,10 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from click.testing import CliRunner
 from PIL import Image
 
+from conftest import invoke
 from keras_vae import losses, metrics
-from keras_vae.cli import cli
 from keras_vae.evaluate import EVALUATION_KEYS, importance_weighted_nll
 from keras_vae.explore import attribute_vector, slerp
 from test_losses import LinearGaussian, diag_normal
@@ -86,18 +85,14 @@ def test_attribute_vector_and_slerp():
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    from keras_vae.config import FitConfig
-    from keras_vae.train import fit
-
-    folder = tmp_path_factory.mktemp("explore") / "run"
-    fit(FitConfig(dataset="sprites28", epochs=1, latent_dim=3, run_dir=str(folder), export=False), verbose=0,
-        log=lambda *_: None)
-    return str(folder)
+def run_dir(tiny_run):
+    root, _ = tiny_run("explore", "--dataset", "sprites28", "--epochs", 1, "--batch-size", 128, "--latent-dim", 3,
+                       "--no-export")
+    return str(root / "run")
 
 
 def test_evaluate_json_has_exactly_the_documented_keys(run_dir):
-    result = CliRunner().invoke(cli, ["evaluate", run_dir, "--iw-samples", "20", "--batch-size", "250", "--json"])
+    result = invoke(*["evaluate", run_dir, "--iw-samples", "20", "--batch-size", "250", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert set(report) == set(EVALUATION_KEYS) | {"split", "iw_samples", "num_examples"}
@@ -110,7 +105,7 @@ def test_evaluate_json_has_exactly_the_documented_keys(run_dir):
     assert 0 <= report["active_units"] <= 3
     assert 1 / 3 - 0.05 < report["linear_probe_accuracy"] <= 1  # 3 shapes
     assert 0 <= report["mig"] <= 1
-    table = CliRunner().invoke(cli, ["evaluate", run_dir, "--iw-samples", "2", "--batch-size", "500"])
+    table = invoke(*["evaluate", run_dir, "--iw-samples", "2", "--batch-size", "500"])
     assert table.exit_code == 0 and "active units" in table.output and "MIG" in table.output
 
 
@@ -136,23 +131,23 @@ def png_size(path):
 )
 def test_every_picture_command_writes_a_png_of_the_expected_size(run_dir, tmp_path, command, size):
     out = str(tmp_path / "picture.png")
-    result = CliRunner().invoke(cli, [command[0], run_dir, "--out", out, *command[1:]])
+    result = invoke(*[command[0], run_dir, "--out", out, *command[1:]])
     assert result.exit_code == 0, result.output
     assert png_size(out) == size
 
 
 def test_pictures_are_also_logged_to_tensorboard(run_dir, tmp_path):
-    CliRunner().invoke(cli, ["sample", run_dir, "--out", str(tmp_path / "s.png"), "--num", "4"])
+    invoke(*["sample", run_dir, "--out", str(tmp_path / "s.png"), "--num", "4"])
     events = [os.path.join(run_dir, "logs", "explore", f) for f in os.listdir(os.path.join(run_dir, "logs", "explore"))]
     tags = {v.tag for path in events for e in tf.compat.v1.train.summary_iterator(path) for v in e.summary.value}
     assert "samples" in tags
 
 
 def test_sample_grid_is_the_decoded_prior_draw(run_dir, tmp_path):
-    from keras_vae.train import load_run
+    from keras_vae.runs import load_run
 
     _, model = load_run(run_dir)
-    CliRunner().invoke(cli, ["sample", run_dir, "--out", str(tmp_path / "s.png"), "--num", "2", "--seed", "5"])
+    invoke(*["sample", run_dir, "--out", str(tmp_path / "s.png"), "--num", "2", "--seed", "5"])
     grid = np.asarray(Image.open(tmp_path / "s.png"), np.float32) / 255
     expected = model.sample(2, seed=5)[0].numpy()
     np.testing.assert_allclose(grid[2:30, 32:60], expected[1, ..., 0], atol=1 / 255 + 1e-6)
@@ -160,7 +155,7 @@ def test_sample_grid_is_the_decoded_prior_draw(run_dir, tmp_path):
 
 def test_embed_writes_projector_files(run_dir, tmp_path):
     out = tmp_path / "projector"
-    result = CliRunner().invoke(cli, ["embed", run_dir, "--num", "50", "--out", str(out)])
+    result = invoke(*["embed", run_dir, "--num", "50", "--out", str(out)])
     assert result.exit_code == 0, result.output
     config = (out / "projector_config.pbtxt").read_text()
     assert 'tensor_name: "embedding/.ATTRIBUTES/VARIABLE_VALUE"' in config and "sprite.png" in config
@@ -180,12 +175,12 @@ def test_embed_writes_projector_files(run_dir, tmp_path):
     ],
 )
 def test_picture_mistakes_get_a_message(run_dir, tmp_path, command, message):
-    result = CliRunner().invoke(cli, [command[0], run_dir, "--out", str(tmp_path / "p.png"), *command[1:]])
+    result = invoke(*[command[0], run_dir, "--out", str(tmp_path / "p.png"), *command[1:]])
     assert result.exit_code == 2 and message in result.output
 
 
 def test_writing_into_a_missing_folder_and_evaluating_a_missing_run(run_dir, tmp_path):
-    result = CliRunner().invoke(cli, ["sample", run_dir, "--out", str(tmp_path / "nope" / "s.png")])
+    result = invoke(*["sample", run_dir, "--out", str(tmp_path / "nope" / "s.png")])
     assert result.exit_code == 2 and "does not exist" in result.output
-    result = CliRunner().invoke(cli, ["evaluate", str(tmp_path / "nothing")])
+    result = invoke(*["evaluate", str(tmp_path / "nothing")])
     assert result.exit_code == 2 and "does not exist" in result.output

@@ -14,7 +14,7 @@ from conftest import tiny_images
 from keras_vae.cli import cli
 from keras_vae.errors import UserError
 from keras_vae.export import export_saved_model, save_keras_model
-from keras_vae.models.base import VAE
+from keras_vae.models.vae import VAE
 from keras_vae.serving import SCORE_SAMPLES
 
 SIGNATURES = {"serving_default", "reconstruct", "encode", "decode", "sample", "score"}

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import tiny_images
+from conftest import config_for, invoke, tiny_images
 from keras_vae import losses
 from keras_vae.config import FitConfig
 from keras_vae.errors import UserError
@@ -28,7 +28,7 @@ def labels(num=64):
 
 
 def make(name, **extra):
-    config = FitConfig(model=name, latent_dim=3, seed=1, kl_warmup_steps=0, prior_components=4, **extra)
+    config = config_for(name, latent_dim=3, seed=1, kl_warmup_steps=0, prior_components=4, **extra)
     model = build_model(config, (28, 28, 1), num_classes=3)
     model.compile(optimizer=keras.optimizers.Adam(3e-3))
     return model
@@ -95,7 +95,8 @@ def test_denoising_corrupts_only_while_training():
 
 
 def test_the_autoencoder_code_is_deterministic_and_has_no_elbo():
-    from keras_vae.evaluate import Split, evaluate_model
+    from keras_vae.data.splits import Split
+    from keras_vae.evaluate import evaluate_model
 
     model = make("ae")
     x = images(8)
@@ -158,23 +159,9 @@ def test_cvae_needs_labels_and_checks_them():
 
 
 @pytest.fixture(scope="module")
-def cvae_run(tmp_path_factory):
-    from click.testing import CliRunner
-
-    from keras_vae.cli import cli
-
-    root = tmp_path_factory.mktemp("cvae")
-    x = tiny_images(96)
-    np.savez(root / "labelled.npz", x=x, y=np.arange(96) % 3)
-    np.savez(root / "unlabelled.npz", x=x)
-
-    def invoke(*args):
-        return CliRunner().invoke(cli, [str(a) for a in args])
-
-    result = invoke("fit", "--model", "cvae", "--dataset", root / "labelled.npz", "--epochs", 1, "--batch-size", 32,
-                    "--latent-dim", 3, "--run-dir", root / "run", "--export-dir", root / "exports",
-                    "--export-name", "c")
-    assert result.exit_code == 0, result.output
+def cvae_run(tiny_run):
+    root, _ = tiny_run("c", "--model", "cvae", "--epochs", 1, "--latent-dim", 3, labels=True)
+    np.savez(root / "unlabelled.npz", x=tiny_images(96))
     return root, invoke
 
 
@@ -252,3 +239,56 @@ def test_hvae_reports_positive_kl_per_layer_and_samples_top_down():
     prior_loc, prior_scale = model.top_down_prior(code[:, 3:])
     np.testing.assert_allclose(model.decoder_inputs(code), prior_loc + prior_scale * code[:, :3], rtol=1e-5)
     np.testing.assert_allclose(model.decode(model.encode(x)[0]), model.reconstruct(x), atol=1e-6)
+
+
+def test_beta_tc_vae_adds_beta_minus_one_total_correlations_to_the_vae_loss():
+    x = images(64)
+    tc_model, vae = make("beta_tc_vae", beta=4.0), make("vae")
+    vae.set_weights(tc_model.get_weights())  # same networks: the same terms for the same seed
+    terms = tc_model.compute_terms(tf.constant(x), training=False)
+    vae_loss = float(vae.objective(dict(terms), tf.constant(1.0)))
+    tc_loss = float(tc_model.objective(terms, tc_model.current_beta()))
+    # The logged decomposition is the minibatch-weighted estimate of the batch's aggregate posterior ...
+    expected = losses.total_correlation_decomposition(terms["z"], terms["posterior_loc"], terms["posterior_scale"])
+    for name, value in expected.items():
+        assert float(terms[name]) == pytest.approx(float(value), rel=1e-6)
+    # ... its three terms add up to the Monte-Carlo KL of the samples ...
+    log_q = tfd_normal(terms["posterior_loc"], terms["posterior_scale"]).log_prob(terms["z"])
+    log_p = tfd_normal(tf.zeros_like(terms["z"]), tf.ones_like(terms["z"])).log_prob(terms["z"])
+    assert sum(float(v) for v in expected.values()) == pytest.approx(float(tf.reduce_mean(log_q - log_p)), abs=1e-3)
+    # ... and β weighs only the total correlation: loss(β=4) = loss(VAE) + 3·TC.
+    assert tc_loss == pytest.approx(vae_loss + 3 * float(expected["total_correlation"]), rel=1e-5)
+
+
+def tfd_normal(loc, scale):
+    import tensorflow_probability as tfp
+
+    return tfp.distributions.Independent(tfp.distributions.Normal(loc, scale), 1)
+
+
+@pytest.mark.parametrize("dip_type, diagonal_factor", [("i", 10.0), ("ii", 1.0)])
+def test_dip_vae_adds_the_covariance_penalty_of_its_batch(dip_type, diagonal_factor):
+    x = images(64)
+    dip, vae = make("dip_vae", dip_type=dip_type, lambda_od=2.0), make("vae")
+    vae.set_weights(dip.get_weights())
+    terms = dip.compute_terms(tf.constant(x), training=False)
+    loc, scale = terms["posterior_loc"].numpy(), terms["posterior_scale"].numpy()
+    covariance = np.cov(loc, rowvar=False, bias=True) + (np.diag((scale**2).mean(0)) if dip_type == "ii" else 0)
+    off = covariance - np.diag(np.diag(covariance))
+    penalty = 2.0 * (off**2).sum() + 2.0 * diagonal_factor * ((np.diag(covariance) - 1) ** 2).sum()
+    loss = float(dip.objective(terms, tf.constant(1.0)))
+    assert float(terms["dip_penalty"]) == pytest.approx(penalty, rel=1e-4)
+    assert loss == pytest.approx(float(vae.objective(dict(terms), tf.constant(1.0))) + penalty, rel=1e-5)
+
+
+@pytest.mark.parametrize("name, tags", [
+    ("beta_tc_vae", {"mutual_information", "total_correlation", "dimension_wise_kl"}),
+    ("dip_vae", {"dip_penalty"}),
+])
+def test_the_disentangling_objectives_log_their_terms_every_epoch(name, tags):
+    model = make(name)
+    history = model.fit(images(), labels(), batch_size=32, epochs=2, verbose=0).history
+    for tag in tags:
+        assert len(history[tag]) == 2 and np.all(np.isfinite(history[tag]))
+    if name == "beta_tc_vae":  # the total correlation of a trained batch is a positive number of nats
+        assert history["total_correlation"][-1] > 0

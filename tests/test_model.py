@@ -11,7 +11,7 @@ from conftest import tiny_images
 from keras_vae import losses
 from keras_vae.data import datasets
 from keras_vae.errors import UserError
-from keras_vae.models.base import VAE
+from keras_vae.models.vae import VAE
 
 
 def binary_batch(num=16, size=28):
@@ -196,4 +196,5 @@ def test_default_kl_warmup_spans_half_the_run(tiny_npz, tmp_path):
     # β = (step + 1) / 4 for steps 0..3, then 1: epoch means 0.375, 0.875, 1, 1.
     assert history["beta"] == pytest.approx([0.375, 0.875, 1.0, 1.0])
     assert json.loads((tmp_path / "run" / "config.json").read_text())["kl_warmup_steps"] is None
-    assert FitConfig(kl_warmup_steps=100).warmup_steps(1000) == 100
+    assert FitConfig(kl_warmup_steps=100).model_hyperparameters()["kl_warmup_steps"] == 100
+    assert VAE.resolve_hyperparameters({"kl_warmup_steps": None}, 1000)["kl_warmup_steps"] == 500

@@ -7,7 +7,7 @@ import tensorflow as tf
 from keras_vae import flops
 from keras_vae.config import FitConfig
 from keras_vae.errors import UserError
-from keras_vae.models.base import VAE
+from keras_vae.models.vae import VAE
 from keras_vae.train import has_convolutions, jit_setting, learning_rate
 
 
@@ -31,7 +31,7 @@ def test_flops_of_conv_small_count_every_convolution():
 
 def test_xla_policy():
     strategy = tf.distribute.get_strategy()
-    mlp, conv = VAE((28, 28, 1), 4, "mlp"), VAE((28, 28, 1), 4, "conv-small")
+    mlp, conv = VAE((28, 28, 1), latent_dim=4, architecture="mlp"), VAE((28, 28, 1), latent_dim=4, architecture="conv-small")
     assert not has_convolutions(mlp) and has_convolutions(conv)
     assert jit_setting("auto", mlp, strategy) is True  # this machine has no GPU
     assert jit_setting("auto", conv, strategy) == "auto"
@@ -42,7 +42,7 @@ def test_training_under_xla_still_stops_on_nan():
     from keras_vae.callbacks import StopOnNaN
     from keras_vae.errors import TrainingDiverged
 
-    model = VAE((4, 4, 1), 2, "mlp")
+    model = VAE((4, 4, 1), latent_dim=2, architecture="mlp")
     model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=True)
     x = tf.fill([8, 4, 4, 1], float("nan"))
     with pytest.raises(TrainingDiverged, match="at epoch 1, step 1"):
@@ -67,7 +67,8 @@ def test_the_benchmark_scores_the_reference_with_the_same_evaluator():
     import numpy as np
 
     from conftest import REPO, tiny_images
-    from keras_vae.evaluate import Split, evaluate_model
+    from keras_vae.data.splits import Split
+    from keras_vae.evaluate import evaluate_model
 
     sys.path.insert(0, os.path.join(REPO, "scripts"))
     import benchmark

@@ -7,11 +7,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from click.testing import CliRunner
 
-from conftest import tiny_images
+from conftest import invoke, tiny_images
 from keras_vae import pixelcnn
-from keras_vae.cli import cli
 from keras_vae.config import FitConfig
 from keras_vae.export import export_saved_model
 from keras_vae.models import build_model
@@ -113,17 +111,8 @@ def test_a_fitted_pixelcnn_learns_the_code_distribution_and_samples_from_it():
 
 
 @pytest.fixture(scope="module")
-def vq_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("vq")
-    np.savez(root / "tiny.npz", x=tiny_images(96))
-
-    def invoke(*args):
-        return CliRunner().invoke(cli, [str(a) for a in args])
-
-    result = invoke("fit", "--model", "vq_vae", "--dataset", root / "tiny.npz", "--epochs", 2, "--batch-size", 32,
-                    "--latent-dim", 4, "--codebook-size", 16, "--codebook-dim", 4, "--run-dir", root / "run",
-                    "--export-dir", root / "exports", "--export-name", "vq")
-    assert result.exit_code == 0, result.output
+def vq_run(tiny_run):
+    root, _ = tiny_run("vq", "--model", "vq_vae", "--latent-dim", 4, "--codebook-size", 16, "--codebook-dim", 4)
     return root, invoke
 
 
@@ -141,7 +130,7 @@ def test_fit_prior_tightens_the_bound_and_sampling_goes_through_it(vq_run):
     assert after["reconstruction_loss"] == pytest.approx(before["reconstruction_loss"], rel=1e-5)
     assert after["nll_iw"] == pytest.approx(-after["elbo"], rel=1e-5)  # a point-mass posterior
 
-    from keras_vae.train import load_run
+    from keras_vae.runs import load_run
 
     _, model = load_run(str(root / "run"))
     assert float(model.prior_fitted) == 1.0

@@ -1,14 +1,31 @@
-"""The model registry: `@register_model(name)` and `build_model(config, image_shape)`."""
+"""The model registry: `@register_model(name)`, `get_model_class(name)` and `build_model(config, image_shape)`.
+
+Every module in this package is imported on first use of the registry (not at
+package import, so `import keras_vae` stays cheap), so a new model is one new
+file here with a `@register_model` class, and nothing else changes.
+"""
+
+import importlib
+import pkgutil
 
 from keras_vae.registry import Registry
 
 MODELS = Registry("model")
-register_model = MODELS.register
+
+
+def register_model(name):
+    """Registers a model class under `name` and records the name on it (`cls.model_name`)."""
+
+    def decorator(cls):
+        cls.model_name = name
+        return MODELS.register(name)(cls)
+
+    return decorator
 
 
 def _load_builtin_models():
-    # Imported on first use, not at package import, so `import keras_vae` stays cheap.
-    from keras_vae.models import base, family, hierarchical, vq  # noqa: F401
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
 
 
 def get_model_class(name):
@@ -21,7 +38,10 @@ def model_names():
     return MODELS.names()
 
 
-def build_model(config, image_shape, num_classes=0):
-    """Builds the model a `FitConfig` names, for data of `image_shape` with `num_classes` labels."""
+def build_model(config, image_shape, num_classes=0, total_steps=None):
+    """Builds the model a `FitConfig` names, for data of `image_shape` with `num_classes` labels.
+
+    `total_steps`, the run's optimizer steps, resolves schedules that default to a fraction of the run.
+    """
     cls = get_model_class(config.model)
-    return cls.from_fit_config(config, image_shape, num_classes)
+    return cls.from_fit_config(config, image_shape, num_classes, total_steps)

@@ -30,7 +30,8 @@ import tensorflow_probability as tfp
 from keras_vae import losses
 from keras_vae.distributions import standard_normal_prior
 from keras_vae.models import register_model
-from keras_vae.models.base import VAE
+from keras_vae.models.base import elbo_terms
+from keras_vae.models.vae import VAE
 from keras_vae.networks import build_networks
 
 tfd = tfp.distributions
@@ -62,10 +63,10 @@ class HierarchicalVAE(VAE):
     is the whitened [ε1, z2] (2 × latent_dim), whose prior is N(0, I).
     """
 
-    own_prior = "hvae has its own hierarchical prior"
+    unused_hyperparameters = ("prior", "prior_components")  # its prior is the hierarchy
 
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, image_shape, **kwargs):
+        super().__init__(image_shape, **kwargs)
         latent = self.latent_dim
         # Bottom-up: the encoder's features -> the estimate for z1, and (one layer deeper) q(z2|x).
         self.bottom_up_z1 = keras.layers.Dense(2 * latent, name="bottom_up_z1")
@@ -127,16 +128,10 @@ class HierarchicalVAE(VAE):
         top_prior = standard_normal_prior(self.latent_dim)
         kl_z1 = losses.kl_divergence(q1, p1)  # (B,), analytic at the sampled z2
         kl_z2 = losses.kl_divergence(q2, top_prior)  # (B,)
-        kl = kl_z1 + kl_z2
-        return {
-            "reconstruction_loss": reconstruction_loss,
-            "kl": kl,
-            "kl_z1": kl_z1,
-            "kl_z2": kl_z2,
-            "elbo": -(reconstruction_loss + kl),
-            # [B, 2L], in the order of the code [ε1, z2].
-            "kl_per_dim": tf.concat([losses.kl_per_dimension(q1, p1), losses.kl_per_dimension(q2, top_prior)], -1),
-        }
+        # kl_per_dim [B, 2L] is in the order of the code [ε1, z2].
+        return elbo_terms(reconstruction_loss, kl_z1 + kl_z2,
+                          tf.concat([losses.kl_per_dimension(q1, p1), losses.kl_per_dimension(q2, top_prior)], -1),
+                          kl_z1=kl_z1, kl_z2=kl_z2)
 
     def importance_log_weights(self, x, num_samples, seed, y=None):
         """log p(x, z1, z2) − log q(z1, z2 | x) for K top-down posterior samples: ([K, B], elbo [B])."""

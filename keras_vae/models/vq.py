@@ -32,9 +32,9 @@ import keras
 import tensorflow as tf
 
 from keras_vae import pixelcnn
-from keras_vae.errors import UserError
+from keras_vae.hparams import Hyperparameter as H
 from keras_vae.models import register_model
-from keras_vae.models.base import VAE
+from keras_vae.models.base import Autoencoder, elbo_terms
 from keras_vae.networks import build_networks
 
 EMA_DECAY = 0.99
@@ -65,48 +65,43 @@ def perplexity(indices, num_codes):
 
 @register_model("vq_vae")
 @keras.saving.register_keras_serializable(package="keras_vae")
-class VQVAE(VAE):
+class VQVAE(Autoencoder):
     """The VQ-VAE: a grid of `latent_dim` discrete codes from a codebook of `codebook_size` entries.
 
-    Args:
+    Args (besides `Autoencoder`'s):
         codebook_size: K, the number of codebook vectors.
         codebook_dim: D, the length of each vector.
         commitment: β of the commitment loss.
         vq_ema: update the codebook by exponential moving averages instead of its loss.
     """
 
+    hyperparameters = (
+        H("codebook_size", int, 512, "Codebook vectors K.", minimum=1, reference="van den Oord et al. 2017"),
+        H("codebook_dim", int, 16, "Numbers per codebook vector D.", minimum=1),
+        H("commitment", float, 0.25, "Weight β of the commitment loss.", minimum=0),
+        H("vq_ema", bool, False, "EMA codebook updates instead of the codebook loss (appendix A.1)."),
+    )
     continuous_code = False
-    own_prior = "vq_vae learns its prior over codes with `keras-vae fit-prior`"
 
-    def __init__(self, codebook_size=512, codebook_dim=16, commitment=0.25, vq_ema=False, **kwargs):
-        for name, value in (("codebook_size", codebook_size), ("codebook_dim", codebook_dim)):
-            if not isinstance(value, int) or value <= 0:
-                raise UserError(f"--{name.replace('_', '-')} must be a positive integer. Received: {value!r}.")
-        self.codebook_size, self.codebook_dim = codebook_size, codebook_dim
-        self.commitment, self.vq_ema = float(commitment), bool(vq_ema)
-        super().__init__(**kwargs)
+    def __init__(self, image_shape, **kwargs):
+        super().__init__(image_shape, **kwargs)
         self.grid = code_grid(self.latent_dim)
-        limit = math.sqrt(3.0 / codebook_dim)  # codebook vectors of unit expected norm
+        limit = math.sqrt(3.0 / self.codebook_dim)  # codebook vectors of unit expected norm
         aggregation = "only_first_replica"  # EMA statistics are all-reduced before they are assigned
         self.codebook = self.add_weight(
-            shape=(codebook_size, codebook_dim), initializer=keras.initializers.RandomUniform(-limit, limit),
+            shape=(self.codebook_size, self.codebook_dim), initializer=keras.initializers.RandomUniform(-limit, limit),
             trainable=not self.vq_ema, name="codebook", dtype="float32", aggregation=aggregation)
         if self.vq_ema:
-            self.ema_counts = self.add_weight(shape=(codebook_size,), initializer="zeros", trainable=False,
+            self.ema_counts = self.add_weight(shape=(self.codebook_size,), initializer="zeros", trainable=False,
                                               name="ema_counts", dtype="float32", aggregation=aggregation)
-            self.ema_sums = self.add_weight(shape=(codebook_size, codebook_dim), initializer="zeros",
+            self.ema_sums = self.add_weight(shape=(self.codebook_size, self.codebook_dim), initializer="zeros",
                                             trainable=False, name="ema_sums", dtype="float32",
                                             aggregation=aggregation)
-        self.prior_network = pixelcnn.build_pixelcnn(self.grid, codebook_size, PRIOR_FILTERS, PRIOR_LAYERS,
+        self.prior_network = pixelcnn.build_pixelcnn(self.grid, self.codebook_size, PRIOR_FILTERS, PRIOR_LAYERS,
                                                      name="prior_network")
         self.prior_network.trainable = False  # trained apart, by `fit_prior`
         self.prior_fitted = self.add_weight(shape=(), initializer="zeros", trainable=False, name="prior_fitted",
                                             dtype="float32")
-
-    @classmethod
-    def config_kwargs(cls, config, image_shape):
-        return dict(super().config_kwargs(config, image_shape), codebook_size=config.codebook_size,
-                    codebook_dim=config.codebook_dim, commitment=config.commitment, vq_ema=config.vq_ema)
 
     def build_networks(self):
         size = self.latent_dim * self.codebook_dim  # h·w vectors of D numbers, flattened
@@ -157,9 +152,6 @@ class VQVAE(VAE):
         _, quantized = self.nearest_entries(tf.reshape(tf.cast(z, tf.float32), [-1, self.latent_dim, self.codebook_dim]))
         return tf.reshape(quantized, [-1, self.code_dim])
 
-    def posterior(self, x, training=False, y=None):
-        raise UserError("vq_vae's posterior is a point mass on code indices: use encode_indices.")
-
     # ------------------------------------------------------------- the prior
     def code_log_prior(self, indices):
         """log p(c) [B] for code maps [B, h, w]: uniform until `fit_prior`, then the PixelCNN's."""
@@ -195,20 +187,13 @@ class VQVAE(VAE):
         if not self.vq_ema:
             vq_loss += tf.reduce_sum(tf.square(tf.stop_gradient(vectors) - quantized), axis=[1, 2])
         kl = -self.code_log_prior(tf.reshape(indices, [-1, *self.grid]))
-        batch = tf.shape(indices)[:1]
-        return {
-            "reconstruction_loss": reconstruction_loss,
-            "kl": kl,
-            "elbo": -(reconstruction_loss + kl),
-            "vq_loss": vq_loss,
-            "perplexity": tf.fill(batch, perplexity(indices, self.codebook_size)),
-            "used_codes": tf.fill(batch, tf.cast(tf.size(tf.unique(tf.reshape(indices, [-1]))[0]), tf.float32)),
-            "kl_per_dim": None,
-        }
+        used_codes = tf.cast(tf.size(tf.unique(tf.reshape(indices, [-1]))[0]), tf.float32)
+        return elbo_terms(reconstruction_loss, kl, vq_loss=vq_loss,
+                          perplexity=perplexity(indices, self.codebook_size), used_codes=used_codes)
 
-    def objective(self, terms, beta):
+    def regularizer(self, terms, beta):
         # The prior's term is constant for the autoencoder (the PixelCNN is trained apart).
-        return tf.reduce_mean(terms["reconstruction_loss"]) + tf.reduce_mean(terms["vq_loss"])
+        return tf.reduce_mean(terms["vq_loss"])
 
     def update_codebook(self, vectors, indices):
         """One EMA step (van den Oord et al. 2017, A.1), with statistics summed over replicas."""
@@ -237,7 +222,3 @@ class VQVAE(VAE):
         from keras_vae.serving import vq_signatures
 
         return vq_signatures(self)
-
-    def get_config(self):
-        return dict(super().get_config(), codebook_size=self.codebook_size, codebook_dim=self.codebook_dim,
-                    commitment=self.commitment, vq_ema=self.vq_ema)

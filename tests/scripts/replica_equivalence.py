@@ -16,7 +16,7 @@ import tensorflow as tf  # noqa: E402
 
 from keras_vae import losses  # noqa: E402
 from keras_vae.distribute import split_cpu  # noqa: E402
-from keras_vae.models.base import VAE  # noqa: E402
+from keras_vae.models.vae import VAE  # noqa: E402
 
 split_cpu(2)
 

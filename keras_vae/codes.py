@@ -1,0 +1,44 @@
+"""A model's codes of a split, computed in batches: what evaluation and the pictures share."""
+
+import numpy as np
+import tensorflow as tf
+
+from keras_vae.data.splits import batches
+from keras_vae.errors import UserError
+
+BATCH = 500
+
+
+def model_labels(model, data):
+    """The labels a conditional model reads for `data` (a `Split`); None for the other models."""
+    if not model.uses_labels:
+        return None
+    if data.y is None:
+        raise UserError(f"This {type(model).__name__} is conditional, but the {data.name} split has no labels.")
+    return data.y
+
+
+def labelled_batches(model, data, batch_size=BATCH):
+    """(x, y or None) batches of `data` as tensors, y only for a conditional model."""
+    labels = model_labels(model, data)
+    for start, x in zip(range(0, len(data.x), batch_size), batches(data.x, batch_size)):
+        y = None if labels is None else tf.constant(labels[start : start + batch_size], tf.int32)
+        yield tf.constant(x), y
+
+
+def encode_means(model, data, batch_size=BATCH):
+    """The code means [N, code_dim] of a split."""
+    return np.concatenate([model.encode(x, y)[0].numpy() for x, y in labelled_batches(model, data, batch_size)])
+
+
+def mean_kl_per_dim(model, data, limit=1000, batch_size=BATCH):
+    """The mean KL of each code dimension over the first `limit` examples (zeros when the KL has no
+    per-dimension form); orders the dimensions of traversals and manifolds."""
+    head = type(data)(data.name, data.x[:limit], None if data.y is None else data.y[:limit])
+    totals = None
+    for x, y in labelled_batches(model, head, batch_size):
+        kl = model.compute_terms(x, y=y).get("kl_per_dim")
+        if kl is None:
+            return np.zeros(model.code_dim)
+        totals = (0 if totals is None else totals) + tf.reduce_sum(kl, axis=0).numpy()
+    return totals / len(head.x)

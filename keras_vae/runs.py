@@ -1,0 +1,83 @@
+"""Run directories: where a run's files live, and reading a finished run back.
+
+    <run_dir>/config.json        the FitConfig that trained it (`FitConfig.to_dict()`)
+    <run_dir>/model.keras        the finished model (native Keras format)
+    <run_dir>/history.json       one value per epoch of every logged metric
+    <run_dir>/checkpoints/epoch-N/  per-epoch weights and training state (`callbacks.EpochCheckpoint`)
+    <run_dir>/logs/              TensorBoard
+"""
+
+import datetime
+import json
+import os
+
+from keras_vae.config import load_config
+from keras_vae.errors import UserError
+
+CONFIG_FILE = "config.json"
+HISTORY_FILE = "history.json"
+MODEL_FILE = "model.keras"
+CHECKPOINT_DIR = "checkpoints"
+LOG_DIR = "logs"
+
+# Settings that may change between the runs of one run directory: where
+# things go and how fast they run, not what is trained.
+RESUMABLE_CHANGES = {
+    "epochs", "run_dir", "data_dir", "export", "export_dir", "export_name",
+    "strategy", "cpu_replicas", "steps_per_execution", "jit_compile",
+}
+
+
+def default_run_dir(config):
+    """runs/<dataset>-<model>-<time>."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    dataset = os.path.splitext(os.path.basename(os.path.normpath(config.dataset)))[0]
+    return os.path.join("runs", f"{dataset}-{config.model}-{stamp}")
+
+
+def export_name(config, run_dir):
+    """The model name an export of this run goes under: --export-name, else the run directory's name."""
+    return config.export_name or os.path.basename(os.path.normpath(run_dir))
+
+
+def check_same_run(run_dir, config, saved):
+    """Refuses to resume a checkpoint made with a different configuration (`saved`, a dict)."""
+    wanted = config.to_dict()
+    keys = (set(wanted) | set(saved)) - RESUMABLE_CHANGES
+    changed = sorted(k for k in keys if saved.get(k) != wanted.get(k))
+    if changed:
+        details = ", ".join(f"{k}: {saved.get(k)!r} there, {wanted.get(k)!r} now" for k in changed)
+        raise UserError(
+            f"{run_dir} holds a run with a different configuration ({details}). "
+            "Use another --run-dir, or --force to start that run over."
+        )
+
+
+def write_history(path, history):
+    """Writes a history JSON atomically: Keras's History.history, one value per epoch."""
+    temporary = path + ".tmp"
+    with open(temporary, "w") as f:
+        json.dump({k: [float(v) for v in values] for k, values in history.items()}, f, indent=2)
+        f.write("\n")
+    os.replace(temporary, path)
+
+
+def load_run(run_dir):
+    """(config, model) of a finished run directory, for export, evaluation and pictures."""
+    import keras
+
+    config_path = os.path.join(run_dir, CONFIG_FILE)
+    model_path = os.path.join(run_dir, MODEL_FILE)
+    if not os.path.isdir(run_dir):
+        raise UserError(f"Run directory {run_dir} does not exist.")
+    if not os.path.exists(config_path) or not os.path.exists(model_path):
+        raise UserError(
+            f"{run_dir} holds no finished model: expected {CONFIG_FILE} and {MODEL_FILE} there "
+            "(they are written when `keras-vae fit` completes)."
+        )
+    config = load_config(config_path)  # also registers the model classes with Keras
+    try:
+        model = keras.saving.load_model(model_path)
+    except Exception as error:  # noqa: BLE001 - any failure to read the file
+        raise UserError(f"{model_path} cannot be loaded: {error}.") from None
+    return config, model

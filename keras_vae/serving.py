@@ -21,6 +21,8 @@ import tensorflow as tf
 from keras_vae import losses
 
 SCORE_SAMPLES = 16  # importance samples in `score`; fixed so that a score is reproducible
+MAX_SAMPLES = 1024  # default cap on `sample`'s num_samples (keras-vae export --max-samples N)
+MAX_SCORE_BATCH = 256  # examples per `score` request: 256 x 16 importance samples = 4,096 decoder rows
 _ENCODE_SEED = (20240101, 0)
 _SCORE_SEED = (20240102, 0)
 
@@ -45,7 +47,25 @@ def check_labels(y, num_classes, name="y", what="class labels"):
         return tf.identity(y)
 
 
-def default_signatures(model):
+def check_count(num_samples, max_samples):
+    """A runtime check that `num_samples` lies in 0..max_samples, so no request allocates without bound."""
+    message = (f"`num_samples` must lie in 0..{max_samples}: the cap this model was exported with "
+               "(keras-vae export --max-samples N).")
+    ok = tf.logical_and(num_samples >= 0, num_samples <= max_samples)
+    with tf.control_dependencies([tf.debugging.Assert(ok, [message, "Received:", num_samples])]):
+        return tf.identity(num_samples)
+
+
+def check_score_batch(x):
+    """A runtime check that a `score` request holds at most MAX_SCORE_BATCH examples."""
+    message = (f"`score` takes at most {MAX_SCORE_BATCH} examples per request (each costs {SCORE_SAMPLES} "
+               "decoder passes): split the batch.")
+    ok = tf.shape(x)[0] <= MAX_SCORE_BATCH
+    with tf.control_dependencies([tf.debugging.Assert(ok, [message, "Received batch:", tf.shape(x)[0]])]):
+        return tf.identity(x)
+
+
+def default_signatures(model, max_samples=MAX_SAMPLES):
     """The serving functions of a VAE-like model, keyed by signature name.
 
     A conditional model (`model.uses_labels`) takes labels too: `y` int32 [B]
@@ -81,14 +101,14 @@ def default_signatures(model):
         return {"x_mean": model.decode(z, y)}
 
     def sample(num_samples, seed, y=None):
-        tf.debugging.assert_non_negative(num_samples, message="`num_samples` must be >= 0.")
+        num_samples = check_count(num_samples, max_samples)
         if y is not None:
             y = tf.fill([num_samples], check_labels(y, model.num_classes))
         x_mean, z = model.sample(num_samples, seed=seed, y=y)
         return {"x_mean": x_mean, "z": z}
 
     def score(x, y=None):
-        x, y = checked(x, y)
+        x, y = checked(check_score_batch(x), y)
         log_weights, elbo = model.importance_log_weights(x, SCORE_SAMPLES, seed=_SCORE_SEED, y=y)
         return {"elbo": elbo, "log_px_iw": losses.iwae_bound(log_weights)}
 
@@ -103,7 +123,7 @@ def default_signatures(model):
     }
 
 
-def vq_signatures(model):
+def vq_signatures(model, max_samples=MAX_SAMPLES):
     """The serving functions of a VQ-VAE: its code is a map of int32 indices [B, h, w].
 
     | signature                     | inputs                            | outputs                          |
@@ -136,13 +156,13 @@ def vq_signatures(model):
     @tf.function(input_signature=[tf.TensorSpec([], tf.int32, name="num_samples"),
                                   tf.TensorSpec([], tf.int32, name="seed")])
     def sample(num_samples, seed):
-        tf.debugging.assert_non_negative(num_samples, message="`num_samples` must be >= 0.")
+        num_samples = check_count(num_samples, max_samples)
         x_mean, indices = model.sample(num_samples, seed=seed)
         return {"x_mean": x_mean, "indices": indices}
 
     @tf.function(input_signature=[x_spec])
     def score(x):
-        _, elbo = model.importance_log_weights(check_shape(x, image_shape, "x"), 1, seed=_SCORE_SEED)
+        _, elbo = model.importance_log_weights(check_shape(check_score_batch(x), image_shape, "x"), 1, seed=_SCORE_SEED)
         return {"elbo": elbo, "log_px_iw": elbo}
 
     return {"serving_default": reconstruct, "reconstruct": reconstruct, "encode": encode, "decode": decode,

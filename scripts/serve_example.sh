@@ -10,30 +10,42 @@ set -euo pipefail
 NAME=${1:-vae}
 MODEL_DIR=$(cd "$(dirname "$0")/.." && pwd)/saved_models/$NAME
 HOST=${HOST:-localhost}
+REST_PORT=${REST_PORT:-8501}
 
 if [ "${SKIP_DOCKER:-0}" != 1 ]; then
   docker run -d --rm --name "keras-vae-$NAME" \
-    -p 8501:8501 -p 8500:8500 \
+    -p "$REST_PORT:8501" -p 8500:8500 \
     --mount "type=bind,source=$MODEL_DIR,target=/models/$NAME" \
     -e MODEL_NAME="$NAME" \
     tensorflow/serving
   # Wait until the model reports AVAILABLE.
-  until curl -sf "http://$HOST:8501/v1/models/$NAME" | grep -q AVAILABLE; do sleep 1; done
+  until curl -sf "http://$HOST:$REST_PORT/v1/models/$NAME" | grep -q AVAILABLE; do sleep 1; done
 fi
 
-URL="http://$HOST:8501/v1/models/$NAME:predict"
-# The image shape and latent size of this model, read from its metadata.
-curl -s "http://$HOST:8501/v1/models/$NAME/metadata" | head -c 600; echo
+URL="http://$HOST:$REST_PORT/v1/models/$NAME:predict"
+# The image shape and code size of this model, read from its metadata (the SavedModel's SignatureDefs
+# as the server reports them), so the requests below fit any exported model.
+METADATA=$(curl -sf "http://$HOST:$REST_PORT/v1/models/$NAME/metadata")
+read -r X Z <<<"$(python3 -c '
+import json, sys
+signatures = json.loads(sys.argv[1])["metadata"]["signature_def"]["signature_def"]
+def dims(signature, name):
+    tensor = signatures.get(signature, {}).get("inputs", {}).get(name)
+    return [int(d["size"]) for d in tensor["tensor_shape"]["dim"]] if tensor else None
+x, z = dims("reconstruct", "x"), dims("decode", "z")
+image = [[[0.0] * x[3]] * x[2]] * x[1]
+print(json.dumps([image]).replace(" ", ""), json.dumps([[0.0] * z[1], [1.0] * z[1]] if z else []).replace(" ", ""))
+' "$METADATA")"
 
 # sample: num_samples images from the prior; the same seed gives the same images.
 curl -s -X POST "$URL" -d '{"signature_name": "sample", "inputs": {"num_samples": 2, "seed": 42}}' | head -c 300; echo
 
-# decode: latent codes -> decoder means (latent_dim numbers per row; 16 by default).
-Z=$(python3 -c 'print([[0.0] * 16, [1.0] * 16])')
-curl -s -X POST "$URL" -d "{\"signature_name\": \"decode\", \"inputs\": {\"z\": $Z}}" | head -c 300; echo
+# decode: codes -> decoder means (one row of the model's code size per image).
+if [ "$Z" != "[]" ]; then
+  curl -s -X POST "$URL" -d "{\"signature_name\": \"decode\", \"inputs\": {\"z\": $Z}}" | head -c 300; echo
+fi
 
-# encode / reconstruct / score: images [batch, H, W, C] in [0, 1] (28x28x1 here).
-X=$(python3 -c 'print([[[[0.0]] * 28] * 28])')
+# encode / reconstruct / score: images [batch, H, W, C] in [0, 1], of this model's shape.
 curl -s -X POST "$URL" -d "{\"signature_name\": \"encode\", \"instances\": [{\"x\": ${X:1:-1}}]}" | head -c 300; echo
 curl -s -X POST "$URL" -d "{\"signature_name\": \"reconstruct\", \"inputs\": {\"x\": $X}}" | head -c 300; echo
 curl -s -X POST "$URL" -d "{\"signature_name\": \"score\", \"inputs\": {\"x\": $X}}"; echo

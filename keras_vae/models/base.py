@@ -207,11 +207,12 @@ class Autoencoder(keras.Model):
     def call(self, x, training=False):
         return self.reconstruct(x)
 
-    def serving_signatures(self):
-        """The tf.functions exported for TF Serving (see `keras_vae.serving`)."""
-        from keras_vae.serving import default_signatures
+    def serving_signatures(self, max_samples=None):
+        """The tf.functions exported for TF Serving (see `keras_vae.serving`); `sample` draws at most
+        `max_samples` per request (default `serving.MAX_SAMPLES`)."""
+        from keras_vae.serving import MAX_SAMPLES, default_signatures
 
-        return default_signatures(self)
+        return default_signatures(self, max_samples or MAX_SAMPLES)
 
     # ---------------------------------------------------------- objective
     def compute_terms(self, x, training=False, y=None):

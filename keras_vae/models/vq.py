@@ -218,7 +218,7 @@ class VQVAE(Autoencoder):
         log_weight = log_likelihood + self.code_log_prior(indices)
         return tf.tile(log_weight[None], [num_samples, 1]), log_weight
 
-    def serving_signatures(self):
-        from keras_vae.serving import vq_signatures
+    def serving_signatures(self, max_samples=None):
+        from keras_vae.serving import MAX_SAMPLES, vq_signatures
 
-        return vq_signatures(self)
+        return vq_signatures(self, max_samples or MAX_SAMPLES)

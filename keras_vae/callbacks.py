@@ -1,8 +1,8 @@
 """Callbacks of `keras-vae fit`: TensorBoard summaries, NaN guard, atomic checkpoints."""
 
-import glob
 import json
 import os
+import re
 import shutil
 import tempfile
 
@@ -35,13 +35,31 @@ class StopOnNaN(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not np.all(np.isfinite(np.asarray(loss))):
-            last = latest_checkpoint(self.checkpoint_dir) if self.checkpoint_dir else None
-            kept = f"The last good checkpoint, {last}, is intact" if last else "No checkpoint had been written yet"
-            raise TrainingDiverged(
-                f"Training diverged: the loss became {np.asarray(loss).ravel()[0]} at epoch {self.epoch + 1}, "
-                f"step {batch + 1}. Nothing was exported. {kept}, and earlier exports are untouched. "
-                "Try a lower --learning-rate, KL warm-up (--kl-warmup-steps), or check the data."
-            )
+            self.diverged(f"the loss became {np.asarray(loss).ravel()[0]} at epoch {self.epoch + 1}, step {batch + 1}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        # A last step can leave non-finite weights (or a non-finite validation loss) behind a
+        # finite training loss: check both before the epoch's checkpoint is written.
+        val_loss = (logs or {}).get("val_loss")
+        if val_loss is not None and not np.all(np.isfinite(np.asarray(val_loss))):
+            self.diverged(f"the validation loss became {np.asarray(val_loss).ravel()[0]} at epoch {epoch + 1}")
+        broken = non_finite_weights(self.model)
+        if broken:
+            self.diverged(f"the weights {', '.join(broken[:3])} became non-finite at the end of epoch {epoch + 1}")
+
+    def diverged(self, what):
+        last = latest_checkpoint(self.checkpoint_dir) if self.checkpoint_dir else None
+        kept = f"The last good checkpoint, {last}, is intact" if last else "No checkpoint had been written yet"
+        raise TrainingDiverged(
+            f"Training diverged: {what}. Nothing was exported. {kept}, and earlier exports are untouched. "
+            "Try a lower --learning-rate, KL warm-up (--kl-warmup-steps), or check the data."
+        )
+
+
+def non_finite_weights(model):
+    """Paths of the model's variables that hold NaN or infinity."""
+    return [w.path for w in model.weights
+            if w.dtype in ("float16", "bfloat16", "float32", "float64") and not np.all(np.isfinite(np.asarray(w)))]
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
@@ -60,32 +78,39 @@ class EpochCheckpoint(keras.callbacks.Callback):
         keep: how many checkpoints to keep.
     """
 
-    def __init__(self, directory, config, history=None, keep=2):
+    def __init__(self, directory, config, history=None, keep=2, extra_state=None):
         super().__init__()
         self.directory = directory
         self.config = config
         self.history = {k: list(v) for k, v in (history or {}).items()}
         self.keep = keep
+        self.extra_state = dict(extra_state or {})
         os.makedirs(directory, exist_ok=True)
+        remove_temporaries(directory)
 
     def on_epoch_end(self, epoch, logs=None):
         for name, value in (logs or {}).items():
             self.history.setdefault(name, []).append(float(value))
         final = os.path.join(self.directory, f"epoch-{epoch + 1:03d}")
-        temporary = tempfile.mkdtemp(prefix=f".tmp-epoch-{epoch + 1:03d}-", dir=self.directory)
-        self.model.save_weights(os.path.join(temporary, WEIGHTS_FILE))
-        state = {
-            "epoch": epoch + 1,
-            "seed_state": [int(v) for v in np.asarray(self.model.seed_generator.state.numpy())],
-            "history": self.history,
-            "config": self.config,
-        }
-        with open(os.path.join(temporary, STATE_FILE), "w") as f:
-            json.dump(state, f)
+        temporary = tempfile.mkdtemp(prefix=f"{TEMPORARY_PREFIX}{epoch + 1:03d}-", dir=self.directory)
+        try:
+            self.model.save_weights(os.path.join(temporary, WEIGHTS_FILE))
+            state = {
+                "epoch": epoch + 1,
+                "seed_state": [int(v) for v in np.asarray(self.model.seed_generator.state.numpy())],
+                "history": self.history,
+                "config": self.config,
+                **self.extra_state,
+            }
+            with open(os.path.join(temporary, STATE_FILE), "w") as f:
+                json.dump(state, f)
+        except BaseException:
+            shutil.rmtree(temporary, ignore_errors=True)
+            raise
         # Later epochs on disk are left from a run that was started over (--force).
-        stale = [p for p in checkpoints(self.directory) if p >= final]
-        for old in stale:
-            shutil.rmtree(old)
+        for old in checkpoints(self.directory):
+            if checkpoint_epoch(old) >= epoch + 1:
+                shutil.rmtree(old)
         os.rename(temporary, final)
         for old in checkpoints(self.directory)[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
@@ -93,16 +118,31 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
 WEIGHTS_FILE = "model.weights.h5"
 STATE_FILE = "state.json"
+TEMPORARY_PREFIX = ".tmp-epoch-"
+CHECKPOINT_NAME = re.compile(r"epoch-(\d+)")
+
+
+def checkpoint_epoch(path):
+    return int(CHECKPOINT_NAME.fullmatch(os.path.basename(path)).group(1))
 
 
 def checkpoints(directory):
-    """Complete checkpoint folders, oldest first."""
-    found = glob.glob(os.path.join(directory, "epoch-[0-9][0-9][0-9]"))
-    return sorted(p for p in found if os.path.exists(os.path.join(p, STATE_FILE)))
+    """Complete checkpoint folders, oldest first (by epoch number, so epoch 1000 follows 999)."""
+    if not os.path.isdir(directory):
+        return []
+    found = [os.path.join(directory, name) for name in os.listdir(directory) if CHECKPOINT_NAME.fullmatch(name)]
+    return sorted((p for p in found if os.path.exists(os.path.join(p, STATE_FILE))), key=checkpoint_epoch)
+
+
+def remove_temporaries(directory):
+    """Removes half-written checkpoint folders left by runs that died while writing one."""
+    for name in os.listdir(directory):
+        if name.startswith(TEMPORARY_PREFIX):
+            shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
 
 
 def latest_checkpoint(directory):
-    found = checkpoints(directory) if directory and os.path.isdir(directory) else []
+    found = checkpoints(directory) if directory else []
     return found[-1] if found else None
 
 

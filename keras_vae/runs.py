@@ -5,6 +5,12 @@
     <run_dir>/history.json       one value per epoch of every logged metric
     <run_dir>/checkpoints/epoch-N/  per-epoch weights and training state (`callbacks.EpochCheckpoint`)
     <run_dir>/logs/              TensorBoard
+    <run_dir>/export.json        where the run's SavedModel went (written once the export is complete)
+
+config.json, model.keras and history.json are written together when a run
+finishes, each under a temporary name first, then renamed one after the other,
+so that they always describe the same model: a run that is killed or diverges
+leaves the previous finished run's three files as they were.
 """
 
 import datetime
@@ -17,6 +23,7 @@ from keras_vae.errors import UserError
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.json"
 MODEL_FILE = "model.keras"
+EXPORT_FILE = "export.json"
 CHECKPOINT_DIR = "checkpoints"
 LOG_DIR = "logs"
 
@@ -53,13 +60,56 @@ def check_same_run(run_dir, config, saved):
         )
 
 
-def write_history(path, history):
-    """Writes a history JSON atomically: Keras's History.history, one value per epoch."""
+def write_json(path, values, replace=True):
+    """Writes JSON under a temporary name, flushed to disk; renames it to `path` unless `replace` is False.
+    Returns the temporary name."""
     temporary = path + ".tmp"
     with open(temporary, "w") as f:
-        json.dump({k: [float(v) for v in values] for k, values in history.items()}, f, indent=2)
+        json.dump(values, f, indent=2, sort_keys=True)
         f.write("\n")
-    os.replace(temporary, path)
+        f.flush()
+        os.fsync(f.fileno())
+    if replace:
+        os.replace(temporary, path)
+    return temporary
+
+
+def write_history(path, history):
+    """Writes a history JSON atomically: Keras's History.history, one value per epoch."""
+    write_json(path, {k: [float(v) for v in values] for k, values in history.items()})
+
+
+def save_finished_run(run_dir, model, history, config):
+    """model.keras, history.json and config.json of a finished run, staged and then renamed together."""
+    model_path = os.path.join(run_dir, MODEL_FILE)
+    staged = {model_path + ".tmp.keras": model_path}
+    model.save(model_path + ".tmp.keras")
+    history = {k: [float(v) for v in values] for k, values in history.items()}
+    for name, values in ((HISTORY_FILE, history), (CONFIG_FILE, config.to_dict())):
+        path = os.path.join(run_dir, name)
+        staged[write_json(path, values, replace=False)] = path
+    for temporary, path in staged.items():
+        os.replace(temporary, path)
+
+
+def write_export_record(run_dir, path):
+    write_json(os.path.join(run_dir, EXPORT_FILE), {"path": path})
+
+
+def read_export_record(run_dir):
+    """Where the run's export went, or None when it was never completed."""
+    try:
+        with open(os.path.join(run_dir, EXPORT_FILE)) as f:
+            return json.load(f)["path"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def remove_export_record(run_dir):
+    try:
+        os.remove(os.path.join(run_dir, EXPORT_FILE))
+    except FileNotFoundError:
+        pass
 
 
 def load_run(run_dir):
@@ -80,4 +130,10 @@ def load_run(run_dir):
         model = keras.saving.load_model(model_path)
     except Exception as error:  # noqa: BLE001 - any failure to read the file
         raise UserError(f"{model_path} cannot be loaded: {error}.") from None
+    saved = model.get_config()
+    differ = sorted(k for k, v in config.model_hyperparameters().items() if v is not None and saved.get(k) != v)
+    if differ:
+        raise UserError(f"{run_dir}'s {CONFIG_FILE} and {MODEL_FILE} describe different models ({', '.join(differ)} "
+                        "differ): the files were changed by hand or by an interrupted older version. Train it again "
+                        "with --force.")
     return config, model

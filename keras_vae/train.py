@@ -13,9 +13,10 @@ from keras_vae.config import FitConfig, model_class
 from keras_vae.data import pipeline
 from keras_vae.data.datasets import load_dataset
 from keras_vae.data.splits import fixed_binarization, held_out_name, train_and_held_out
-from keras_vae.errors import UserError
-from keras_vae.export import export_saved_model, save_keras_model
+from keras_vae.errors import TrainingDiverged, UserError
+from keras_vae.export import check_name, export_saved_model, save_keras_model
 from keras_vae.models import build_model
+from keras_vae.networks import ARCHITECTURES
 
 NUM_SUMMARY_IMAGES = 8
 
@@ -90,17 +91,35 @@ def has_convolutions(model):
 
 
 def resume_point(config, run_dir, force, log):
-    """(checkpoint to resume from or None, True when the run is already complete)."""
+    """(checkpoint state to resume from or None, True when the run is already complete)."""
     resume_from = None if force else kv_callbacks.latest_checkpoint(os.path.join(run_dir, runs.CHECKPOINT_DIR))
     if not resume_from:
         return None, False
-    state = kv_callbacks.read_checkpoint_state(resume_from)
+    state = dict(kv_callbacks.read_checkpoint_state(resume_from), path=resume_from)
     runs.check_same_run(run_dir, config, state["config"])
+    planned = state["config"]["epochs"]
+    if config.lr_schedule == "cosine" and config.epochs > planned:
+        raise UserError(
+            f"{run_dir} follows a cosine learning-rate schedule that reaches 0 at epoch {planned}: training it "
+            f"to epoch {config.epochs} would not move the weights. Start a new run (another --run-dir, or "
+            "--force) with the --epochs you want."
+        )
     if state["epoch"] >= config.epochs and os.path.exists(os.path.join(run_dir, runs.MODEL_FILE)):
         log(f"{run_dir} is already complete ({state['epoch']} epochs). "
             "Use --force to start it over, or a larger --epochs to train it further.")
-        return resume_from, True
-    return resume_from, False
+        return state, True
+    return state, False
+
+
+def finish_export(config, state, log):
+    """A finished run whose export never completed (killed, disk full) is exported now."""
+    result = {"run_dir": config.run_dir, "history": state["history"], "export_path": None, "complete": True}
+    if config.export and runs.read_export_record(config.run_dir) is None:
+        _, model = runs.load_run(config.run_dir)
+        result["export_path"] = export_saved_model(model, config.export_dir, runs.export_name(config, config.run_dir))
+        runs.write_export_record(config.run_dir, result["export_path"])
+        log(f"Its export had not completed; exported it now to {result['export_path']}.")
+    return result
 
 
 def build_compiled_model(config, dataset, strategy, total_steps):
@@ -116,22 +135,39 @@ def build_compiled_model(config, dataset, strategy, total_steps):
 
 
 def save_outputs(model, config, history, strategy):
-    """model.keras, history.json and the SavedModel export; returns the export path (chief) or None.
+    """model.keras, history.json and config.json (together, so that they always describe one model),
+    then the SavedModel export; returns the export path (chief) or None.
 
     Every worker saves (a save may need all of them), the others into scratch.
     """
+    broken = kv_callbacks.non_finite_weights(model)
+    if broken:
+        raise TrainingDiverged(f"Training diverged: the weights {', '.join(broken[:3])} are not finite. "
+                               "Nothing was saved or exported.")
     chief = distribute.is_chief(strategy)
-    output_dir = config.run_dir if chief else distribute.worker_scratch(config.run_dir, strategy)
-    save_keras_model(model, os.path.join(output_dir, runs.MODEL_FILE))
-    if chief:
-        runs.write_history(os.path.join(config.run_dir, runs.HISTORY_FILE), history)
+    if not chief:
+        scratch = distribute.worker_scratch(config.run_dir, strategy)
+        save_keras_model(model, os.path.join(scratch, runs.MODEL_FILE))
+        if config.export:
+            export_saved_model(model, os.path.join(scratch, "export"), "scratch")
+            shutil.rmtree(os.path.join(scratch, "export"), ignore_errors=True)
+        return None
+    runs.remove_export_record(config.run_dir)  # the model about to be saved has not been exported yet
+    runs.save_finished_run(config.run_dir, model, history, config)
     if not config.export:
         return None
-    export_dir = config.export_dir if chief else os.path.join(output_dir, "export")
-    path = export_saved_model(model, export_dir, runs.export_name(config, config.run_dir))
-    if not chief:
-        shutil.rmtree(export_dir, ignore_errors=True)
-    return path if chief else None
+    path = export_saved_model(model, config.export_dir, runs.export_name(config, config.run_dir))
+    runs.write_export_record(config.run_dir, path)
+    return path
+
+
+def restore(model, state, log):
+    """(first epoch to train, history so far) from a checkpoint state, or from scratch."""
+    if not state:
+        return 0, {}
+    kv_callbacks.restore_checkpoint(model, state["path"])
+    log(f"Resuming from epoch {state['epoch']} ({state['path']}).")
+    return state["epoch"], state["history"]
 
 
 def fit(config, verbose="auto", force=False, log=print, extra_callbacks=()):
@@ -164,12 +200,14 @@ def fit(config, verbose="auto", force=False, log=print, extra_callbacks=()):
         raise UserError("--strategy multi-worker needs --run-dir: every worker must name the same folder.")
     config = config.replace(run_dir=config.run_dir or runs.default_run_dir(config))
     run_dir, chief = config.run_dir, distribute.is_chief(strategy)
-    resume_from, complete = resume_point(config, run_dir, force, log)
+    if config.export:
+        check_name(runs.export_name(config, run_dir))  # before any work, not after training
+    state, complete = resume_point(config, run_dir, force, log)
     if complete:
-        state = kv_callbacks.read_checkpoint_state(resume_from)
-        return {"run_dir": run_dir, "history": state["history"], "export_path": None, "complete": True}
+        return finish_export(config, state, log) if chief else {"run_dir": run_dir, "complete": True}
 
     keras.utils.set_random_seed(config.seed)
+    ARCHITECTURES.get(config.architecture)  # an unknown architecture fails before any data is loaded
     dataset = load_dataset(config.dataset, config.data_dir, config.seed)
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
@@ -179,19 +217,17 @@ def fit(config, verbose="auto", force=False, log=print, extra_callbacks=()):
         )
     train_data, val_data, summary_images, num_train = prepare_data(config, dataset, replicas)
     os.makedirs(run_dir, exist_ok=True)
-    if chief:
-        config.save(os.path.join(run_dir, runs.CONFIG_FILE))
-    model = build_compiled_model(config, dataset, strategy, max(1, num_train // config.batch_size) * config.epochs)
-    initial_epoch, history = 0, {}
-    if resume_from:
-        state = kv_callbacks.restore_checkpoint(model, resume_from)
-        initial_epoch, history = state["epoch"], state["history"]
-        log(f"Resuming from epoch {initial_epoch} ({resume_from}).")
+    # Schedules (KL warm-up, cosine decay) keep the length of the run that started them.
+    schedule_steps = state.get("schedule_steps") if state else None
+    schedule_steps = schedule_steps or max(1, num_train // config.batch_size) * config.epochs
+    model = build_compiled_model(config, dataset, strategy, schedule_steps)
+    initial_epoch, history = restore(model, state, log)
 
     checkpoint_dir = os.path.join(run_dir, runs.CHECKPOINT_DIR)
     # Other workers keep their own checkpoints in a scratch folder of their own.
     own_checkpoint_dir = checkpoint_dir if chief else distribute.worker_scratch(run_dir, strategy)
-    checkpointer = kv_callbacks.EpochCheckpoint(own_checkpoint_dir, config.to_dict(), history)
+    checkpointer = kv_callbacks.EpochCheckpoint(own_checkpoint_dir, config.to_dict(), history,
+                                                extra_state={"schedule_steps": schedule_steps})
     callbacks = [kv_callbacks.StopOnNaN(checkpoint_dir), checkpointer, *extra_callbacks]
     if chief:
         callbacks.append(kv_callbacks.Summaries(os.path.join(run_dir, runs.LOG_DIR), *summary_images,

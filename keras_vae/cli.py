@@ -12,8 +12,33 @@ EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
 
 
+DEBUG_ENV = "KERAS_VAE_DEBUG"
+
+
+def describe_failure(error):
+    """A one-paragraph message for a failure of the environment or a library's refusal of a value,
+    or None for an error that is a bug (and should show its traceback)."""
+    tf = sys.modules.get("tensorflow")
+    if isinstance(error, MemoryError) or (tf is not None and isinstance(error, tf.errors.ResourceExhaustedError)):
+        return ("Out of memory. Use a smaller --batch-size or model (--latent-dim, --architecture), fewer "
+                "--iw-samples, or a machine with more memory.")
+    if isinstance(error, OSError) and error.errno is not None:
+        where = f" {error.filename}" if error.filename else ""
+        advice = {13: "Check the permissions of that path, or choose another folder.",
+                  28: "Free some space on that disk, or choose another folder (--run-dir, --export-dir)."}
+        return (f"Cannot use{where}: {error.strerror}. "
+                f"{advice.get(error.errno, 'Check that path, or choose another folder.')}")
+    if tf is not None and isinstance(error, tf.errors.InvalidArgumentError):
+        return f"TensorFlow refused a value: {error.message.strip().splitlines()[0]}"
+    if isinstance(error, ValueError):
+        return f"A value was refused: {error}"
+    return None
+
+
 class _Group(click.Group):
-    """Turns user mistakes into a one-paragraph message and an exit status, never a traceback."""
+    """Turns user mistakes and environment faults into a one-paragraph message and an exit status,
+    never a traceback (exit 2; 3 for a diverged run). `--debug`, or KERAS_VAE_DEBUG=1, shows the
+    traceback instead."""
 
     def invoke(self, ctx):
         try:
@@ -24,11 +49,20 @@ class _Group(click.Group):
         except UserError as error:
             click.echo(f"Error: {error}", err=True)
             ctx.exit(EXIT_USER_ERROR)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except Exception as error:  # noqa: BLE001 - mapped below, or re-raised
+            message = describe_failure(error)
+            if message is None or ctx.params.get("debug") or os.environ.get(DEBUG_ENV):
+                raise
+            click.echo(f"Error: {message} (Run with --debug for the traceback.)", err=True)
+            ctx.exit(EXIT_USER_ERROR)
 
 
 @click.group(cls=_Group)
 @click.version_option(package_name="keras-vae")
-def cli():
+@click.option("--debug", is_flag=True, help="Show the full traceback of a failure (also KERAS_VAE_DEBUG=1).")
+def cli(debug):
     """Variational autoencoders in Keras 3 on TensorFlow Probability."""
 
 
@@ -121,11 +155,10 @@ def datasets():
 @cli.command()
 def models():
     """List the registered models."""
-    from keras_vae.models import get_model_class, model_names
+    from keras_vae.models import describe_models
 
-    for name in model_names():
-        doc = (get_model_class(name).__doc__ or "").strip().splitlines()
-        click.echo(f"{name:10s} {doc[0] if doc else ''}")
+    for name, summary in describe_models().items():
+        click.echo(f"{name:12s} {summary}")
 
 
 # --------------------------------------------------------------------- export
@@ -134,14 +167,15 @@ def models():
 @click.option("--export-dir", default="saved_models", show_default=True)
 @click.option("--name", help="Model name (default: the run directory's name).")
 @click.option("--version", type=int, help="Version number (default: the next free one).")
-def export(run_dir, export_dir, name, version):
+@click.option("--max-samples", type=int, help="The most images one `sample` request may ask for. Default: 1024.")
+def export(run_dir, export_dir, name, version, max_samples):
     """Export a trained run as a SavedModel in TF Serving's layout."""
     from keras_vae.export import export_saved_model
     from keras_vae.runs import load_run
 
     _, model = load_run(run_dir)
     name = name or os.path.basename(os.path.normpath(run_dir))
-    path = export_saved_model(model, export_dir, name, version)
+    path = export_saved_model(model, export_dir, name, version, max_samples)
     click.echo(f"Exported {run_dir} to {path}.")
 
 
@@ -300,9 +334,34 @@ def embed(run_dir, num, out):
     click.echo(f"Wrote {len(data.x)} embeddings to {out}; view them with: tensorboard --logdir {os.path.dirname(out)}")
 
 
+TENSORFLOW_FREE = {"models", "datasets", "--help", "--version", "-h"}
+
+
+def import_tensorflow_quietly():
+    """Imports TensorFlow (and the libraries that load its C++ parts again) with file descriptor 2
+    pointed at /dev/null: its start-up lines (oneDNN notice, missing CUDA drivers) are written by
+    C++ before any log level applies. Errors still surface as Python exceptions."""
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import keras  # noqa: F401
+        import tensorflow  # noqa: F401
+        import tensorflow_probability  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def main(argv=None):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    cli.main(args=argv, prog_name="keras-vae")
+    """The console entry point: only the command's own output, unless the user set TF_CPP_MIN_LOG_LEVEL."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if "TF_CPP_MIN_LOG_LEVEL" not in os.environ:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+        command = next((a for a in args if not a.startswith("--debug")), None)
+        if command not in TENSORFLOW_FREE and command is not None:
+            import_tensorflow_quietly()
+    cli.main(args=args, prog_name="keras-vae")
 
 
 if __name__ == "__main__":

@@ -81,7 +81,7 @@ class Hyperparameter:
         if self.type is bool:
             return "true or false"
         if self.type is str:
-            return "a string"
+            return "a non-empty string"
         noun = "integer" if self.type is int else "number"
         low, high = self.minimum, self.maximum
         if high is None and (low == 0 and self.open_minimum or low == 1 and self.type is int):
@@ -111,7 +111,7 @@ class Hyperparameter:
             valid = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
             value = float(value) if valid else value
         else:
-            valid = isinstance(value, str) and (not self.choices or value in self.choices)
+            valid = isinstance(value, str) and value != "" and (not self.choices or value in self.choices)
         if valid and self.type in (int, float):
             valid = self._in_range(value)
         if not valid:

@@ -35,3 +35,55 @@ def save_png(path, image):
     if array.shape[-1] == 1:
         array = array[..., 0]
     Image.fromarray(array).save(path, format="PNG")
+
+
+MAX_PIXELS = 2**26  # 67M pixels: far beyond any training image, far below a decompression bomb's claim
+
+
+def read_image(path):
+    """An image file as uint8 [H, W, C], C = 1 (grey) or 3 (colour), the same way for training and `predict`.
+
+    Palette and 1-bit images become grey or RGB by their colours, 16-bit grey is scaled to 8 bits
+    (65535 -> 255), an alpha channel is dropped; images of more than MAX_PIXELS pixels (a possible
+    decompression bomb) and float images are refused with a message.
+
+    Raises:
+        UserError: the file cannot be read, or holds an image of a kind that cannot be converted.
+    """
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    from keras_vae.errors import UserError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                if image.width * image.height > MAX_PIXELS:
+                    raise UserError(f"Image {path} has {image.width}x{image.height} pixels, more than {MAX_PIXELS}: "
+                                    "refused as a possible decompression bomb. Resize it first.")
+                image.load()
+                return _to_uint8_array(image, path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise UserError(f"Image {path} is refused as a possible decompression bomb ({error}).") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise UserError(f"Image {path} is truncated or corrupt ({error}).") from None
+
+
+def _to_uint8_array(image, path):
+    from keras_vae.errors import UserError
+
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        wide = np.asarray(image).astype(np.int64)
+        if wide.min() < 0 or wide.max() > 65535:
+            raise UserError(f"Image {path} holds 32-bit values outside 0..65535; save it as 8- or 16-bit.")
+        return (wide * 255 // 65535).astype(np.uint8)[..., None]
+    if image.mode == "F":
+        raise UserError(f"Image {path} holds 32-bit floats; save it as an 8- or 16-bit image.")
+    if image.mode in ("L", "1", "LA"):
+        return np.asarray(image.convert("L"))[..., None]
+    rgb = np.asarray(image.convert("RGB"))  # palette, RGBA, CMYK, YCbCr, ...
+    if image.mode in ("P", "PA") and (rgb == rgb[..., :1]).all():
+        return rgb[..., :1]  # a grey palette stays grey
+    return rgb

@@ -5,7 +5,7 @@ import os
 import numpy as np
 
 from keras_vae.errors import UserError
-from keras_vae.images import make_grid, save_png
+from keras_vae.images import make_grid, read_image, save_png
 
 
 def load_saved_model(path):
@@ -17,25 +17,33 @@ def load_saved_model(path):
 
 
 def read_input(path):
-    """A float32 array from a .npy file, or an image file as [1, H, W, C] in [0, 1]."""
+    """An array from a .npy file (as stored), or an image file as uint8 [1, H, W, C]."""
     if not path:
         raise UserError("This signature needs --input FILE (.npy, .png or .jpg).")
     if not os.path.exists(path):
         raise UserError(f"Input file {path} does not exist.")
     if path.endswith(".npy"):
         try:
-            return np.load(path, allow_pickle=False).astype(np.float32)
+            return np.load(path, allow_pickle=False)
         except (ValueError, OSError) as error:
             raise UserError(f"{path} is not a readable .npy file ({error}).") from None
-    from PIL import Image, UnidentifiedImageError
+    return read_image(path)[None]
 
-    try:
-        with Image.open(path) as image:
-            array = np.asarray(image.convert("L" if image.mode in ("1", "L", "P", "LA") else "RGB"))
-    except (UnidentifiedImageError, OSError) as error:
-        raise UserError(f"Image {path} cannot be read ({error}).") from None
-    array = array[..., None] if array.ndim == 2 else array
-    return array[None].astype(np.float32) / 255.0
+
+def prepare_input(name, array, path):
+    """The array fed to input `name`: images (`x`) as float32 in [0, 1], uint8 scaled by 1/255 the
+    same way whether they came from a PNG or a .npy; codes (`z`) as finite floats; code maps as ints."""
+    if array.dtype.kind not in "biuf":
+        raise UserError(f"{path} holds {array.dtype} values; input `{name}` needs numbers.")
+    if name == "indices":
+        return array
+    values = array.astype(np.float32) / 255.0 if array.dtype == np.uint8 and name == "x" else array.astype(np.float32)
+    if not np.isfinite(values).all():
+        raise UserError(f"{path} contains NaN or infinite values; input `{name}` must be finite.")
+    if name == "x" and (values.min() < 0 or values.max() > 1):
+        raise UserError(f"{path} has values in [{values.min():g}, {values.max():g}]; images (input `x`) must be "
+                        "floats in [0, 1] or uint8 0..255.")
+    return values
 
 
 def run_signature(saved_model, signature, input_path=None, num_samples=8, seed=0, label=None):
@@ -52,6 +60,8 @@ def run_signature(saved_model, signature, input_path=None, num_samples=8, seed=0
         )
     function = loaded.signatures[signature]
     _, specs = function.structured_input_signature
+    if "num_samples" in specs and (not isinstance(num_samples, int) or num_samples <= 0):
+        raise UserError(f"--num-samples must be a positive integer. Received: num_samples={num_samples!r}.")
     inputs = {}
     for name, spec in specs.items():
         if name == "num_samples":
@@ -59,7 +69,7 @@ def run_signature(saved_model, signature, input_path=None, num_samples=8, seed=0
         elif name == "seed":
             inputs[name] = tf.constant(seed, tf.int32)
         elif name != "y":
-            array = read_input(input_path)
+            array = prepare_input(name, read_input(input_path), input_path)
             if array.ndim == len(spec.shape) - 1:
                 array = array[None]
             inputs[name] = tf.constant(array.astype(spec.dtype.as_numpy_dtype))

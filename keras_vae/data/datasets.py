@@ -79,9 +79,15 @@ def check_dataset(dataset):
             )
         if len(x) == 0:
             raise UserError(f"Dataset {dataset.name!r}: {split} holds no images.")
+        if split == "x_test" and x.shape[1:] != dataset.x_train.shape[1:]:
+            raise UserError(f"Dataset {dataset.name!r}: x_test images are {x.shape[1:]}, x_train images "
+                            f"{dataset.x_train.shape[1:]}; both splits need one image shape.")
+        if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
+            raise UserError(f"Dataset {dataset.name!r}: {split} is {x.dtype}; images must be uint8 (0..255) or "
+                            "float (0..1).")
         if x.dtype != np.uint8:
-            if np.isnan(x).any():
-                raise UserError(f"Dataset {dataset.name!r}: {split} contains NaN values.")
+            if not np.isfinite(x).all():
+                raise UserError(f"Dataset {dataset.name!r}: {split} contains NaN or infinite values.")
             low, high = float(x.min()), float(x.max())
             if low < 0 or high > 1:
                 raise UserError(
@@ -220,18 +226,42 @@ def load_path(path):
         raise UserError(f"Dataset path {path} does not exist.")
     if path.endswith(".npz"):
         arrays = _read_npz(path, ("x",))
-        y = arrays.get("y")
-        labels = np.asarray(y, np.int32) if y is not None else None
-        y_test = arrays.get("y_test")
+        x = with_channel_axis(arrays["x"])
+        x_test = with_channel_axis(arrays["x_test"]) if "x_test" in arrays else None
+        y = _labels(path, "y", arrays.get("y"), x)
+        y_test = _labels(path, "y_test", arrays.get("y_test"), x_test) if x_test is not None else None
+        if x_test is not None and (y is None) != (y_test is None):
+            raise UserError(f"{path} has labels for only one split ({'y' if y is not None else 'y_test'}): give "
+                            "both y and y_test, or neither.")
         return Dataset(
             name=os.path.splitext(os.path.basename(path))[0],
-            x_train=with_channel_axis(arrays["x"]),
-            x_test=with_channel_axis(arrays["x_test"]) if "x_test" in arrays else None,
-            y_train=labels,
-            y_test=np.asarray(y_test, np.int32) if y_test is not None else None,
-            num_classes=int(labels.max()) + 1 if labels is not None else 0,
+            x_train=x,
+            x_test=x_test,
+            y_train=y,
+            y_test=y_test,
+            num_classes=int(max(y.max(), y_test.max() if y_test is not None else 0)) + 1 if y is not None else 0,
         )
     raise UserError(f"Dataset path {path} is neither a .npz file nor a folder of images.")
+
+
+def _labels(path, name, y, x):
+    """Class labels `y` checked against their images `x`: int32 [N], or a UserError naming the array."""
+    if y is None:
+        return None
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] > 1 and np.isin(y, (0, 1)).all() and (y.sum(1) == 1).all():
+        raise UserError(f"{path}: {name} looks one-hot ({y.shape}); give class indices instead, e.g. "
+                        f"{name}=np.argmax({name}, axis=1).")
+    if y.ndim != 1:
+        raise UserError(f"{path}: {name} must be one class label per image, shape [N]; it has shape {y.shape}.")
+    if len(y) != len(x):
+        raise UserError(f"{path}: {name} has {len(y)} labels for {len(x)} images.")
+    if not (np.issubdtype(y.dtype, np.integer) or (np.issubdtype(y.dtype, np.floating)
+                                                   and np.isfinite(y).all() and (y == np.round(y)).all())):
+        raise UserError(f"{path}: {name} must hold integer class labels; it holds {y.dtype} values.")
+    if len(y) and y.min() < 0:
+        raise UserError(f"{path}: {name} holds negative labels (down to {y.min()}); labels are 0, 1, 2, ...")
+    return y.astype(np.int32)
 
 
 def _read_npz(path, required):
@@ -249,15 +279,19 @@ def _read_npz(path, required):
 
 
 def _load_image_folder(folder):
-    """Images in `folder` (labels from sub-folder names when the images are in sub-folders)."""
-    from PIL import Image, UnidentifiedImageError
+    """Images in `folder` (labels from sub-folder names when the images are in sub-folders).
 
-    files, labels, classes = [], [], sorted(
-        d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d))
-    )
-    for root, _, names in sorted(os.walk(folder)):
+    Hidden files and folders (".DS_Store", "._a.png") and files that are not PNG or JPEG
+    ("Thumbs.db") are skipped.
+    """
+    from keras_vae.images import read_image
+
+    classes = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)) and not d.startswith("."))
+    files, labels = [], []
+    for root, folders, names in sorted(os.walk(folder)):
+        folders[:] = [d for d in folders if not d.startswith(".")]
         for fname in sorted(names):
-            if fname.lower().endswith(IMAGE_SUFFIXES):
+            if fname.lower().endswith(IMAGE_SUFFIXES) and not fname.startswith("."):
                 files.append(os.path.join(root, fname))
                 rel = os.path.relpath(root, folder).split(os.sep)[0]
                 labels.append(classes.index(rel) if rel in classes else -1)
@@ -265,12 +299,7 @@ def _load_image_folder(folder):
         raise UserError(f"{folder} holds no PNG or JPEG images.")
     images = []
     for path in files:
-        try:
-            with Image.open(path) as image:
-                image.load()
-                array = np.asarray(image.convert("L" if image.mode in ("1", "L", "P", "LA", "I;16") else "RGB"))
-        except (UnidentifiedImageError, OSError, SyntaxError) as error:
-            raise UserError(f"Image {path} is truncated or corrupt ({error}).") from None
+        array = read_image(path)
         if images and array.shape != images[0].shape:
             raise UserError(
                 f"Images in {folder} differ in size or channels: {files[0]} is {images[0].shape}, "
@@ -280,7 +309,7 @@ def _load_image_folder(folder):
     labelled = classes and all(label >= 0 for label in labels)
     return Dataset(
         name=os.path.basename(os.path.normpath(folder)),
-        x_train=with_channel_axis(np.stack(images)).astype(np.uint8),
+        x_train=np.stack(images),
         y_train=np.asarray(labels, np.int32) if labelled else None,
         num_classes=len(classes) if labelled else 0,
     )

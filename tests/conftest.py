@@ -94,3 +94,14 @@ def tiny_run(tmp_path_factory):
         return made[name]
 
     return make
+
+
+def reply_json(handler, value, status=200):
+    """Answers an http.server request with a JSON body (for the loopback stand-ins of TF Serving)."""
+    import json
+
+    body = json.dumps(value).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)

@@ -91,20 +91,45 @@ def run_dir(tiny_run):
     return str(root / "run")
 
 
+def test_a_trained_run_models_its_data_far_better_than_the_same_untrained_network(run_dir):
+    """What a broken model or evaluator would fail (unlike a bound that holds for any model)."""
+    from keras_vae.data.splits import Split, load_split
+    from keras_vae.evaluate import evaluate_model
+    from keras_vae.models import build_model
+    from keras_vae.runs import load_run
+
+    config, model = load_run(run_dir)
+    data = load_split(config, "test")
+    subset = Split("test", data.x[:200], data.y[:200], data.factors[:200])
+    untrained = build_model(config, model.image_shape, 3, total_steps=1)
+    trained_nll = evaluate_model(model, subset, iw_samples=20, progress=False)["nll_iw"]
+    untrained_nll = evaluate_model(untrained, subset, iw_samples=20, progress=False)["nll_iw"]
+    # Untrained: about 784·log 2 = 543 nats; one epoch on sprites28 brings it under 150 (measured ~100).
+    assert untrained_nll > 400 and trained_nll < 150
+
+
 def test_evaluate_json_has_exactly_the_documented_keys(run_dir):
     result = invoke(*["evaluate", run_dir, "--iw-samples", "20", "--batch-size", "250", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert set(report) == set(EVALUATION_KEYS) | {"split", "iw_samples", "num_examples"}
     assert report["num_examples"] == 2000 and report["iw_samples"] == 20 and report["split"] == "test"
-    # The K-sample bound is tighter than the ELBO: -log p(x) estimate below -ELBO.
-    assert report["nll_iw"] < -report["elbo"]
     assert report["elbo"] == pytest.approx(-(report["reconstruction_loss"] + report["kl"]), rel=1e-4)
     assert report["bits_per_dim"] == pytest.approx(report["nll_iw"] / (784 * np.log(2)))
     assert len(report["kl_per_dim"]) == 3 and sum(report["kl_per_dim"]) == pytest.approx(report["kl"], rel=0.02)
-    assert 0 <= report["active_units"] <= 3
-    assert 1 / 3 - 0.05 < report["linear_probe_accuracy"] <= 1  # 3 shapes
-    assert 0 <= report["mig"] <= 1
+    # The reported code figures are those of the split's posterior means, recomputed here.
+    from keras_vae.codes import encode_means
+    from keras_vae.data.splits import load_split
+    from keras_vae.runs import load_run
+
+    config, model = load_run(run_dir)
+    data = load_split(config, "test")
+    means = encode_means(model, data)
+    assert report["active_units"] == metrics.active_units(means)[0]
+    assert report["mig"] == pytest.approx(metrics.mutual_information_gap(means, data.factors))
+    train = load_split(config, "train")
+    assert report["linear_probe_accuracy"] == pytest.approx(
+        metrics.linear_probe_accuracy(encode_means(model, train), train.y, means, data.y))
     table = invoke(*["evaluate", run_dir, "--iw-samples", "2", "--batch-size", "500"])
     assert table.exit_code == 0 and "active units" in table.output and "MIG" in table.output
 

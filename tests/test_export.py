@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 from click.testing import CliRunner
 
-from conftest import tiny_images
+from conftest import reply_json, tiny_images
 from keras_vae.cli import cli
 from keras_vae.errors import UserError
 from keras_vae.export import export_saved_model, save_keras_model
@@ -83,8 +83,10 @@ def test_every_signature_runs_by_tensor_name_in_a_tf1_session(exported):
     np.testing.assert_allclose(sample["x_mean"], model.sample(6, seed=11)[0].numpy(), atol=1e-5)
     score = results["score"]
     assert score["elbo"].shape == (5,)
-    # log-mean-exp of the same importance weights is never below their mean (Jensen).
-    assert np.all(score["log_px_iw"] >= score["elbo"] - 1e-4)
+    # The model scores the images it was trained on above the same images inverted (an untrained or
+    # broken model scores both alike, near -784·log 2; this one-epoch model: about 10 nats apart).
+    inverted = run_in_session(path, lambda name: {"x": 1 - x} if name == "score" else signature_inputs(name, x, 3))
+    assert np.all(score["log_px_iw"] > inverted["score"]["log_px_iw"] + 3)
 
 
 def test_tf_saved_model_load_matches_the_in_memory_model(exported):
@@ -190,7 +192,7 @@ def test_versions_count_up_and_are_never_overwritten(exported, tmp_path):
 def test_a_failed_export_leaves_no_partial_version(exported, tmp_path, monkeypatch):
     model, _, _ = exported
 
-    def broken_write(model, path):
+    def broken_write(model, path, max_samples=None):
         os.makedirs(os.path.join(path, "variables"))
         raise KeyboardInterrupt  # as if the process were interrupted mid-write
 
@@ -274,11 +276,7 @@ def test_rest_client_round_trip_against_a_local_stand_in_server(exported, tmp_pa
             function = loaded.signatures[request.get("signature_name", "serving_default")]
             _, specs = function.structured_input_signature
             inputs = {k: tf.constant(v, specs[k].dtype) for k, v in request["inputs"].items()}
-            body = json.dumps({"outputs": {k: v.numpy().tolist() for k, v in function(**inputs).items()}}).encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            reply_json(self, {"outputs": {k: v.numpy().tolist() for k, v in function(**inputs).items()}})
 
         def log_message(self, *args):
             pass

@@ -17,6 +17,7 @@ from keras_vae.models.vq import code_grid, nearest_codes, perplexity
 
 
 def make(**extra):
+    keras.utils.set_random_seed(1)  # the same codebook whatever ran before
     config = FitConfig(model="vq_vae", latent_dim=4, codebook_size=8, codebook_dim=3, seed=1, **extra)
     model = build_model(config, (28, 28, 1))
     model.compile(optimizer=keras.optimizers.Adam(3e-3))

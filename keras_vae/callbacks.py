@@ -1,10 +1,12 @@
 """Callbacks of `keras-vae fit`: TensorBoard summaries, NaN guard, atomic checkpoints."""
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import tempfile
+import time
 
 import keras
 import numpy as np
@@ -13,6 +15,52 @@ import tensorflow as tf
 from keras_vae.errors import TrainingDiverged
 
 from keras_vae.images import make_grid
+
+
+class Stopwatch:
+    """Seconds spent per phase of a run, accumulated: `with stopwatch("export"): ...`.
+
+    `fit` times its phases with one (data, build, train steps, validation, summaries,
+    checkpoints, save, export) and returns them as `timings`, so a run's wall time can be
+    told apart from its training step's.
+    """
+
+    def __init__(self):
+        self.seconds = {}
+
+    @contextlib.contextmanager
+    def __call__(self, phase):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(phase, time.perf_counter() - started)
+
+    def add(self, phase, seconds):
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
+
+
+class PhaseTimer(keras.callbacks.Callback):
+    """Adds the time of every training step (`train steps`) and of validation to a Stopwatch."""
+
+    def __init__(self, stopwatch):
+        super().__init__()
+        self.stopwatch = stopwatch
+        self.started = None
+
+    def _begin(self, *args, **kwargs):
+        self.started = time.perf_counter()
+
+    def _end(self, phase):
+        self.stopwatch.add(phase, time.perf_counter() - self.started)
+
+    on_train_batch_begin = on_test_begin = _begin
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._end("train steps")
+
+    def on_test_end(self, logs=None):
+        self._end("validation")
 
 
 class StopOnNaN(keras.callbacks.Callback):
@@ -78,8 +126,9 @@ class EpochCheckpoint(keras.callbacks.Callback):
         keep: how many checkpoints to keep.
     """
 
-    def __init__(self, directory, config, history=None, keep=2, extra_state=None):
+    def __init__(self, directory, config, history=None, keep=2, extra_state=None, stopwatch=None):
         super().__init__()
+        self.stopwatch = stopwatch or Stopwatch()
         self.directory = directory
         self.config = config
         self.history = {k: list(v) for k, v in (history or {}).items()}
@@ -89,6 +138,10 @@ class EpochCheckpoint(keras.callbacks.Callback):
         remove_temporaries(directory)
 
     def on_epoch_end(self, epoch, logs=None):
+        with self.stopwatch("checkpoints"):
+            self.write(epoch, logs)
+
+    def write(self, epoch, logs):
         for name, value in (logs or {}).items():
             self.history.setdefault(name, []).append(float(value))
         final = os.path.join(self.directory, f"epoch-{epoch + 1:03d}")
@@ -176,8 +229,9 @@ class Summaries(keras.callbacks.Callback):
         metric_names: the scalar tags to write.
     """
 
-    def __init__(self, log_dir, images, labels, metric_names, seed=0):
+    def __init__(self, log_dir, images, labels, metric_names, seed=0, stopwatch=None):
         super().__init__()
+        self.stopwatch = stopwatch or Stopwatch()
         self.train_writer = tf.summary.create_file_writer(os.path.join(log_dir, "train"))
         self.val_writer = tf.summary.create_file_writer(os.path.join(log_dir, "validation"))
         self.images = np.asarray(images, np.float32)
@@ -186,8 +240,10 @@ class Summaries(keras.callbacks.Callback):
         self.seed = seed
 
     def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
-        step = epoch + 1
+        with self.stopwatch("summaries"):
+            self.write(epoch + 1, logs or {})
+
+    def write(self, step, logs):
         for writer, prefix in ((self.train_writer, ""), (self.val_writer, "val_")):
             with writer.as_default(step=step):
                 for name in self.metric_names:

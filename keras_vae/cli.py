@@ -123,6 +123,7 @@ def fit(config_file, force, **flags):
         summary = f"{split} reconstruction loss {history['val_reconstruction_loss'][-1]:.2f} nats/example"
     exported = f"; exported to {result['export_path']}" if result["export_path"] else ""
     click.echo(f"Done. {summary}; run in {result['run_dir']}{exported}.")
+    click.echo("Seconds: " + ", ".join(f"{phase} {value:.1f}" for phase, value in result["timings"].items()) + ".")
 
 
 @cli.command("fit-prior")

@@ -3,6 +3,7 @@
 import contextlib
 import os
 import shutil
+import sys
 
 import keras
 import tensorflow as tf
@@ -134,7 +135,7 @@ def build_compiled_model(config, dataset, strategy, total_steps):
     return model
 
 
-def save_outputs(model, config, history, strategy):
+def save_outputs(model, config, history, strategy, stopwatch=None):
     """model.keras, history.json and config.json (together, so that they always describe one model),
     then the SavedModel export; returns the export path (chief) or None.
 
@@ -152,12 +153,15 @@ def save_outputs(model, config, history, strategy):
             export_saved_model(model, os.path.join(scratch, "export"), "scratch")
             shutil.rmtree(os.path.join(scratch, "export"), ignore_errors=True)
         return None
+    stopwatch = stopwatch or kv_callbacks.Stopwatch()
     runs.remove_export_record(config.run_dir)  # the model about to be saved has not been exported yet
-    runs.save_finished_run(config.run_dir, model, history, config)
+    with stopwatch("save"):
+        runs.save_finished_run(config.run_dir, model, history, config)
     if not config.export:
         return None
-    path = export_saved_model(model, config.export_dir, runs.export_name(config, config.run_dir))
-    runs.write_export_record(config.run_dir, path)
+    with stopwatch("export"):
+        path = export_saved_model(model, config.export_dir, runs.export_name(config, config.run_dir))
+        runs.write_export_record(config.run_dir, path)
     return path
 
 
@@ -180,14 +184,16 @@ def fit(config, verbose="auto", force=False, log=print, extra_callbacks=()):
 
     Args:
         config: a `FitConfig` (not changed).
-        verbose: Keras's progress-bar setting.
+        verbose: Keras's progress-bar setting; "auto": a bar on a terminal, one line per epoch elsewhere.
         force: start the run directory over instead of resuming it.
         log: where one-line messages go.
         extra_callbacks: more Keras callbacks (benchmarks use this to time epochs).
 
     Returns:
-        dict with `run_dir`, `history`, `val_elbo`, `split`, `export_path` and
-        `complete` (True when the run had already finished).
+        dict with `run_dir`, `history`, `val_elbo`, `split`, `export_path`,
+        `timings` (seconds per phase: data, build, train steps, validation,
+        summaries, checkpoints, other, save, export) and `complete` (True when
+        the run had already finished).
 
     Raises:
         UserError: for bad configuration or data.
@@ -208,34 +214,49 @@ def fit(config, verbose="auto", force=False, log=print, extra_callbacks=()):
 
     keras.utils.set_random_seed(config.seed)
     ARCHITECTURES.get(config.architecture)  # an unknown architecture fails before any data is loaded
-    dataset = load_dataset(config.dataset, config.data_dir, config.seed)
-    replicas = strategy.num_replicas_in_sync
-    if config.batch_size % replicas:
-        raise UserError(
-            f"--batch-size is the global batch and must divide evenly over the {replicas} replicas. "
-            f"Received: batch_size={config.batch_size}."
-        )
-    train_data, val_data, summary_images, num_train = prepare_data(config, dataset, replicas)
+    stopwatch = kv_callbacks.Stopwatch()
+    with stopwatch("data"):
+        dataset = load_dataset(config.dataset, config.data_dir, config.seed)
+        if config.batch_size % strategy.num_replicas_in_sync:
+            raise UserError(
+                f"--batch-size is the global batch and must divide evenly over the "
+                f"{strategy.num_replicas_in_sync} replicas. Received: batch_size={config.batch_size}.")
+        train_data, val_data, summary_images, num_train = prepare_data(config, dataset, strategy.num_replicas_in_sync)
     os.makedirs(run_dir, exist_ok=True)
-    # Schedules (KL warm-up, cosine decay) keep the length of the run that started them.
-    schedule_steps = state.get("schedule_steps") if state else None
-    schedule_steps = schedule_steps or max(1, num_train // config.batch_size) * config.epochs
-    model = build_compiled_model(config, dataset, strategy, schedule_steps)
-    initial_epoch, history = restore(model, state, log)
+    with stopwatch("build"):
+        # Schedules (KL warm-up, cosine decay) keep the length of the run that started them.
+        schedule_steps = (state.get("schedule_steps") if state else None) or \
+            max(1, num_train // config.batch_size) * config.epochs
+        model = build_compiled_model(config, dataset, strategy, schedule_steps)
+        initial_epoch, history = restore(model, state, log)
 
     checkpoint_dir = os.path.join(run_dir, runs.CHECKPOINT_DIR)
     # Other workers keep their own checkpoints in a scratch folder of their own.
     own_checkpoint_dir = checkpoint_dir if chief else distribute.worker_scratch(run_dir, strategy)
     checkpointer = kv_callbacks.EpochCheckpoint(own_checkpoint_dir, config.to_dict(), history,
-                                                extra_state={"schedule_steps": schedule_steps})
-    callbacks = [kv_callbacks.StopOnNaN(checkpoint_dir), checkpointer, *extra_callbacks]
+                                                extra_state={"schedule_steps": schedule_steps}, stopwatch=stopwatch)
+    callbacks = [kv_callbacks.PhaseTimer(stopwatch), kv_callbacks.StopOnNaN(checkpoint_dir), checkpointer,
+                 *extra_callbacks]
     if chief:
         callbacks.append(kv_callbacks.Summaries(os.path.join(run_dir, runs.LOG_DIR), *summary_images,
-                                                model.metric_names(), config.seed))
+                                                model.metric_names(), config.seed, stopwatch=stopwatch))
+    if verbose == "auto":  # off a terminal, one line per epoch instead of a bar redrawn every step
+        verbose = 1 if sys.stdout.isatty() else 2
     if initial_epoch < config.epochs:
-        model.fit(train_data, validation_data=val_data, epochs=config.epochs, initial_epoch=initial_epoch,
-                  callbacks=callbacks, verbose=verbose, shuffle=False)  # the pipeline shuffles, seeded
+        with stopwatch("model.fit"):
+            model.fit(train_data, validation_data=val_data, epochs=config.epochs, initial_epoch=initial_epoch,
+                      callbacks=callbacks, verbose=verbose, shuffle=False)  # the pipeline shuffles, seeded
     history = checkpointer.history
-    return {"run_dir": run_dir, "history": history, "complete": False,
-            "val_elbo": history["val_elbo"][-1] if "val_elbo" in history else None,
-            "split": held_out_name(dataset), "export_path": save_outputs(model, config, history, strategy)}
+    result = {"run_dir": run_dir, "history": history, "complete": False, "split": held_out_name(dataset),
+              "val_elbo": history["val_elbo"][-1] if "val_elbo" in history else None,
+              "export_path": save_outputs(model, config, history, strategy, stopwatch)}
+    return dict(result, timings=phase_seconds(stopwatch))
+
+
+def phase_seconds(stopwatch):
+    """Seconds per phase; `other` is what model.fit spent outside the timed steps and callbacks
+    (the input pipeline's waits, progress output, Keras's own bookkeeping)."""
+    seconds = dict(stopwatch.seconds)
+    inside = sum(seconds.get(p, 0.0) for p in ("train steps", "validation", "summaries", "checkpoints"))
+    seconds["other"] = max(0.0, seconds.pop("model.fit", 0.0) - inside)
+    return {phase: round(value, 3) for phase, value in seconds.items()}

@@ -157,3 +157,19 @@ def test_a_finished_run_is_not_trained_again(finished_run):
     result = invoke(*changed)
     assert result.exit_code == 2
     assert "different configuration (latent_dim: 3 there, 4 now)" in result.output
+
+
+def test_off_a_terminal_fit_prints_one_line_per_epoch(finished_run):
+    _, output = finished_run  # fit's stdout was a pipe, as in a log file or CI
+    lines = output.splitlines()
+    assert sum(line.startswith("Epoch ") for line in lines) == 2
+    assert len(lines) <= 7 and "\r" not in output and "━" not in output, output
+
+
+def test_fit_reports_where_its_time_went(finished_run):
+    _, output = finished_run
+    line = next(line for line in output.splitlines() if line.startswith("Seconds: "))
+    phases = dict(part.rsplit(" ", 1) for part in line[len("Seconds: "):-1].split(", "))
+    assert set(phases) == {"data", "build", "train steps", "validation", "summaries", "checkpoints", "other",
+                           "save", "export"}
+    assert all(float(v) >= 0 for v in phases.values()) and float(phases["train steps"]) > 0

@@ -112,7 +112,8 @@ def test_multi_worker_training_on_two_local_processes(sprites_npz, tmp_path):
     for process, (out, err) in zip(processes, outputs):
         assert process.returncode == 0, err[-3000:]
     # Both workers saw the same global metrics; only the chief (worker 0) exported.
-    assert outputs[0][0].splitlines()[-1].split(";")[0] == outputs[1][0].splitlines()[-1].split(";")[0]
+    done = [next(line for line in out.splitlines() if line.startswith("Done.")) for out, _ in outputs]
+    assert done[0].split(";")[0] == done[1].split(";")[0]
     assert "exported to" in outputs[0][0] and "exported to" not in outputs[1][0]
     assert os.listdir(export_dir / "mw") == ["1"]
     history = json.loads((run_dir / "history.json").read_text())

@@ -235,7 +235,8 @@ def fit(config, verbose="auto", force=False, log=print, extra_callbacks=()):
     own_checkpoint_dir = checkpoint_dir if chief else distribute.worker_scratch(run_dir, strategy)
     checkpointer = kv_callbacks.EpochCheckpoint(own_checkpoint_dir, config.to_dict(), history,
                                                 extra_state={"schedule_steps": schedule_steps}, stopwatch=stopwatch)
-    callbacks = [kv_callbacks.PhaseTimer(stopwatch), kv_callbacks.StopOnNaN(checkpoint_dir), checkpointer,
+    # The NaN guard reads each step's loss, which waits for the step to finish: the timer comes after it.
+    callbacks = [kv_callbacks.StopOnNaN(checkpoint_dir), kv_callbacks.PhaseTimer(stopwatch), checkpointer,
                  *extra_callbacks]
     if chief:
         callbacks.append(kv_callbacks.Summaries(os.path.join(run_dir, runs.LOG_DIR), *summary_images,

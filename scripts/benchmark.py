@@ -538,16 +538,23 @@ def ab(args):
         common = dict(dataset=path, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, latent_dim=16)
         examples = args.quick_train * 2
         speeds = {"reference": [], "keras_vae": [], "keras_vae bf16": []}
+        walls = {name: [] for name in speeds}  # whole process: start-up, data, training, everything
         for _ in range(args.rounds):
-            speeds["reference"].append(run_child("reference_speed", {"design": args.architecture, "config": common})["samples_per_s"])
+            children = [("reference", "reference_speed", {"design": args.architecture, "config": common})]
             for name, precision in (("keras_vae", "float32"), ("keras_vae bf16", "mixed_bfloat16")):
                 config = dict(common, architecture=args.architecture, precision=precision)
-                speeds[name].append(run_child("fit", {"config": config, "train_examples": examples})["samples_per_s"])
+                children.append((name, "fit", {"config": config, "train_examples": examples}))
+            for name, kind, job in children:
+                figures = run_child(kind, job)
+                speeds[name].append(figures["samples_per_s"])
+                walls[name].append(figures["wall_s"])
             print({k: [round(v) for v in vals] for k, vals in speeds.items()}, flush=True)
     medians = {k: statistics.median(v) for k, v in speeds.items()}
+    wall = {k: statistics.median(v) for k, v in walls.items()}
     for name in ("keras_vae", "keras_vae bf16"):
         print(f"{args.architecture} {name}: {medians[name]:.0f} samples/s vs reference {medians['reference']:.0f}: "
-              f"{medians[name] / medians['reference']:.2f}x")
+              f"{medians[name] / medians['reference']:.2f}x; whole process {wall[name]:.1f} s vs "
+              f"{wall['reference']:.1f} s: {wall['reference'] / wall[name]:.2f}x")
     return speeds
 
 

@@ -27,6 +27,13 @@ _ENCODE_SEED = (20240101, 0)
 _SCORE_SEED = (20240102, 0)
 
 
+def asserted(tensor, ok, *message):
+    """`tensor`, passed on only once the in-graph condition `ok` holds; else an InvalidArgument
+    error that prints `message` (strings and the tensors received)."""
+    with tf.control_dependencies([tf.debugging.Assert(ok, list(message))]):
+        return tf.identity(tensor)
+
+
 def check_shape(tensor, expected, name, dtype="float32"):
     """A runtime check that `tensor` has shape [B, *expected], naming the expected shape."""
     expected = [int(d) for d in expected]
@@ -35,16 +42,13 @@ def check_shape(tensor, expected, name, dtype="float32"):
     # wrong size fail with the same message (no op sees mismatched shapes).
     actual = tf.strings.reduce_join(tf.strings.as_string(tf.shape(tensor)[1:]), separator=",")
     wanted = ",".join(str(d) for d in expected)
-    with tf.control_dependencies([tf.debugging.Assert(tf.equal(actual, wanted), [message, "Received shape:", tf.shape(tensor)])]):
-        return tf.identity(tensor)
+    return asserted(tensor, tf.equal(actual, wanted), message, "Received shape:", tf.shape(tensor))
 
 
 def check_labels(y, num_classes, name="y", what="class labels"):
     """A runtime check that the labels (or code indices) `y` lie in 0..num_classes-1."""
     message = f"Input `{name}` must hold {what} in 0..{num_classes - 1} (int32)."
-    ok = tf.logical_and(tf.reduce_all(y >= 0), tf.reduce_all(y < num_classes))
-    with tf.control_dependencies([tf.debugging.Assert(ok, [message, "Received:", y])]):
-        return tf.identity(y)
+    return asserted(y, tf.logical_and(tf.reduce_all(y >= 0), tf.reduce_all(y < num_classes)), message, "Received:", y)
 
 
 def check_count(num_samples, max_samples):
@@ -52,17 +56,14 @@ def check_count(num_samples, max_samples):
     message = (f"`num_samples` must lie in 0..{max_samples}: the cap this model was exported with "
                "(keras-vae export --max-samples N).")
     ok = tf.logical_and(num_samples >= 0, num_samples <= max_samples)
-    with tf.control_dependencies([tf.debugging.Assert(ok, [message, "Received:", num_samples])]):
-        return tf.identity(num_samples)
+    return asserted(num_samples, ok, message, "Received:", num_samples)
 
 
 def check_score_batch(x):
     """A runtime check that a `score` request holds at most MAX_SCORE_BATCH examples."""
     message = (f"`score` takes at most {MAX_SCORE_BATCH} examples per request (each costs {SCORE_SAMPLES} "
                "decoder passes): split the batch.")
-    ok = tf.shape(x)[0] <= MAX_SCORE_BATCH
-    with tf.control_dependencies([tf.debugging.Assert(ok, [message, "Received batch:", tf.shape(x)[0]])]):
-        return tf.identity(x)
+    return asserted(x, tf.shape(x)[0] <= MAX_SCORE_BATCH, message, "Received batch:", tf.shape(x)[0])
 
 
 def default_signatures(model, max_samples=MAX_SAMPLES):

@@ -34,7 +34,7 @@ def encode_means(model, data, batch_size=BATCH):
 def mean_kl_per_dim(model, data, limit=1000, batch_size=BATCH):
     """The mean KL of each code dimension over the first `limit` examples (zeros when the KL has no
     per-dimension form); orders the dimensions of traversals and manifolds."""
-    head = type(data)(data.name, data.x[:limit], None if data.y is None else data.y[:limit])
+    head = data.head(limit)
     totals = None
     for x, y in labelled_batches(model, head, batch_size):
         kl = model.compute_terms(x, y=y).get("kl_per_dim")

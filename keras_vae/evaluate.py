@@ -7,9 +7,9 @@ import numpy as np
 import tensorflow as tf
 
 from keras_vae import losses, metrics
-from keras_vae.codes import encode_means, model_labels
+from keras_vae.codes import encode_means, labelled_batches
 from keras_vae.data.datasets import load_dataset
-from keras_vae.data.splits import batches, load_split
+from keras_vae.data.splits import load_split
 from keras_vae.errors import UserError
 from keras_vae.runs import load_run
 
@@ -50,7 +50,6 @@ def evaluate_model(model, data, iw_samples=1000, batch_size=100, train_data=None
             f"batch_size={batch_size}."
         )
     chunk = max(1, min(iw_samples, MAX_DECODER_ROWS // batch_size))
-    labels = model_labels(model, data)
     log_weights = tf.function(lambda x, k, seed, y: model.importance_log_weights(x, k, seed, y)[0],
                               reduce_retracing=True)
     terms_fn = tf.function(model.compute_terms, reduce_retracing=True)
@@ -60,9 +59,7 @@ def evaluate_model(model, data, iw_samples=1000, batch_size=100, train_data=None
     means = []
     bar = keras.utils.Progbar(math.ceil(len(data.x) / batch_size), verbose=1 if progress else 0,
                               stateful_metrics=["nll_iw"])
-    for i, x in enumerate(batches(data.x, batch_size)):
-        x = tf.constant(x)
-        y = None if labels is None else tf.constant(labels[i * batch_size : (i + 1) * batch_size], tf.int32)
+    for i, (x, y) in enumerate(labelled_batches(model, data, batch_size)):
         terms = terms_fn(x, False, y)
         for name in ("elbo", "reconstruction_loss", "kl"):
             totals[name] += float(tf.reduce_sum(terms[name]))

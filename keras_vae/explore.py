@@ -140,9 +140,7 @@ def open_run(run_dir, num=None):
     """(config, model, test split) of a run, the split cut to its first `num` examples."""
     config, model = load_run(run_dir)
     data = load_split(config, "test")
-    if num is not None:
-        data.x, data.y = data.x[:num], (data.y[:num] if data.y is not None else None)
-    return config, model, data
+    return config, model, (data if num is None else data.head(num))
 
 
 def check_positive(**values):

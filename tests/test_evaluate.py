@@ -93,14 +93,14 @@ def run_dir(tiny_run):
 
 def test_a_trained_run_models_its_data_far_better_than_the_same_untrained_network(run_dir):
     """What a broken model or evaluator would fail (unlike a bound that holds for any model)."""
-    from keras_vae.data.splits import Split, load_split
+    from keras_vae.data.splits import load_split
     from keras_vae.evaluate import evaluate_model
     from keras_vae.models import build_model
     from keras_vae.runs import load_run
 
     config, model = load_run(run_dir)
     data = load_split(config, "test")
-    subset = Split("test", data.x[:200], data.y[:200], data.factors[:200])
+    subset = data.head(200)
     untrained = build_model(config, model.image_shape, 3, total_steps=1)
     trained_nll = evaluate_model(model, subset, iw_samples=20, progress=False)["nll_iw"]
     untrained_nll = evaluate_model(untrained, subset, iw_samples=20, progress=False)["nll_iw"]

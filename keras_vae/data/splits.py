@@ -26,6 +26,11 @@ class Split:
     y: Optional[np.ndarray] = None
     factors: Optional[np.ndarray] = None
 
+    def head(self, count):
+        """The first `count` examples, with their labels and factors."""
+        cut = (lambda a: None if a is None else a[:count])
+        return Split(self.name, self.x[:count], cut(self.y), cut(self.factors))
+
 
 def train_and_held_out(config, dataset):
     """((x, y, factors) to train on, (x, y, factors) held out), as stored (before binarization)."""

@@ -9,9 +9,9 @@ run directory is `to_dict()` of the configuration that trained it, and
 """
 
 import json
-import os
 
 from keras_vae.errors import UserError
+from keras_vae.files import write_json
 from keras_vae.hparams import Hyperparameter as H
 from keras_vae.hparams import by_name
 
@@ -149,11 +149,7 @@ class FitConfig:
 
     def save(self, path):
         """Writes the configuration as JSON, atomically (a temporary file, then a rename)."""
-        temporary = os.fspath(path) + ".tmp"
-        with open(temporary, "w") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(temporary, path)
+        write_json(path, self.to_dict())
 
 
 def read_json_object(path):

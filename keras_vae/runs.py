@@ -19,6 +19,7 @@ import os
 
 from keras_vae.config import load_config
 from keras_vae.errors import UserError
+from keras_vae.files import write_json
 
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.json"
@@ -60,23 +61,14 @@ def check_same_run(run_dir, config, saved):
         )
 
 
-def write_json(path, values, replace=True):
-    """Writes JSON under a temporary name, flushed to disk; renames it to `path` unless `replace` is False.
-    Returns the temporary name."""
-    temporary = path + ".tmp"
-    with open(temporary, "w") as f:
-        json.dump(values, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    if replace:
-        os.replace(temporary, path)
-    return temporary
+def plain_history(history):
+    """Keras's History.history as JSON numbers: {metric: [one float per epoch]}."""
+    return {k: [float(v) for v in values] for k, values in history.items()}
 
 
 def write_history(path, history):
-    """Writes a history JSON atomically: Keras's History.history, one value per epoch."""
-    write_json(path, {k: [float(v) for v in values] for k, values in history.items()})
+    """Writes a history JSON atomically."""
+    write_json(path, plain_history(history))
 
 
 def save_finished_run(run_dir, model, history, config):
@@ -84,16 +76,20 @@ def save_finished_run(run_dir, model, history, config):
     model_path = os.path.join(run_dir, MODEL_FILE)
     staged = {model_path + ".tmp.keras": model_path}
     model.save(model_path + ".tmp.keras")
-    history = {k: [float(v) for v in values] for k, values in history.items()}
-    for name, values in ((HISTORY_FILE, history), (CONFIG_FILE, config.to_dict())):
+    for name, values in ((HISTORY_FILE, plain_history(history)), (CONFIG_FILE, config.to_dict())):
         path = os.path.join(run_dir, name)
         staged[write_json(path, values, replace=False)] = path
     for temporary, path in staged.items():
         os.replace(temporary, path)
 
 
-def write_export_record(run_dir, path):
-    write_json(os.path.join(run_dir, EXPORT_FILE), {"path": path})
+def export_run(model, config):
+    """Exports a finished run's model under its export name and records that the export completed."""
+    from keras_vae.export import export_saved_model
+
+    path = export_saved_model(model, config.export_dir, export_name(config, config.run_dir))
+    write_json(os.path.join(config.run_dir, EXPORT_FILE), {"path": path})
+    return path
 
 
 def read_export_record(run_dir):

@@ -116,9 +116,7 @@ def finish_export(config, state, log):
     """A finished run whose export never completed (killed, disk full) is exported now."""
     result = {"run_dir": config.run_dir, "history": state["history"], "export_path": None, "complete": True}
     if config.export and runs.read_export_record(config.run_dir) is None:
-        _, model = runs.load_run(config.run_dir)
-        result["export_path"] = export_saved_model(model, config.export_dir, runs.export_name(config, config.run_dir))
-        runs.write_export_record(config.run_dir, result["export_path"])
+        result["export_path"] = runs.export_run(runs.load_run(config.run_dir)[1], config)
         log(f"Its export had not completed; exported it now to {result['export_path']}.")
     return result
 
@@ -160,9 +158,7 @@ def save_outputs(model, config, history, strategy, stopwatch=None):
     if not config.export:
         return None
     with stopwatch("export"):
-        path = export_saved_model(model, config.export_dir, runs.export_name(config, config.run_dir))
-        runs.write_export_record(config.run_dir, path)
-    return path
+        return runs.export_run(model, config)
 
 
 def restore(model, state, log):

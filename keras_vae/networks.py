@@ -108,11 +108,11 @@ def convolution(layer, filters, kernel_size, strides=1, activation=None):
             BiasAdd(activation)]
 
 
-def _check_divisible(name, image_shape):
+def _check_divisible(name, image_shape, factor=4):
     height, width, _ = image_shape
-    if height % 4 or width % 4:
+    if height % factor or width % factor:
         raise UserError(
-            f"The {name!r} architecture needs image height and width divisible by 4. "
+            f"The {name!r} architecture needs image height and width divisible by {factor}. "
             f"Received: image_shape={image_shape}. Use --architecture mlp, or resize the images."
         )
 
@@ -188,6 +188,36 @@ def conv(image_shape, latent_dim, num_params):
     )
     return encoder, decoder
 
+
+@ARCHITECTURES.register("conv-64")
+def conv_64(image_shape, latent_dim, num_params):
+    """The convolutional pair of the disentanglement literature, made for 64×64 images (Higgins et al.
+    2017, Locatello et al. 2019's disentanglement_lib): four 4×4 stride-2 convolutions of 32, 32, 64 and
+    64 filters down to H/16, a 256-unit layer, and the mirror image up.
+
+    Halving the resolution at every layer keeps it cheap: about 16 M multiply-adds per 64×64 image
+    forward, near the 1024-1024 `mlp`'s 10 M, where `conv` (full-resolution layers) needs about 200 M.
+    """
+    _check_divisible("conv-64", image_shape, 16)
+    height, width, channels = image_shape
+    Conv2D, Conv2DTranspose = keras.layers.Conv2D, keras.layers.Conv2DTranspose
+    down = [layer for filters in (32, 32, 64, 64)
+            for layer in convolution(Conv2D, filters, 4, strides=2, activation="relu")]
+    up = [layer for filters in (64, 32, 32)
+          for layer in convolution(Conv2DTranspose, filters, 4, strides=2, activation="relu")]
+    encoder = keras.Sequential(
+        [keras.Input(image_shape), *down, keras.layers.Flatten(), keras.layers.Dense(256, activation="relu"),
+         keras.layers.Dense(num_params, name="posterior_params")],
+        name="encoder",
+    )
+    decoder = keras.Sequential(
+        [keras.Input((latent_dim,)), keras.layers.Dense(256, activation="relu"),
+         keras.layers.Dense(height // 16 * width // 16 * 64, activation="relu"),
+         keras.layers.Reshape((height // 16, width // 16, 64)), *up,
+         *convolution(Conv2DTranspose, channels, 4, strides=2)],
+        name="decoder",
+    )
+    return encoder, decoder
 
 
 def condition_encoder(encoder, num_classes):

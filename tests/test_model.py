@@ -109,8 +109,10 @@ def test_keras_format_round_trip_restores_a_trainable_model(tmp_path):
     assert np.isfinite(restored.fit(x, epochs=1, verbose=0).history["loss"][0])
 
 
-@pytest.mark.parametrize("architecture", ["mlp", "conv", "conv-small"])
-@pytest.mark.parametrize("shape", [(28, 28, 1), (32, 16, 3)])
+@pytest.mark.parametrize("architecture, shape", [
+    *((a, s) for a in ("mlp", "conv", "conv-small") for s in ((28, 28, 1), (32, 16, 3))),
+    ("conv-64", (64, 64, 1)), ("conv-64", (32, 48, 3)),
+])
 def test_every_architecture_maps_images_to_images(architecture, shape):
     model = VAE(shape, latent_dim=5, architecture=architecture)
     x = np.random.default_rng(0).random((2,) + shape).astype(np.float32)
@@ -119,9 +121,12 @@ def test_every_architecture_maps_images_to_images(architecture, shape):
     assert model.decode(mean).shape == (2,) + shape
 
 
-def test_conv_architectures_need_sizes_divisible_by_four():
+def test_conv_architectures_need_sizes_their_strides_divide():
     with pytest.raises(UserError, match=r"divisible by 4. Received: image_shape=\(30, 30, 1\)"):
         VAE((30, 30, 1), architecture="conv")
+    with pytest.raises(UserError, match=r"'conv-64' architecture needs image height and width divisible by 16. "
+                                        r"Received: image_shape=\(56, 56, 1\)"):
+        VAE((56, 56, 1), architecture="conv-64")
 
 
 def test_bad_constructor_arguments_repeat_the_value():
@@ -129,7 +134,7 @@ def test_bad_constructor_arguments_repeat_the_value():
         VAE((28, 28, 1), latent_dim=0)
     with pytest.raises(UserError, match="Received: beta=-1"):
         VAE((28, 28, 1), beta=-1)
-    with pytest.raises(UserError, match="Unknown architecture 'resnet'. Valid architectures: conv, conv-small, mlp"):
+    with pytest.raises(UserError, match="Unknown architecture 'resnet'. Valid architectures: conv, conv-64, conv-small, mlp"):
         VAE((28, 28, 1), architecture="resnet")
 
 

@@ -16,7 +16,7 @@ from keras_vae.hparams import Hyperparameter as H
 from keras_vae.hparams import by_name
 
 BINARIZATIONS = ("dynamic", "static", "none")
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
 JIT_CHOICES = ("auto", "on", "off")
 LR_SCHEDULES = ("constant", "cosine")
 STRATEGIES = ("auto", "one", "mirrored", "multi-worker")
@@ -44,7 +44,9 @@ RUN_SECTIONS = (
         H("lr_schedule", str, "constant", "constant, or cosine decay to 0 over the run.", choices=LR_SCHEDULES,
           reference="Loshchilov & Hutter 2017"),
         H("seed", int, 0, "Seeds weights, data order, binarization and noise.", minimum=0, maximum=MAX_SEED),
-        H("precision", str, "float32", "Keras dtype policy; distributions and losses stay float32.",
+        H("precision", str, "float32", "Keras dtype policy; distributions and losses stay float32. auto: "
+          "mixed_bfloat16 where the hardware computes bfloat16 natively (CPUs with AVX512-BF16 or AMX, GPUs of "
+          "compute capability 8.0 or later), float32 elsewhere; the run records the one it used.",
           choices=PRECISIONS),
         H("steps_per_execution", int, 1, "Training steps per tf.function call.", minimum=1),
         H("jit_compile", str, "auto", "XLA: auto (on for conv-free nets on one CPU device), on or off.",
@@ -116,6 +118,7 @@ class FitConfig:
         checked = {name: h.check(values.get(name, h.default)) for name, h in declared.items()}
         object.__setattr__(self, "_values", checked)
         object.__setattr__(self, "_model_names", tuple(cls.all_hyperparameters()))
+        object.__setattr__(self, "_given", frozenset(values))
 
     def __getattr__(self, name):
         values = self.__dict__["_values"]
@@ -134,7 +137,28 @@ class FitConfig:
 
     def replace(self, **changes):
         """A copy with `changes` applied (validated like any configuration)."""
-        return FitConfig(**{**self._values, **changes})
+        config = FitConfig(**{**self._values, **changes})
+        object.__setattr__(config, "_given", self._given | frozenset(changes))
+        return config
+
+    @property
+    def given(self):
+        """The settings set explicitly (by a flag, a config file or `replace`), not left to a default."""
+        return self._given
+
+    def with_defaults(self, defaults):
+        """A copy in which the settings left to their declared defaults take `defaults` instead.
+
+        Used for the data's defaults (`keras_vae.data.defaults`). A setting is
+        changed only when it was not given and the model takes it as declared
+        for all models (a model that declares its own meaning or default for a
+        setting, such as `vq_vae`'s `latent_dim`, keeps it).
+        """
+        general = general_declarations()
+        declared = {**RUN_HYPERPARAMETERS, **model_class(self.model).all_hyperparameters()}
+        applied = {name: value for name, value in defaults.items()
+                   if name not in self._given and name in declared and declared[name] is general.get(name)}
+        return self.replace(**applied)
 
     def model_hyperparameters(self):
         """{name: value} of the hyperparameters the model declares: its constructor arguments."""
@@ -173,6 +197,19 @@ def load_config(path):
     return FitConfig.from_dict(read_json_object(path), source=f"Config file {path}")
 
 
+def general_declarations():
+    """{name: Hyperparameter} as the most general model declares each (the run's settings too)."""
+    from keras_vae.models import get_model_class, model_names
+
+    found = {}  # name -> (depth of the declaring model class, Hyperparameter)
+    for model in model_names():
+        cls = get_model_class(model)
+        for h in cls.all_hyperparameters().values():
+            if h.name not in found or len(cls.__mro__) < found[h.name][0]:
+                found[h.name] = (len(cls.__mro__), h)
+    return {**RUN_HYPERPARAMETERS, **{name: h for name, (_, h) in found.items()}}
+
+
 def flag_rows():
     """(Hyperparameter, where it applies) for every setting: the run's, then each model's.
 
@@ -183,15 +220,15 @@ def flag_rows():
     from keras_vae.models import get_model_class, model_names
 
     rows = [(h, "all models") for h in RUN_HYPERPARAMETERS.values()]
-    declarations = {}  # name -> [(depth of the model class, model, Hyperparameter)]
+    general = general_declarations()
+    declarations = {}  # name -> [(model, Hyperparameter)]
     for model in model_names():
-        cls = get_model_class(model)
-        for h in cls.all_hyperparameters().values():
-            declarations.setdefault(h.name, []).append((len(cls.__mro__), model, h))
-    for found in declarations.values():
-        general = min(found, key=lambda item: item[0])[2]
-        users = [model if h.default == general.default else f"{model} (default {h.default})" for _, model, h in found]
-        rows.append((general, "all models" if len(found) == len(model_names()) else ", ".join(users)))
+        for h in get_model_class(model).all_hyperparameters().values():
+            declarations.setdefault(h.name, []).append((model, h))
+    for name, found in declarations.items():
+        users = [model if h.default == general[name].default else f"{model} (default {h.default})"
+                 for model, h in found]
+        rows.append((general[name], "all models" if len(found) == len(model_names()) else ", ".join(users)))
     return rows
 
 

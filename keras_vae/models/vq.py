@@ -76,6 +76,9 @@ class VQVAE(Autoencoder):
     """
 
     hyperparameters = (
+        # Its own declaration: a count of code positions, not a latent size, so no dataset default applies.
+        H("latent_dim", int, 16, "Code positions h·w of the code map (as square a grid as h·w allows).",
+          minimum=1),
         H("codebook_size", int, 512, "Codebook vectors K.", minimum=1, reference="van den Oord et al. 2017"),
         H("codebook_dim", int, 16, "Numbers per codebook vector D.", minimum=1),
         H("commitment", float, 0.25, "Weight β of the commitment loss.", minimum=0),

@@ -71,11 +71,15 @@ def fit_options():
     """One click option per declared hyperparameter (the run's and every model's), none with a default:
     a flag left out takes the config file's value, else the declared default."""
     from keras_vae.config import flag_rows
+    from keras_vae.data.defaults import DATASET_DEFAULTS
 
     options = []
     for h, applies_to in flag_rows():
         shown = "null" if h.default is None else h.default
-        text = f"{h.help} Default: {shown}." + ("" if applies_to == "all models" else f" Models: {applies_to}.")
+        per_data = ", ".join(f"{name}: {values[h.name]}" for name, values in sorted(DATASET_DEFAULTS.items())
+                             if h.name in values)
+        text = (f"{h.help} Default: {shown}" + (f" ({per_data})" if per_data else "") + "."
+                + ("" if applies_to == "all models" else f" Models: {applies_to}."))
         if h.type is bool:
             options.append(click.Option([f"{h.flag}/--no-{h.flag[2:]}"], default=None, help=text))
         else:

@@ -12,7 +12,8 @@ from keras_vae import callbacks as kv_callbacks
 from keras_vae import distribute, runs
 from keras_vae.config import FitConfig, model_class
 from keras_vae.data import pipeline
-from keras_vae.data.datasets import load_dataset
+from keras_vae.data.datasets import DATASETS, load_dataset
+from keras_vae.data.defaults import defaults_for
 from keras_vae.data.splits import fixed_binarization, held_out_name, train_and_held_out
 from keras_vae.errors import TrainingDiverged, UserError
 from keras_vae.export import check_name, export_saved_model, save_keras_model
@@ -64,6 +65,33 @@ def prepare_data(config, dataset, replicas=1):
     summary = (pipeline.to_unit_float(x_val[:NUM_SUMMARY_IMAGES]),
                y_val[:NUM_SUMMARY_IMAGES] if with_labels else None)
     return train, val, summary, len(x_train)
+
+
+def with_data_defaults(config, dataset):
+    """`config` with the data's defaults (`keras_vae.data.defaults`) for the settings it was not given."""
+    return config.with_defaults(defaults_for(config.dataset, dataset.image_shape, config.dataset in DATASETS))
+
+
+def native_bfloat16():
+    """Whether this machine computes bfloat16 natively: a GPU of compute capability 8.0 or later
+    (Ampere on), else a CPU with AVX512-BF16 or AMX (where bf16 matmuls run several times faster)."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability") or (0, 0)
+        return tuple(capability) >= (8, 0)
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(config):
+    """`config` with `--precision auto` replaced by the policy this machine runs fastest."""
+    if config.precision != "auto":
+        return config
+    return config.replace(precision="mixed_bfloat16" if native_bfloat16() else "float32")
 
 
 def learning_rate(config, total_steps):
@@ -200,6 +228,11 @@ def fit(config, verbose="auto", force=False, log=print, extra_callbacks=()):
     strategy = distribute.make_strategy(config.strategy, config.cpu_replicas)
     if config.strategy == "multi-worker" and not config.run_dir:
         raise UserError("--strategy multi-worker needs --run-dir: every worker must name the same folder.")
+    ARCHITECTURES.get(config.architecture)  # an unknown architecture fails before any data is loaded
+    stopwatch = kv_callbacks.Stopwatch()
+    with stopwatch("data"):
+        dataset = load_dataset(config.dataset, config.data_dir, config.seed)
+    config = resolve_precision(with_data_defaults(config, dataset))
     config = config.replace(run_dir=config.run_dir or runs.default_run_dir(config))
     run_dir, chief = config.run_dir, distribute.is_chief(strategy)
     if config.export:
@@ -209,10 +242,7 @@ def fit(config, verbose="auto", force=False, log=print, extra_callbacks=()):
         return finish_export(config, state, log) if chief else {"run_dir": run_dir, "complete": True}
 
     keras.utils.set_random_seed(config.seed)
-    ARCHITECTURES.get(config.architecture)  # an unknown architecture fails before any data is loaded
-    stopwatch = kv_callbacks.Stopwatch()
     with stopwatch("data"):
-        dataset = load_dataset(config.dataset, config.data_dir, config.seed)
         if config.batch_size % strategy.num_replicas_in_sync:
             raise UserError(
                 f"--batch-size is the global batch and must divide evenly over the "

@@ -1,0 +1,48 @@
+"""Settings that depend on the data: what `fit` uses for a dataset unless told otherwise.
+
+The declared defaults (`keras_vae.config`, each model's `hyperparameters`)
+were chosen on 28×28 Fashion-MNIST. A dataset whose best settings differ
+names them here, chosen by measurement within the quickstart's budget
+(`scripts/first_run.py`, README "Defaults that depend on the data"). The
+user's own data (a `.npz` file or an image folder) gets the defaults of the
+registered dataset nearest in kind: large images those of `sprites`, small
+ones the declared defaults.
+
+`fit` applies them with `FitConfig.with_defaults`: a flag or config-file
+value always wins, and the run's `config.json` records the values used.
+"""
+
+# {dataset: {setting: value}}.
+DATASET_DEFAULTS = {
+    "fashion_mnist": {},  # the declared defaults were measured on it
+    "mnist": {},
+    # scripts/first_run.py; benchmarks/FIRST_RUN.md has the runs that chose it.
+    "sprites": {"architecture": "conv-64", "latent_dim": 10, "batch_size": 32, "precision": "auto",
+                "prior": "mog", "prior_components": 100},
+}
+LARGE_IMAGE = 48  # pixels per side from which the user's images take `sprites`' defaults
+
+
+def defaults_for(name, image_shape, registered):
+    """{setting: value} for a dataset: its own row when it is registered, else by image size."""
+    if registered:
+        return dict(DATASET_DEFAULTS.get(name, {}))
+    height, width = image_shape[:2]
+    if min(height, width) >= LARGE_IMAGE and height % 16 == 0 and width % 16 == 0:  # what conv-64 takes
+        return dict(DATASET_DEFAULTS["sprites"])
+    return {}
+
+
+def defaults_table():
+    """The README's table of the data's defaults (`python -m keras_vae.data.defaults` prints it)."""
+    rows = ["| dataset | settings that differ from the declared defaults |", "|---|---|"]
+    for name, values in sorted(DATASET_DEFAULTS.items()):
+        settings = ", ".join(f"`--{key.replace('_', '-')} {value}`" for key, value in values.items())
+        rows.append(f"| {name} | {settings or 'none'} |")
+    rows.append(f"| your images, at least {LARGE_IMAGE}×{LARGE_IMAGE} and sides divisible by 16 | as `sprites` |")
+    rows.append("| your images, smaller | none |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(defaults_table())

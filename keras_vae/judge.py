@@ -67,13 +67,12 @@ def score_decisions(decisions):
 def factor_agreement(predicted, factors):
     """{shape, scale, position}: the fraction of images whose predicted factors match `factors`
     ([N, 5] in sprites' order): shape exactly, scale within 1, x and y within POSITION_TOLERANCE."""
-    factors = np.asarray(factors)
-    x_index, y_index = sprites.FACTOR_NAMES.index("x"), sprites.FACTOR_NAMES.index("y")
+    truth = {name: np.asarray(factors)[:, sprites.FACTOR_NAMES.index(name)] for name, _ in HEADS}
+    near = {name: np.abs(predicted[name] - truth[name]) for name in ("scale", "x", "y")}
     return {
-        "shape": float(np.mean(predicted["shape"] == factors[:, 0])),
-        "scale": float(np.mean(np.abs(predicted["scale"] - factors[:, 1]) <= 1)),
-        "position": float(np.mean((np.abs(predicted["x"] - factors[:, x_index]) <= POSITION_TOLERANCE)
-                                  & (np.abs(predicted["y"] - factors[:, y_index]) <= POSITION_TOLERANCE))),
+        "shape": float(np.mean(predicted["shape"] == truth["shape"])),
+        "scale": float(np.mean(near["scale"] <= 1)),
+        "position": float(np.mean((near["x"] <= POSITION_TOLERANCE) & (near["y"] <= POSITION_TOLERANCE))),
     }
 
 
@@ -201,8 +200,8 @@ def cache_path(recipe=RECIPE):
 def load_judge(recipe=RECIPE, log=print):
     """The cached judge of `recipe`, trained and cached first if there is none."""
     path = cache_path(recipe)
-    judge = build_judge()
     if os.path.exists(path):
+        judge = build_judge()
         judge.load_weights(path)
         return judge
     log(f"Training the sprites judge (once; cached in {path}) ...")
@@ -235,14 +234,18 @@ def sample_scores(judge, samples):
     return score_decisions(shape_decisions(predict(judge, samples)["shape"]))
 
 
+def agreement_of(probs, factors):
+    """factor_agreement of the judge's most probable class per head."""
+    return factor_agreement({name: probs[name].argmax(axis=1) for name, _ in HEADS}, factors)
+
+
 def reconstruction_scores(judge, reconstructions, factors):
     """factor_agreement of reconstructions with their originals' factors."""
-    probs = predict(judge, reconstructions)
-    return factor_agreement({name: probs[name].argmax(axis=1) for name, _ in HEADS}, factors)
+    return agreement_of(predict(judge, reconstructions), factors)
 
 
 def judge_accuracy(judge, num=2000, seed=1):
     """The judge's own factor agreement and confident fraction on fresh real sprites (its test)."""
     x, factors, _, _ = sprites.make_sprites(num, 1, seed=seed)
-    images = x.astype(np.float32) / 255
-    return dict(reconstruction_scores(judge, images, factors), confident=sample_scores(judge, images)["confident"])
+    probs = predict(judge, x.astype(np.float32) / 255)
+    return dict(agreement_of(probs, factors), confident=score_decisions(shape_decisions(probs["shape"]))["confident"])

@@ -12,7 +12,7 @@ from keras_vae import callbacks as kv_callbacks
 from keras_vae import distribute, runs
 from keras_vae.config import FitConfig, model_class
 from keras_vae.data import pipeline
-from keras_vae.data.datasets import DATASETS, load_dataset
+from keras_vae.data.datasets import load_dataset
 from keras_vae.data.defaults import defaults_for
 from keras_vae.data.splits import fixed_binarization, held_out_name, train_and_held_out
 from keras_vae.errors import TrainingDiverged, UserError
@@ -69,7 +69,7 @@ def prepare_data(config, dataset, replicas=1):
 
 def with_data_defaults(config, dataset):
     """`config` with the data's defaults (`keras_vae.data.defaults`) for the settings it was not given."""
-    return config.with_defaults(defaults_for(config.dataset, dataset.image_shape, config.dataset in DATASETS))
+    return config.with_defaults(defaults_for(config.dataset, dataset.image_shape))
 
 
 def native_bfloat16():

@@ -49,20 +49,22 @@ TARGETS = (
 
 
 def score(run_dir, num_samples=1000, iw_samples=100):
-    """The judged figures of one run directory."""
+    """The judged figures of one run directory (the run and its data loaded once)."""
     import numpy as np
-    import tensorflow as tf
 
     from keras_vae import judge
-    from keras_vae.evaluate import evaluate_run
-    from keras_vae.explore import open_run
+    from keras_vae.data.datasets import load_dataset
+    from keras_vae.data.splits import load_split
+    from keras_vae.evaluate import evaluate_model
+    from keras_vae.runs import load_run
 
-    evaluation = evaluate_run(run_dir, iw_samples=iw_samples, progress=False)
-    config, model, data = open_run(run_dir)
+    config, model = load_run(run_dir)
+    dataset = load_dataset(config.dataset, config.data_dir, config.seed)
+    data, train_data = load_split(config, "test", dataset), load_split(config, "train", dataset)
+    evaluation = evaluate_model(model, data, iw_samples, train_data=train_data, progress=False)
     critic = judge.load_judge()
     samples = np.asarray(model.sample(num_samples, seed=0)[0])
-    reconstructions = np.concatenate([np.asarray(model.reconstruct(tf.constant(data.x[i: i + 500])))
-                                      for i in range(0, len(data.x), 500)])
+    reconstructions = np.asarray(model.predict(data.x, batch_size=500, verbose=0))  # predict = reconstruct
     return {
         "run_dir": run_dir, "config": {k: config.to_dict()[k] for k in ("architecture", "latent_dim", "epochs")},
         "elbo": evaluation["elbo"], "nll_iw": evaluation["nll_iw"], "iw_samples": iw_samples,

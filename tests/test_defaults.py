@@ -43,17 +43,17 @@ def test_a_model_with_its_own_meaning_of_a_setting_keeps_its_default():
     assert (config.latent_dim, config.epochs) == (16, 2)
 
 
-@pytest.mark.parametrize("name, shape, registered, expected", [
-    ("sprites", (64, 64, 1), True, SPRITES),
-    ("fashion_mnist", (28, 28, 1), True, {}),
-    ("mnist", (28, 28, 1), True, {}),
-    ("mine.npz", (64, 64, 3), False, SPRITES),
-    ("mine.npz", (LARGE_IMAGE, LARGE_IMAGE, 1), False, SPRITES),
-    ("mine.npz", (32, 32, 1), False, {}),
-    ("mine.npz", (72, 72, 1), False, {}),  # not divisible by 16: conv-64 cannot take it
+@pytest.mark.parametrize("name, shape, expected", [
+    ("sprites", (64, 64, 1), SPRITES),
+    ("fashion_mnist", (28, 28, 1), {}),
+    ("mnist", (28, 28, 1), {}),
+    ("mine.npz", (64, 64, 3), SPRITES),
+    ("mine.npz", (LARGE_IMAGE, LARGE_IMAGE, 1), SPRITES),
+    ("mine.npz", (32, 32, 1), {}),
+    ("mine.npz", (72, 72, 1), {}),  # not divisible by 16: conv-64 cannot take it
 ])
-def test_defaults_per_dataset_and_per_image_size(name, shape, registered, expected):
-    assert defaults_for(name, shape, registered) == expected
+def test_defaults_per_dataset_and_per_image_size(name, shape, expected):
+    assert defaults_for(name, shape) == expected
 
 
 def test_a_run_records_the_data_defaults_it_used_and_flags_override_them(tmp_path):

@@ -12,6 +12,8 @@ ones the declared defaults.
 value always wins, and the run's `config.json` records the values used.
 """
 
+from keras_vae.data.datasets import DATASETS
+
 # {dataset: {setting: value}}.
 DATASET_DEFAULTS = {
     "fashion_mnist": {},  # the declared defaults were measured on it
@@ -23,9 +25,9 @@ DATASET_DEFAULTS = {
 LARGE_IMAGE = 48  # pixels per side from which the user's images take `sprites`' defaults
 
 
-def defaults_for(name, image_shape, registered):
+def defaults_for(name, image_shape):
     """{setting: value} for a dataset: its own row when it is registered, else by image size."""
-    if registered:
+    if name in DATASETS:
         return dict(DATASET_DEFAULTS.get(name, {}))
     height, width = image_shape[:2]
     if min(height, width) >= LARGE_IMAGE and height % 16 == 0 and width % 16 == 0:  # what conv-64 takes

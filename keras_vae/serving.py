@@ -51,8 +51,10 @@ def check_labels(y, num_classes, name="y", what="class labels"):
     return asserted(y, tf.logical_and(tf.reduce_all(y >= 0), tf.reduce_all(y < num_classes)), message, "Received:", y)
 
 
-def check_count(num_samples, max_samples):
-    """A runtime check that `num_samples` lies in 0..max_samples, so no request allocates without bound."""
+def check_count(num_samples, max_samples=None):
+    """A runtime check that `num_samples` lies in 0..max_samples (default MAX_SAMPLES), so no request
+    allocates without bound."""
+    max_samples = max_samples or MAX_SAMPLES
     message = (f"`num_samples` must lie in 0..{max_samples}: the cap this model was exported with "
                "(keras-vae export --max-samples N).")
     ok = tf.logical_and(num_samples >= 0, num_samples <= max_samples)
@@ -66,7 +68,7 @@ def check_score_batch(x):
     return asserted(x, tf.shape(x)[0] <= MAX_SCORE_BATCH, message, "Received batch:", tf.shape(x)[0])
 
 
-def default_signatures(model, max_samples=MAX_SAMPLES):
+def default_signatures(model, max_samples=None):
     """The serving functions of a VAE-like model, keyed by signature name.
 
     A conditional model (`model.uses_labels`) takes labels too: `y` int32 [B]
@@ -124,7 +126,7 @@ def default_signatures(model, max_samples=MAX_SAMPLES):
     }
 
 
-def vq_signatures(model, max_samples=MAX_SAMPLES):
+def vq_signatures(model, max_samples=None):
     """The serving functions of a VQ-VAE: its code is a map of int32 indices [B, h, w].
 
     | signature                     | inputs                            | outputs                          |

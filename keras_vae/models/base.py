@@ -210,9 +210,9 @@ class Autoencoder(keras.Model):
     def serving_signatures(self, max_samples=None):
         """The tf.functions exported for TF Serving (see `keras_vae.serving`); `sample` draws at most
         `max_samples` per request (default `serving.MAX_SAMPLES`)."""
-        from keras_vae.serving import MAX_SAMPLES, default_signatures
+        from keras_vae.serving import default_signatures
 
-        return default_signatures(self, max_samples or MAX_SAMPLES)
+        return default_signatures(self, max_samples)
 
     # ---------------------------------------------------------- objective
     def compute_terms(self, x, training=False, y=None):

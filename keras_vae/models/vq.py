@@ -222,6 +222,6 @@ class VQVAE(Autoencoder):
         return tf.tile(log_weight[None], [num_samples, 1]), log_weight
 
     def serving_signatures(self, max_samples=None):
-        from keras_vae.serving import MAX_SAMPLES, vq_signatures
+        from keras_vae.serving import vq_signatures
 
-        return vq_signatures(self, max_samples or MAX_SAMPLES)
+        return vq_signatures(self, max_samples)

@@ -258,7 +258,7 @@ def reconstruct(run_dir, out, num):
     """Test images (rows) above their reconstructions."""
     from keras_vae.explore import open_run, reconstruction_picture
 
-    _, model, data = open_run(run_dir, num)
+    _, model, data = open_run(run_dir)  # the picture takes its first `num` images itself
     _write(out, reconstruction_picture(model, data, num), run_dir, "reconstructions")
 
 
@@ -272,7 +272,7 @@ def interpolate(run_dir, out, pairs, steps, spherical):
     """Decoded paths between the codes of pairs of test images."""
     from keras_vae.explore import interpolation_picture, open_run
 
-    _, model, data = open_run(run_dir, 2 * max(pairs, 0))
+    _, model, data = open_run(run_dir)  # the picture takes its first 2·pairs images itself
     _write(out, interpolation_picture(model, data, pairs, steps, spherical), run_dir, "interpolations")
 
 

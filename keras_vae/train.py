@@ -229,14 +229,15 @@ def fit(config, verbose="auto", force=False, log=print, extra_callbacks=()):
     if config.strategy == "multi-worker" and not config.run_dir:
         raise UserError("--strategy multi-worker needs --run-dir: every worker must name the same folder.")
     ARCHITECTURES.get(config.architecture)  # an unknown architecture fails before any data is loaded
-    stopwatch = kv_callbacks.Stopwatch()
-    with stopwatch("data"):
-        dataset = load_dataset(config.dataset, config.data_dir, config.seed)
-    config = resolve_precision(with_data_defaults(config, dataset))
+    # The run's name depends on the dataset and model only, which no data default changes.
     config = config.replace(run_dir=config.run_dir or runs.default_run_dir(config))
     run_dir, chief = config.run_dir, distribute.is_chief(strategy)
     if config.export:
         check_name(runs.export_name(config, run_dir))  # before any work, not after training
+    stopwatch = kv_callbacks.Stopwatch()
+    with stopwatch("data"):
+        dataset = load_dataset(config.dataset, config.data_dir, config.seed)
+    config = resolve_precision(with_data_defaults(config, dataset))
     state, complete = resume_point(config, run_dir, force, log)
     if complete:
         return finish_export(config, state, log) if chief else {"run_dir": run_dir, "complete": True}

@@ -190,7 +190,8 @@ def traversal_picture(model, data, index=0, value_range=3.0, steps=10, dims=None
     if not 0 <= index < len(data.x):
         raise UserError(f"--index must lie in 0..{len(data.x) - 1}. Received: index={index}.")
     labels = model_labels(model, data)
-    return traversal_grid(model, data.x[index], mean_kl_per_dim(model, data), value_range, steps, dims,
+    kl_per_dim = mean_kl_per_dim(model, data) if dims is None else None  # only orders the default rows
+    return traversal_grid(model, data.x[index], kl_per_dim, value_range, steps, dims,
                           y=None if labels is None else labels[index])
 
 

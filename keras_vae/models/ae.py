@@ -31,10 +31,6 @@ class AE(Autoencoder):
         super().__init__(image_shape, **kwargs)
         self.posterior_layer = DeterministicPosterior(self.latent_dim, name="posterior")
 
-    def encode(self, x, y=None):
-        """(code, zeros), each [B, L]."""
-        return self.posterior_layer.parameters(self.encoder(self.encoder_inputs(x, y), training=False))
-
     def compute_terms(self, x, training=False, y=None):
         code, _ = self.posterior_layer.parameters(
             self.encoder(self.encoder_inputs(self.corrupt(x, training), y), training=training))

@@ -178,8 +178,9 @@ class Autoencoder(keras.Model):
         return self.likelihood_layer(self.decoder(self.decoder_inputs(z, y), training=training))
 
     def encode(self, x, y=None):
-        """The code of x: (mean, spread), each [B, code_dim]."""
-        raise NotImplementedError
+        """The code of x: (mean, spread), each [B, code_dim], from the model's `posterior_layer`
+        (models without one override this)."""
+        return self.posterior_layer.parameters(self.encoder(self.encoder_inputs(x, y), training=False))
 
     def decode(self, z, y=None):
         """The decoder mean [B, H, W, C] for codes z [B, code_dim]."""

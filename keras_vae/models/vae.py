@@ -96,10 +96,6 @@ class VAE(Autoencoder):
         """q(z|x) for images x [B, H, W, C] (q(z|x, y) for a conditional model)."""
         return self.posterior_layer(self.encoder(self.encoder_inputs(x, y), training=training))
 
-    def encode(self, x, y=None):
-        """Posterior mean and standard deviation, each [B, L]."""
-        return self.posterior_layer.parameters(self.encoder(self.encoder_inputs(x, y), training=False))
-
     def sample_codes(self, num_samples, seed, temperature=1.0):
         if self.prior_name == "normal":
             return super().sample_codes(num_samples, seed, temperature)

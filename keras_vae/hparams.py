@@ -19,7 +19,7 @@ Example:
 
 import dataclasses
 import math
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 from keras_vae.errors import UserError
 
@@ -42,6 +42,9 @@ class Hyperparameter:
         reference: the paper the setting comes from.
         attribute: the model attribute that holds the value, when `name` is
             taken by a method (`likelihood`, `prior`).
+        parse: for a str setting with a syntax of its own (such as "8,5,5,5"):
+            a function that reads the value and raises ValueError with a
+            message when it is malformed.
     """
 
     name: str
@@ -56,6 +59,7 @@ class Hyperparameter:
     nullable: bool = False
     reference: str = ""
     attribute: Optional[str] = None
+    parse: Optional[Callable[[str], Any]] = None
 
     def __post_init__(self):
         if self.type not in TYPES:
@@ -114,6 +118,11 @@ class Hyperparameter:
             valid = isinstance(value, str) and value != "" and (not self.choices or value in self.choices)
         if valid and self.type in (int, float):
             valid = self._in_range(value)
+        if valid and self.parse is not None:
+            try:
+                self.parse(value)
+            except ValueError as error:
+                raise UserError(str(error)) from None
         if not valid:
             allowed = self.describe() + (" (or null)" if self.nullable else "")
             raise UserError(f"{self.flag} must be {allowed}. Received: {self.name}={value!r}.")

@@ -1,0 +1,214 @@
+"""Quantizers of the discrete-code VAEs: a learned codebook (VQ) and finite scalar quantization (FSQ).
+
+Both map encoder vectors z [..., D] to a code index per vector and a
+quantized vector ẑ the decoder reads, through one call:
+
+    quantizer(z, training, seed) -> {"indices" [...] int32, "quantized" [..., D], "loss" [...]}
+
+`quantized` carries the straight-through gradient to z, and `loss` is the
+quantizer's own term per vector (the VQ codebook and commitment terms; zero
+for FSQ). `lookup(indices)` gives the vectors of given indices, and
+`num_codes` the size of the code alphabet.
+
+VectorQuantizer (van den Oord et al. 2017): the nearest of K codebook
+entries, learned by the codebook loss ‖sg(z) − e‖² or by exponential moving
+averages of the vectors assigned to each entry (appendix A.1; the VQ-VAE-2
+default). With `restart`, an entry that goes unused for a while is moved onto
+a recent encoder output (as in Dhariwal et al. 2020, Jukebox), so that
+the whole codebook stays in use.
+
+FiniteScalarQuantizer (Mentzer et al. 2023): each of the D = len(levels)
+numbers is squashed into (−L/2, L/2) and rounded to one of L_d values; the
+code is the tuple of the D digits, Π L_d codes in all. No codebook, no
+commitment loss and no dead codes.
+"""
+
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+EMA_DECAY = 0.99
+EMA_EPSILON = 1e-5
+USAGE_DECAY = 0.99  # the usage of an entry: an EMA of the vectors assigned to it per step
+RESTART_BELOW = 0.03  # restart entries whose usage fell below this (~350 steps unused after a restart)
+FSQ_EPSILON = 1e-3
+
+
+def nearest_codes(z, codebook):
+    """Indices [...] of the nearest codebook rows (squared Euclidean) for vectors z [..., D]."""
+    distances = (tf.reduce_sum(z**2, -1, keepdims=True) - 2 * tf.linalg.matmul(z, codebook, transpose_b=True)
+                 + tf.reduce_sum(codebook**2, -1))  # (..., K)
+    return tf.argmin(distances, axis=-1, output_type=tf.int32)
+
+
+def perplexity(indices, num_codes):
+    """exp(entropy) of the empirical code distribution of `indices` (K when all K codes are used evenly)."""
+    counts = tf.math.bincount(tf.reshape(indices, [-1]), minlength=num_codes, maxlength=num_codes, dtype=tf.float32)
+    p = counts / tf.reduce_sum(counts)
+    return tf.exp(-tf.reduce_sum(tf.math.multiply_no_nan(tf.math.log(p), p)))
+
+
+def used_codes(indices):
+    """How many distinct codes `indices` holds (a float32 scalar)."""
+    return tf.cast(tf.size(tf.unique(tf.reshape(indices, [-1]))[0]), tf.float32)
+
+
+def parse_levels(text):
+    """FSQ levels from "8,5,5,5": a tuple of ints ≥ 2 (ValueError otherwise)."""
+    try:
+        levels = tuple(int(part) for part in str(text).split(","))
+    except ValueError:
+        levels = ()
+    if not levels or min(levels) < 2:
+        raise ValueError(f"--fsq-levels must be comma-separated integers ≥ 2, such as 8,5,5,5. Received: {text!r}.")
+    return levels
+
+
+def round_straight_through(x):
+    """round(x) forward, the identity backward."""
+    return x + tf.stop_gradient(tf.round(x) - x)
+
+
+def fsq_bound(z, levels):
+    """Squashes each of the D numbers of z [..., D] so that rounding it gives exactly L_d values
+    (Mentzer et al. 2023, sec. 3: for even L the range is shifted by one half)."""
+    levels = tf.constant(levels, tf.float32)
+    half = (levels - 1) * (1 + FSQ_EPSILON) / 2
+    offset = tf.where(tf.math.floormod(levels, 2) == 0, 0.5, 0.0)
+    shift = tf.math.atanh(offset / half)
+    return tf.tanh(z + shift) * half - offset
+
+
+@keras.saving.register_keras_serializable(package="keras_vae")
+class VectorQuantizer(keras.layers.Layer):
+    """A codebook of `codebook_size` vectors of `codebook_dim` numbers.
+
+    Args:
+        codebook_size: K.
+        codebook_dim: D.
+        commitment: β, the weight of ‖z − sg(e)‖².
+        ema: learn the codebook by exponential moving averages instead of its loss.
+        restart: move entries whose usage fell below RESTART_BELOW onto recent encoder outputs.
+    """
+
+    def __init__(self, codebook_size, codebook_dim, commitment=0.25, ema=False, restart=False, **kwargs):
+        super().__init__(**{"dtype": "float32", **kwargs})  # distances and statistics in float32 under any policy
+        self.codebook_size, self.codebook_dim = int(codebook_size), int(codebook_dim)
+        self.commitment, self.ema, self.restart = float(commitment), bool(ema), bool(restart)
+        limit = math.sqrt(3.0 / self.codebook_dim)  # entries of unit expected norm
+        # Statistics are all-reduced before they are assigned, so the first replica's value is everyone's.
+        kw = dict(aggregation="only_first_replica", dtype="float32")
+        self.codebook = self.add_weight(shape=(self.codebook_size, self.codebook_dim), name="codebook",
+                                        initializer=keras.initializers.RandomUniform(-limit, limit),
+                                        trainable=not self.ema, **kw)
+        if self.ema:
+            self.ema_counts = self.add_weight(shape=(self.codebook_size,), initializer="zeros", trainable=False,
+                                              name="ema_counts", **kw)
+            self.ema_sums = self.add_weight(shape=(self.codebook_size, self.codebook_dim), initializer="zeros",
+                                            trainable=False, name="ema_sums", **kw)
+        if self.restart:
+            # Zero at first: the first training step moves every entry its batch did not use onto the batch's
+            # vectors, a data-dependent initialization.
+            self.usage = self.add_weight(shape=(self.codebook_size,), initializer="zeros", trainable=False,
+                                         name="usage", **kw)
+        self.built = True
+
+    @property
+    def num_codes(self):
+        return self.codebook_size
+
+    def lookup(self, indices):
+        return tf.gather(self.codebook, indices)
+
+    def call(self, vectors, training=False, seed=None):
+        vectors = tf.cast(vectors, tf.float32)
+        indices = nearest_codes(vectors, self.codebook)
+        quantized = self.lookup(indices)
+        loss = self.commitment * tf.reduce_sum(tf.square(vectors - tf.stop_gradient(quantized)), -1)
+        if not self.ema:
+            loss += tf.reduce_sum(tf.square(tf.stop_gradient(vectors) - quantized), -1)
+        if training and (self.ema or self.restart):
+            self.update(tf.reshape(vectors, [-1, self.codebook_dim]), tf.reshape(indices, [-1]), seed)
+        # Straight through: the decoder's gradient reaches z as if quantization were the identity.
+        return {"indices": indices, "quantized": vectors + tf.stop_gradient(quantized - vectors), "loss": loss}
+
+    def update(self, vectors, indices, seed=None):
+        """One step of the codebook's statistics for vectors [N, D] assigned to `indices` [N], summed over
+        replicas: the EMA codebook (van den Oord et al. 2017, A.1) and the restarts of unused entries."""
+        vectors = tf.stop_gradient(vectors)
+        one_hot = tf.one_hot(indices, self.codebook_size, dtype=tf.float32)  # (N, K)
+        counts, sums = tf.reduce_sum(one_hot, 0), tf.matmul(one_hot, vectors, transpose_a=True)  # (K,), (K, D)
+        context = tf.distribute.get_replica_context()
+        if context is not None:
+            counts, sums = context.all_reduce("SUM", [counts, sums])
+        if self.ema:
+            self.ema_counts.assign(EMA_DECAY * self.ema_counts + (1 - EMA_DECAY) * counts)
+            self.ema_sums.assign(EMA_DECAY * self.ema_sums + (1 - EMA_DECAY) * sums)
+            total = tf.reduce_sum(self.ema_counts)
+            # Laplace smoothing keeps unused entries from dividing by zero.
+            smoothed = (self.ema_counts + EMA_EPSILON) / (total + self.codebook_size * EMA_EPSILON) * total
+            # Entries never assigned yet keep their vectors.
+            self.codebook.assign(tf.where(self.ema_counts[:, None] > 0, self.ema_sums / smoothed[:, None],
+                                          self.codebook))
+        if self.restart:
+            self.restart_unused(vectors, counts, seed)
+
+    def restart_unused(self, vectors, counts, seed=None):
+        """Entries whose usage fell below RESTART_BELOW move onto randomly chosen rows of `vectors` [N, D];
+        the others are untouched."""
+        self.usage.assign(USAGE_DECAY * self.usage + (1 - USAGE_DECAY) * counts)
+        dead = self.usage < RESTART_BELOW  # (K,)
+        seed = tf.zeros([2], tf.int32) if seed is None else tf.cast(seed, tf.int32)
+        picks = tf.random.stateless_uniform([self.codebook_size], seed, maxval=tf.shape(vectors)[0], dtype=tf.int32)
+        candidates = tf.gather(vectors, picks)  # (K, D)
+        self.codebook.assign(tf.where(dead[:, None], candidates, self.codebook))
+        if self.ema:  # the statistics restart as one vector at the new place
+            self.ema_counts.assign(tf.where(dead, 1.0, self.ema_counts))
+            self.ema_sums.assign(tf.where(dead[:, None], candidates, self.ema_sums))
+        self.usage.assign(tf.where(dead, 1.0, self.usage))
+
+    def get_config(self):
+        return dict(super().get_config(), codebook_size=self.codebook_size, codebook_dim=self.codebook_dim,
+                    commitment=self.commitment, ema=self.ema, restart=self.restart)
+
+
+@keras.saving.register_keras_serializable(package="keras_vae")
+class FiniteScalarQuantizer(keras.layers.Layer):
+    """Finite scalar quantization with `levels` values per number (Π levels codes); no weights.
+
+    The quantized numbers lie in [−1, 1]: digit d ∈ 0..L−1 of a number becomes (d − ⌊L/2⌋) / ⌊L/2⌋.
+    The index of a code is its digits read in mixed radix (the first number varies fastest).
+    """
+
+    def __init__(self, levels, **kwargs):
+        super().__init__(**{"dtype": "float32", **kwargs})
+        self.levels = tuple(int(level) for level in levels)
+        self.half_width = np.array([level // 2 for level in self.levels], np.float32)
+        self.basis = np.cumprod((1,) + self.levels[:-1]).astype(np.int32)
+        self.built = True
+
+    @property
+    def num_codes(self):
+        return int(np.prod(self.levels))
+
+    @property
+    def codebook_dim(self):
+        return len(self.levels)
+
+    def digits_to_indices(self, digits):
+        return tf.reduce_sum(digits * self.basis, axis=-1)
+
+    def lookup(self, indices):
+        digits = tf.math.floormod(tf.math.floordiv(indices[..., None], self.basis), self.levels)
+        return (tf.cast(digits, tf.float32) - self.half_width) / self.half_width
+
+    def call(self, vectors, training=False, seed=None):
+        rounded = round_straight_through(fsq_bound(tf.cast(vectors, tf.float32), self.levels))
+        digits = tf.cast(tf.stop_gradient(rounded) + self.half_width, tf.int32)
+        return {"indices": self.digits_to_indices(digits), "quantized": rounded / self.half_width,
+                "loss": tf.zeros(tf.shape(vectors)[:-1], tf.float32)}
+
+    def get_config(self):
+        return dict(super().get_config(), levels=list(self.levels))

@@ -138,8 +138,8 @@ def fit(config_file, force, **flags):
 @click.option("--export-dir", help="Where the new SavedModel version goes (default: the run's --export-dir).")
 @click.option("--export/--no-export", default=True, show_default=True, help="Export a new version with the prior.")
 def fit_prior(run_dir, epochs, batch_size, learning_rate, export_dir, export):
-    """Train a VQ-VAE run's PixelCNN prior over its code maps; sampling then goes through it."""
-    from keras_vae.models.vq_prior import fit_prior as run_fit_prior
+    """Train a discrete-code run's PixelCNN priors over its code maps; sampling then goes through them."""
+    from keras_vae.code_prior import fit_prior as run_fit_prior
 
     result = run_fit_prior(run_dir, epochs, batch_size, learning_rate, export, export_dir)
     exported = f"; exported to {result['export_path']}" if result["export_path"] else ""
@@ -260,6 +260,18 @@ def reconstruct(run_dir, out, num):
 
     _, model, data = open_run(run_dir)  # the picture takes its first `num` images itself
     _write(out, reconstruction_picture(model, data, num), run_dir, "reconstructions")
+
+
+@cli.command("swap-levels")
+@_run_arg
+@_out_opt
+@click.option("--num", type=int, default=10, show_default=True)
+def swap_levels(run_dir, out, num):
+    """vq_vae2: test images a and b, then a's top codes decoded with b's bottom codes, and the reverse."""
+    from keras_vae.explore import level_swap_picture, open_run
+
+    _, model, data = open_run(run_dir)
+    _write(out, level_swap_picture(model, data, num), run_dir, "swapped_levels")
 
 
 @cli.command()

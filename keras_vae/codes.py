@@ -31,6 +31,12 @@ def encode_means(model, data, batch_size=BATCH):
     return np.concatenate([model.encode(x, y)[0].numpy() for x, y in labelled_batches(model, data, batch_size)])
 
 
+def probe_features(model, data, batch_size=BATCH):
+    """What the probes read of a split, [N, code_dim]: the code means (the quantized code maps of a
+    discrete-code model)."""
+    return np.concatenate([model.probe_features(x, y).numpy() for x, y in labelled_batches(model, data, batch_size)])
+
+
 def mean_kl_per_dim(model, data, limit=1000, batch_size=BATCH):
     """The mean KL of each code dimension over the first `limit` examples (zeros when the KL has no
     per-dimension form); orders the dimensions of traversals and manifolds."""

@@ -7,7 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_vae import losses, metrics
-from keras_vae.codes import encode_means, labelled_batches
+from keras_vae.codes import labelled_batches, probe_features
 from keras_vae.data.datasets import load_dataset
 from keras_vae.data.splits import load_split
 from keras_vae.errors import UserError
@@ -15,7 +15,7 @@ from keras_vae.runs import load_run
 
 EVALUATION_KEYS = (
     "elbo", "reconstruction_loss", "kl", "nll_iw", "bits_per_dim", "active_units", "kl_per_dim",
-    "linear_probe_accuracy", "mig",
+    "linear_probe_accuracy", "mig", "code_levels",
 )
 MAX_DECODER_ROWS = 4000  # importance samples x batch per chunk: bounds memory for any K (~0.6 GB for conv-small)
 
@@ -56,7 +56,7 @@ def evaluate_model(model, data, iw_samples=1000, batch_size=100, train_data=None
 
     totals = {"elbo": 0.0, "reconstruction_loss": 0.0, "kl": 0.0, "nll_iw": 0.0}
     kl_per_dim = None  # stays None when the KL has no per-dimension form (learned priors, VQ, AE)
-    means = []
+    means, levels = [], None
     bar = keras.utils.Progbar(math.ceil(len(data.x) / batch_size), verbose=1 if progress else 0,
                               stateful_metrics=["nll_iw"])
     for i, (x, y) in enumerate(labelled_batches(model, data, batch_size)):
@@ -68,7 +68,9 @@ def evaluate_model(model, data, iw_samples=1000, batch_size=100, train_data=None
         if model.has_elbo:
             totals["nll_iw"] += float(tf.reduce_sum(importance_weighted_nll(
                 lambda x, k, seed: log_weights(x, k, seed, y), x, iw_samples, chunk)))
-        means.append(model.encode(x, y)[0].numpy())
+        means.append(model.probe_features(x, y).numpy())
+        if not model.continuous_code:
+            levels = count_codes(model, x, levels)
         bar.update(i + 1, [("nll_iw", totals["nll_iw"] / ((i + 1) * batch_size))])
     count = len(data.x)
     means = np.concatenate(means)
@@ -80,11 +82,24 @@ def evaluate_model(model, data, iw_samples=1000, batch_size=100, train_data=None
     result["kl_per_dim"] = None if kl_per_dim is None else [float(v) for v in kl_per_dim / count]
     result["linear_probe_accuracy"] = None
     if data.y is not None and train_data is not None and train_data.y is not None:
-        train_means = encode_means(model, train_data, max(batch_size, 500))
+        train_means = probe_features(model, train_data, max(batch_size, 500))
         result["linear_probe_accuracy"] = metrics.linear_probe_accuracy(train_means, train_data.y, means, data.y)
     result["mig"] = metrics.mutual_information_gap(means, data.factors) if data.factors is not None else None
+    result["code_levels"] = None if levels is None else {
+        level: {"rate_bits": totals / count / math.log(2), "used_codes": len(used), "usage": len(used) / model.num_codes}
+        for level, (totals, used) in levels.items()}
     result.update(split=data.name, iw_samples=iw_samples, num_examples=count)
     return result
+
+
+def count_codes(model, x, levels=None):
+    """Adds a batch's code maps to the running {level: (Σ −log p(c_level | levels above) in nats, codes used)}
+    of a discrete-code model."""
+    codes = model.encode_indices(x)
+    log_priors = model.level_log_priors(codes)
+    levels = levels or {level: (0.0, set()) for level in model.levels}
+    return {level: (nats - float(tf.reduce_sum(log_priors[level])), used | set(np.unique(codes[level].numpy())))
+            for level, (nats, used) in levels.items()}
 
 
 def evaluate_run(run_dir, split="test", iw_samples=1000, batch_size=100, progress=True):
@@ -109,6 +124,9 @@ def format_table(result):
         if value is not None:
             shown = f"{value:.4f}" if isinstance(value, float) else str(value)
             lines.append(f"  {name:24s} {shown:>12s} {unit}")
+    for level, figures in (result.get("code_levels") or {}).items():
+        lines.append(f"  {'codes ' + (level or 'map'):24s} {figures['rate_bits']:12.2f} bits, {figures['used_codes']} "
+                     f"codes used ({figures['usage']:.0%})")
     if result["kl_per_dim"] is not None:
         lines.append("  KL per dimension         " + " ".join(f"{v:.2f}" for v in result["kl_per_dim"]))
     return "\n".join(lines)

@@ -54,6 +54,15 @@ def reconstruction_grid(model, x, columns=10, y=None):
     return make_grid(np.concatenate(padded), columns)
 
 
+def level_swap_grid(model, x_a, x_b):
+    """What each level of a two-level code carries. Rows: images a; images b; a's top codes decoded with b's
+    bottom codes; b's top codes with a's bottom codes."""
+    top, bottom = model.levels
+    a, b = model.encode_indices(tf.constant(x_a)), model.encode_indices(tf.constant(x_b))
+    mixed = [model.decode_indices({top: first[top], bottom: second[bottom]}) for first, second in ((a, b), (b, a))]
+    return make_grid(np.concatenate([x_a, x_b, *[np.asarray(m) for m in mixed]]), len(x_a))
+
+
 def slerp(a, b, t):
     """Spherical interpolation between codes a and b (Shoemake 1985; White 2016 for VAEs)."""
     a_norm, b_norm = a / np.linalg.norm(a), b / np.linalg.norm(b)
@@ -173,6 +182,17 @@ def reconstruction_picture(model, data, num=20):
     check_positive(num=num)
     labels = model_labels(model, data)
     return reconstruction_grid(model, data.x[:num], min(10, num), None if labels is None else labels[:num])
+
+
+def level_swap_picture(model, data, num=10):
+    """`level_swap_grid` of the split's first `num` images (a) and the `num` after them (b)."""
+    check_positive(num=num)
+    if len(getattr(model, "levels", ())) != 2:
+        raise UserError(f"`swap-levels` mixes the two code levels of a vq_vae2 model; this {type(model).__name__} "
+                        "has no such levels. Use reconstruct or interpolate.")
+    if len(data.x) < 2 * num:
+        raise UserError(f"--num {num} needs {2 * num} images; the {data.name} split has {len(data.x)}.")
+    return level_swap_grid(model, data.x[:num], data.x[num : 2 * num])
 
 
 def interpolation_picture(model, data, pairs=6, steps=10, spherical=False):

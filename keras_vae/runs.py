@@ -27,6 +27,7 @@ MODEL_FILE = "model.keras"
 EXPORT_FILE = "export.json"
 CHECKPOINT_DIR = "checkpoints"
 LOG_DIR = "logs"
+PRIOR_HISTORY_FILE = "prior_history.json"  # written by fit-prior; its presence means the prior is fitted
 
 # Settings that may change between the runs of one run directory: where
 # things go and how fast they run, not what is trained.
@@ -81,6 +82,8 @@ def save_finished_run(run_dir, model, history, config):
         staged[write_json(path, values, replace=False)] = path
     for temporary, path in staged.items():
         os.replace(temporary, path)
+    if os.path.exists(os.path.join(run_dir, PRIOR_HISTORY_FILE)):  # a retrained model has no fitted prior
+        os.remove(os.path.join(run_dir, PRIOR_HISTORY_FILE))
 
 
 def export_run(model, config):

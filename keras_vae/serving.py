@@ -13,7 +13,7 @@ that cannot import tensorflow_probability, runs it.
 | score                         | x                               | elbo [B], log_px_iw [B]         |
 
 A conditional model (cvae) adds `y` int32 [B] to x/z inputs and a scalar `y`
-to `sample`; the VQ-VAE's `encode`/`decode` use code indices (`vq_signatures`).
+to `sample`; the discrete-code models' `encode`/`decode` use code indices (`code_map_signatures`).
 """
 
 import tensorflow as tf
@@ -126,42 +126,49 @@ def default_signatures(model, max_samples=None):
     }
 
 
-def vq_signatures(model, max_samples=None):
-    """The serving functions of a VQ-VAE: its code is a map of int32 indices [B, h, w].
+def code_map_signatures(model, max_samples=None):
+    """The serving functions of a discrete-code model: its code is one int32 map of indices per level,
+    named `indices` for the one level of `vq_vae` and `indices_top`, `indices_bottom` for `vq_vae2`.
 
-    | signature                     | inputs                            | outputs                          |
-    |-------------------------------|-----------------------------------|----------------------------------|
-    | serving_default, reconstruct  | x                                 | x_mean, indices [B, h, w] int32  |
-    | encode                        | x                                 | indices                          |
-    | decode                        | indices [B, h, w] int32           | x_mean                           |
-    | sample                        | num_samples, seed                 | x_mean, indices (from the prior) |
+    | signature                     | inputs                            | outputs                           |
+    |-------------------------------|-----------------------------------|-----------------------------------|
+    | serving_default, reconstruct  | x                                 | x_mean, the code maps [B, h, w]   |
+    | encode                        | x                                 | the code maps                     |
+    | decode                        | the code maps (int32, range-checked) | x_mean                         |
+    | sample                        | num_samples, seed                 | x_mean, the code maps (from the priors) |
     | score                         | x                                 | elbo, log_px_iw (equal: q is a point mass) |
     """
     image_shape = list(model.image_shape)
     x_spec = tf.TensorSpec([None] + image_shape, tf.float32, name="x")
-    indices_spec = tf.TensorSpec([None, *model.grid], tf.int32, name="indices")
+    names = {level: model.code_name(level) for level in model.levels}
+    code_specs = [tf.TensorSpec([None, *model.grids[level]], tf.int32, name=names[level]) for level in model.levels]
+
+    def named(codes):
+        return {names[level]: codes[level] for level in model.levels}
 
     @tf.function(input_signature=[x_spec])
     def reconstruct(x):
-        indices = model.encode_indices(check_shape(x, image_shape, "x"))
-        return {"x_mean": model.decode_indices(indices), "indices": indices}
+        codes = model.encode_indices(check_shape(x, image_shape, "x"))
+        return {"x_mean": model.decode_indices(codes), **named(codes)}
 
     @tf.function(input_signature=[x_spec])
     def encode(x):
-        return {"indices": model.encode_indices(check_shape(x, image_shape, "x"))}
+        return named(model.encode_indices(check_shape(x, image_shape, "x")))
 
-    @tf.function(input_signature=[indices_spec])
-    def decode(indices):
-        indices = check_shape(indices, model.grid, "indices", "int32")
-        indices = check_labels(indices, model.codebook_size, "indices", "code indices")
-        return {"x_mean": model.decode_indices(indices)}
+    @tf.function(input_signature=code_specs)
+    def decode(*maps):
+        codes = {}
+        for level, indices in zip(model.levels, maps):
+            indices = check_shape(indices, model.grids[level], names[level], "int32")
+            codes[level] = check_labels(indices, model.num_codes, names[level], "code indices")
+        return {"x_mean": model.decode_indices(codes)}
 
     @tf.function(input_signature=[tf.TensorSpec([], tf.int32, name="num_samples"),
                                   tf.TensorSpec([], tf.int32, name="seed")])
     def sample(num_samples, seed):
         num_samples = check_count(num_samples, max_samples)
-        x_mean, indices = model.sample(num_samples, seed=seed)
-        return {"x_mean": x_mean, "indices": indices}
+        x_mean, codes = model.sample(num_samples, seed=seed)
+        return {"x_mean": x_mean, **named(codes)}
 
     @tf.function(input_signature=[x_spec])
     def score(x):

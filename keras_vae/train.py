@@ -137,6 +137,11 @@ def resume_point(config, run_dir, force, log):
         log(f"{run_dir} is already complete ({state['epoch']} epochs). "
             "Use --force to start it over, or a larger --epochs to train it further.")
         return state, True
+    if os.path.exists(os.path.join(run_dir, runs.PRIOR_HISTORY_FILE)):
+        raise UserError(
+            f"{run_dir}'s code prior was fitted (keras-vae fit-prior) to the codes its model makes now: training "
+            f"the model further to epoch {config.epochs} would leave that prior stale. Start a new run (another "
+            "--run-dir), or --force to train this one over (its prior is then dropped and fit-prior runs again).")
     return state, False
 
 
@@ -228,7 +233,8 @@ def fit(config, verbose="auto", force=False, log=print, extra_callbacks=()):
     strategy = distribute.make_strategy(config.strategy, config.cpu_replicas)
     if config.strategy == "multi-worker" and not config.run_dir:
         raise UserError("--strategy multi-worker needs --run-dir: every worker must name the same folder.")
-    ARCHITECTURES.get(config.architecture)  # an unknown architecture fails before any data is loaded
+    if "architecture" in config.model_hyperparameters():  # an unknown one fails before any data is loaded
+        ARCHITECTURES.get(config.architecture)
     # The run's name depends on the dataset and model only, which no data default changes.
     config = config.replace(run_dir=config.run_dir or runs.default_run_dir(config))
     run_dir, chief = config.run_dir, distribute.is_chief(strategy)

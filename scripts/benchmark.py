@@ -251,8 +251,9 @@ def reference_adapter(encoder, decoder, latent_dim, image_shape):
     tfd = tfp.distributions
 
     class Adapter:
-        has_elbo, uses_labels = True, False
+        has_elbo, uses_labels, continuous_code = True, False, True
         corrupt = VAE.corrupt
+        probe_features = VAE.probe_features
         compute_terms = VAE.compute_terms
         importance_log_weights = VAE.importance_log_weights
         noise_seed = VAE.noise_seed

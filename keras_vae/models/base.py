@@ -182,6 +182,10 @@ class Autoencoder(keras.Model):
         (models without one override this)."""
         return self.posterior_layer.parameters(self.encoder(self.encoder_inputs(x, y), training=False))
 
+    def probe_features(self, x, y=None):
+        """What the evaluation's probes and unit counts read of x: the code's mean [B, code_dim]."""
+        return self.encode(x, y)[0]
+
     def decode(self, z, y=None):
         """The decoder mean [B, H, W, C] for codes z [B, code_dim]."""
         return self.likelihood_layer.mean(self.decoder(self.decoder_inputs(z, y), training=False))

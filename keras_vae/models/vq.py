@@ -1,29 +1,26 @@
-"""The VQ-VAE (van den Oord et al. 2017): a discrete code and a learned prior over it.
+"""The discrete-code autoencoders' base, and the VQ-VAE (van den Oord et al. 2017).
 
-The encoder maps x to `latent_dim` vectors z_e of `codebook_dim` numbers,
-laid out as an [h, w] grid. Each is replaced by its nearest codebook entry:
+The encoder maps x to maps of vectors z_e [h, w, D], one map per level (one
+level here; two in `vq_vae2`). A quantizer (`keras_vae.quantizers`) replaces
+each vector by a code: the nearest of K codebook entries (VQ), or the
+rounded digits of finite scalar quantization (FSQ). The decoder reads the
+quantized vectors, with the straight-through gradient reaching the encoder
+as if quantization were the identity. The loss per example is
 
-    c_i = argmin_k ‖z_e,i − e_k‖²,    z_q,i = e_{c_i},
+    −log p(x | z_q) + Σ_positions (‖sg(z_e) − z_q‖² + β ‖z_e − sg(z_q)‖²)      (β = `commitment`)
 
-and the decoder reads z_q through the straight-through estimator
-z_e + sg(z_q − z_e): its gradient reaches the encoder as if quantization were
-the identity. The loss per example is
-
-    −log p(x | z_q) + ‖sg(z_e) − z_q‖² + β ‖z_e − sg(z_q)‖²      (β = `commitment`, 0.25)
-
-(squared norms summed over the code). With `vq_ema` the codebook is instead
-an exponential moving average of the vectors assigned to each entry
-(appendix A.1 of the paper), and the codebook term is dropped.
+with the codebook term dropped under EMA updates (`vq_ema`, appendix A.1)
+and both dropped for FSQ.
 
 Bound. q(c | x) is a point mass, so KL(q ‖ p) = −log p(c) and
 ELBO = log p(x | z_q) + log p(c). During training p(c) is uniform (KL =
-h·w·log K, a constant); `fit_prior` then trains a PixelCNN over the code maps
-of the training set, after which the `kl` is −log p_PixelCNN(c), the bound
-tightens, and `sample` draws codes from the PixelCNN instead of uniformly.
+Σ_levels h·w·log K, a constant); `keras-vae fit-prior` then trains a gated
+PixelCNN over each level's code maps (a lower level's conditioned on the
+level above), after which `kl` is −log p_PixelCNN(c) in nats, the bound
+tightens, and `sample` draws codes from the PixelCNNs, level by level.
 
-Reported besides: `vq_loss` (the two codebook terms), `perplexity`
-(exp of the entropy of the batch's code usage; K when all codes are used
-evenly) and `used_codes` (distinct codes in the batch).
+Reported besides: `vq_loss`, and per level `perplexity` (exp of the entropy
+of the batch's code usage) and `used_codes` (distinct codes in the batch).
 """
 
 import math
@@ -36,11 +33,10 @@ from keras_vae.hparams import Hyperparameter as H
 from keras_vae.models import register_model
 from keras_vae.models.base import Autoencoder, elbo_terms
 from keras_vae.networks import build_networks
+from keras_vae.quantizers import FiniteScalarQuantizer, VectorQuantizer, parse_levels, perplexity, used_codes
 
-EMA_DECAY = 0.99
-EMA_EPSILON = 1e-5
-PRIOR_FILTERS = 64
-PRIOR_LAYERS = 4
+QUANTIZERS = ("vq", "fsq")
+PRIOR_MIN_LAYERS = 4
 
 
 def code_grid(positions):
@@ -49,179 +45,243 @@ def code_grid(positions):
     return height, positions // height
 
 
-def nearest_codes(z, codebook):
-    """Indices [..., ] of the nearest codebook rows (squared Euclidean) for vectors z [..., D]."""
-    distances = (tf.reduce_sum(z**2, -1, keepdims=True) - 2 * tf.linalg.matmul(z, codebook, transpose_b=True)
-                 + tf.reduce_sum(codebook**2, -1))  # (..., K)
-    return tf.argmin(distances, axis=-1, output_type=tf.int32)
+def keyed(name, level):
+    """The name of a level's part: `name` for the one level of `vq_vae`, `name_level` otherwise."""
+    return f"{name}_{level}" if level else name
 
 
-def perplexity(indices, num_codes):
-    """exp(entropy) of the empirical code distribution of `indices`."""
-    counts = tf.math.bincount(tf.reshape(indices, [-1]), minlength=num_codes, maxlength=num_codes, dtype=tf.float32)
-    p = counts / tf.reduce_sum(counts)
-    return tf.exp(-tf.reduce_sum(tf.math.multiply_no_nan(tf.math.log(p), p)))
+class CodeMapAutoencoder(Autoencoder):
+    """The base of the discrete-code models: quantizers, code priors, the bound, sampling and signatures.
+
+    A subclass names its `levels` (sampled in that order, each one's prior conditioned on the level
+    `prior_condition` names) and defines `code_grids`, `quantize_levels` and `decode_quantized`.
+    """
+
+    hyperparameters = (
+        H("quantizer", str, "vq", "How encoder vectors become codes: a codebook (vq) or finite scalar "
+          "quantization (fsq).", choices=QUANTIZERS, attribute="quantizer_name", reference="Mentzer et al. 2023"),
+        H("codebook_size", int, 512, "Codebook vectors K (per level).", minimum=1, reference="van den Oord et al. 2017"),
+        H("codebook_dim", int, 16, "Numbers per codebook vector D.", minimum=1),
+        H("commitment", float, 0.25, "Weight β of the commitment loss.", minimum=0),
+        H("vq_ema", bool, False, "EMA codebook updates instead of the codebook loss (appendix A.1)."),
+        H("codebook_restart", bool, True, "Move codebook entries unused for a while onto recent encoder outputs.",
+          reference="Dhariwal et al. 2020"),
+        H("fsq_levels", str, "8,5,5,5", "Values per number of an FSQ code (--quantizer fsq): D = their count, "
+          "K = their product.", parse=parse_levels),
+        H("prior_filters", int, 64, "Channels of each gated PixelCNN prior (trained by fit-prior).", minimum=1),
+        H("prior_layers", int, None, "Gated layers of each PixelCNN prior (default: enough for every position to "
+          "see all earlier ones, max(4, h − 3, w − 2)).", minimum=1, nullable=True),
+    )
+    unused_hyperparameters = ("latent_dim",)
+    continuous_code = False
+    levels = ("",)
+
+    def __init__(self, image_shape, **kwargs):
+        super().__init__(image_shape, **kwargs)
+        self.grids = self.code_grids()
+        for level in self.levels:
+            setattr(self, keyed("quantizer", level), self.make_quantizer(keyed("quantizer", level)))
+        for level in self.levels:
+            above = self.prior_condition(level)
+            network = pixelcnn.build_pixelcnn(
+                self.grids[level], self.num_codes, self.prior_filters,
+                self.prior_layers or max(PRIOR_MIN_LAYERS, pixelcnn.covering_depth(self.grids[level])),
+                name=keyed("prior_network", level), condition_grid=self.grids[above] if above else None,
+                condition_codes=self.num_codes if above else None)
+            network.trainable = False  # trained apart, by `fit-prior`
+            setattr(self, keyed("prior_network", level), network)
+        self.prior_fitted = self.add_weight(shape=(), initializer="zeros", trainable=False, name="prior_fitted",
+                                            dtype="float32")
+
+    # ----------------------------------------------------------- structure
+    def code_grids(self):
+        """{level: (h, w)} of the code maps."""
+        raise NotImplementedError
+
+    def prior_condition(self, level):
+        """The level whose codes condition `level`'s prior (None: unconditional)."""
+        return None
+
+    @property
+    def vector_dim(self):
+        """D, the numbers per quantized vector."""
+        return len(parse_levels(self.fsq_levels)) if self.quantizer_name == "fsq" else self.codebook_dim
+
+    @property
+    def num_codes(self):
+        """The size of each level's code alphabet."""
+        return math.prod(parse_levels(self.fsq_levels)) if self.quantizer_name == "fsq" else self.codebook_size
+
+    @property
+    def code_dim(self):
+        """The continuous code `encode` returns: every level's vectors, flattened and concatenated."""
+        return sum(h * w for h, w in self.grids.values()) * self.vector_dim
+
+    def make_quantizer(self, name):
+        if self.quantizer_name == "fsq":
+            return FiniteScalarQuantizer(parse_levels(self.fsq_levels), name=name)
+        return VectorQuantizer(self.codebook_size, self.codebook_dim, self.commitment, self.vq_ema,
+                               self.codebook_restart, name=name)
+
+    def quantizer_of(self, level):
+        return getattr(self, keyed("quantizer", level))
+
+    def prior_of(self, level):
+        return getattr(self, keyed("prior_network", level))
+
+    def code_name(self, level):
+        """The name of a level's code maps in the exports: `indices`, or `indices_top`, `indices_bottom`."""
+        return keyed("indices", level)
+
+    def metric_names(self):
+        per_level = tuple(keyed(name, level) for level in self.levels for name in ("perplexity", "used_codes"))
+        return ("loss", "elbo", "reconstruction_loss", "kl", "vq_loss") + per_level
+
+    # ------------------------------------------------------------ the code
+    def quantize_levels(self, x, training=False, seed=None):
+        """{level: quantizer output (`indices` [B, h, w], `quantized` [B, h, w, D], `loss` [B, h, w])
+        plus `vectors`, the encoder's z_e [B, h, w, D] in float32}."""
+        raise NotImplementedError
+
+    def decode_quantized(self, quantized, training=False):
+        """The decoder's raw output for {level: quantized vectors [B, h, w, D]}."""
+        raise NotImplementedError
+
+    def encode_indices(self, x):
+        """{level: int32 code maps [B, h, w]}."""
+        return {level: out["indices"] for level, out in self.quantize_levels(x).items()}
+
+    def decode_indices(self, codes):
+        """The decoder mean [B, H, W, C] for {level: code maps [B, h, w]}."""
+        quantized = {level: self.quantizer_of(level).lookup(codes[level]) for level in self.levels}
+        return self.likelihood_layer.mean(self.decode_quantized(quantized))
+
+    def encode(self, x, y=None):
+        """The encoder's continuous output z_e of every level, flattened [B, code_dim], and zero spread."""
+        outputs = self.quantize_levels(x)
+        vectors = tf.concat([tf.reshape(outputs[level]["vectors"], [tf.shape(x)[0], -1]) for level in self.levels], 1)
+        return vectors, tf.zeros_like(vectors)
+
+    def probe_features(self, x, y=None):
+        """The code maps as the decoder reads them: every level's quantized vectors, flattened [B, code_dim]."""
+        codes = self.encode_indices(x)
+        return tf.concat([tf.reshape(self.quantizer_of(level).lookup(codes[level]), [tf.shape(x)[0], -1])
+                          for level in self.levels], 1)
+
+    def decode(self, z, y=None):
+        """Continuous codes [B, code_dim] (as `encode` gives) are quantized level by level, then decoded."""
+        z, quantized, start = tf.cast(z, tf.float32), {}, 0
+        for level in self.levels:
+            h, w = self.grids[level]
+            size = h * w * self.vector_dim
+            vectors = tf.reshape(z[:, start : start + size], [-1, h, w, self.vector_dim])
+            quantized[level] = self.quantizer_of(level)(vectors)["quantized"]
+            start += size
+        return self.likelihood_layer.mean(self.decode_quantized(quantized))
+
+    # ------------------------------------------------------------- the prior
+    def level_log_priors(self, codes):
+        """{level: log p(c_level | the levels above) [B]} of {level: code maps}: uniform (h·w·log K) until
+        `fit-prior`, then the PixelCNNs'."""
+        batch = tf.shape(codes[self.levels[0]])[:1]
+
+        def fitted():
+            return {level: pixelcnn.code_log_prob(self.prior_of(level), codes[level], self.condition_codes(level, codes))
+                    for level in self.levels}
+
+        def uniform():
+            return {level: tf.fill(batch, -math.prod(self.grids[level]) * math.log(self.num_codes))
+                    for level in self.levels}
+
+        return tf.cond(self.prior_fitted > 0.5, fitted, uniform)
+
+    def code_log_prior(self, codes):
+        """log p(c) [B] of {level: code maps}, all levels."""
+        return tf.add_n(list(self.level_log_priors(codes).values()))
+
+    def condition_codes(self, level, codes):
+        above = self.prior_condition(level)
+        return codes[above] if above else None
+
+    def sample_indices(self, num_samples, seed, temperature=1.0):
+        """{level: code maps [N, h, w]} from the prior, level by level (stateless in `seed`, an int scalar)."""
+        seed = tf.stack([tf.cast(seed, tf.int32), tf.constant(0, tf.int32)])
+
+        def from_priors():
+            codes = {}
+            for i, level in enumerate(self.levels):
+                codes[level] = pixelcnn.sample_codes(
+                    self.prior_of(level), num_samples, self.grids[level],
+                    tf.random.experimental.stateless_fold_in(seed, i), temperature, self.condition_codes(level, codes))
+            return codes
+
+        def uniform():
+            return {level: tf.random.stateless_uniform(
+                [num_samples, *self.grids[level]], seed=tf.random.experimental.stateless_fold_in(seed, i),
+                maxval=self.num_codes, dtype=tf.int32) for i, level in enumerate(self.levels)}
+
+        return tf.cond(self.prior_fitted > 0.5, from_priors, uniform)
+
+    def sample(self, num_samples, seed=0, temperature=1.0, y=None):
+        """(x_mean [N, H, W, C], {level: code maps [N, h, w]}) drawn from the code prior."""
+        codes = self.sample_indices(num_samples, seed, temperature)
+        return self.decode_indices(codes), codes
+
+    # ---------------------------------------------------------- objective
+    def compute_terms(self, x, training=False, y=None):
+        outputs = self.quantize_levels(self.corrupt(x, training), training, self.noise_seed() if training else None)
+        decoded = self.decode_quantized({level: out["quantized"] for level, out in outputs.items()}, training)
+        reconstruction_loss = -self.likelihood_layer(decoded).log_prob(x)
+        vq_loss = tf.add_n([tf.reduce_sum(out["loss"], axis=[1, 2]) for out in outputs.values()])  # (B,)
+        kl = -self.code_log_prior({level: out["indices"] for level, out in outputs.items()})
+        usage = {}
+        for level, out in outputs.items():
+            usage[keyed("perplexity", level)] = perplexity(out["indices"], self.num_codes)
+            usage[keyed("used_codes", level)] = used_codes(out["indices"])
+        return elbo_terms(reconstruction_loss, kl, vq_loss=vq_loss, **usage)
+
+    def regularizer(self, terms, beta):
+        # The prior's term is constant for the autoencoder (the PixelCNNs are trained apart).
+        return tf.reduce_mean(terms["vq_loss"])
+
+    def importance_log_weights(self, x, num_samples, seed, y=None):
+        """A point-mass posterior: every 'sample' has log weight log p(x | z_q) + log p(c) = the ELBO."""
+        codes = self.encode_indices(x)
+        quantized = {level: self.quantizer_of(level).lookup(codes[level]) for level in self.levels}
+        log_weight = self.likelihood_layer(self.decode_quantized(quantized)).log_prob(x) + self.code_log_prior(codes)
+        return tf.tile(log_weight[None], [num_samples, 1]), log_weight
+
+    def serving_signatures(self, max_samples=None):
+        from keras_vae.serving import code_map_signatures
+
+        return code_map_signatures(self, max_samples)
 
 
 @register_model("vq_vae")
 @keras.saving.register_keras_serializable(package="keras_vae")
-class VQVAE(Autoencoder):
-    """The VQ-VAE: a grid of `latent_dim` discrete codes from a codebook of `codebook_size` entries.
+class VQVAE(CodeMapAutoencoder):
+    """The VQ-VAE: a grid of `latent_dim` discrete codes, through the `architecture`'s networks.
 
-    Args (besides `Autoencoder`'s):
-        codebook_size: K, the number of codebook vectors.
-        codebook_dim: D, the length of each vector.
-        commitment: β of the commitment loss.
-        vq_ema: update the codebook by exponential moving averages instead of its loss.
+    Args (besides `Autoencoder`'s): the quantizer's, see `CodeMapAutoencoder`.
     """
 
     hyperparameters = (
         # Its own declaration: a count of code positions, not a latent size, so no dataset default applies.
         H("latent_dim", int, 16, "Code positions h·w of the code map (as square a grid as h·w allows).",
           minimum=1),
-        H("codebook_size", int, 512, "Codebook vectors K.", minimum=1, reference="van den Oord et al. 2017"),
-        H("codebook_dim", int, 16, "Numbers per codebook vector D.", minimum=1),
-        H("commitment", float, 0.25, "Weight β of the commitment loss.", minimum=0),
-        H("vq_ema", bool, False, "EMA codebook updates instead of the codebook loss (appendix A.1)."),
     )
-    continuous_code = False
 
-    def __init__(self, image_shape, **kwargs):
-        super().__init__(image_shape, **kwargs)
-        self.grid = code_grid(self.latent_dim)
-        limit = math.sqrt(3.0 / self.codebook_dim)  # codebook vectors of unit expected norm
-        aggregation = "only_first_replica"  # EMA statistics are all-reduced before they are assigned
-        self.codebook = self.add_weight(
-            shape=(self.codebook_size, self.codebook_dim), initializer=keras.initializers.RandomUniform(-limit, limit),
-            trainable=not self.vq_ema, name="codebook", dtype="float32", aggregation=aggregation)
-        if self.vq_ema:
-            self.ema_counts = self.add_weight(shape=(self.codebook_size,), initializer="zeros", trainable=False,
-                                              name="ema_counts", dtype="float32", aggregation=aggregation)
-            self.ema_sums = self.add_weight(shape=(self.codebook_size, self.codebook_dim), initializer="zeros",
-                                            trainable=False, name="ema_sums", dtype="float32",
-                                            aggregation=aggregation)
-        self.prior_network = pixelcnn.build_pixelcnn(self.grid, self.codebook_size, PRIOR_FILTERS, PRIOR_LAYERS,
-                                                     name="prior_network")
-        self.prior_network.trainable = False  # trained apart, by `fit_prior`
-        self.prior_fitted = self.add_weight(shape=(), initializer="zeros", trainable=False, name="prior_fitted",
-                                            dtype="float32")
+    def code_grids(self):
+        return {"": code_grid(self.latent_dim)}
 
     def build_networks(self):
-        size = self.latent_dim * self.codebook_dim  # h·w vectors of D numbers, flattened
+        size = self.latent_dim * self.vector_dim  # h·w vectors of D numbers, flattened
         return build_networks(self.architecture, self.image_shape, size, size)
 
-    @property
-    def code_dim(self):
-        return self.latent_dim * self.codebook_dim
+    def quantize_levels(self, x, training=False, seed=None):
+        vectors = tf.reshape(tf.cast(self.encoder(x, training=training), tf.float32),
+                             [-1, *self.grids[""], self.vector_dim])
+        return {"": dict(self.quantizer(vectors, training=training, seed=seed), vectors=vectors)}
 
-    def metric_names(self):
-        return ("loss", "elbo", "reconstruction_loss", "kl", "vq_loss", "perplexity", "used_codes")
-
-    # ------------------------------------------------------------ the code
-    def encoder_vectors(self, x, training=False):
-        """z_e [B, h·w, D] in float32."""
-        z = tf.cast(self.encoder(x, training=training), tf.float32)
-        return tf.reshape(z, [-1, self.latent_dim, self.codebook_dim])
-
-    def nearest_entries(self, vectors):
-        """(indices [B, h·w], z_q [B, h·w, D]) for vectors [B, h·w, D]."""
-        indices = nearest_codes(vectors, self.codebook)
-        return indices, tf.gather(self.codebook, indices)
-
-    def decode_vectors(self, vectors, training=False):
-        """The decoder's raw output for code vectors [B, h·w, D]."""
-        return self.decoder(tf.reshape(vectors, [-1, self.code_dim]), training=training)
-
-    def encode_indices(self, x):
-        """int32 code maps [B, h, w]."""
-        indices, _ = self.nearest_entries(self.encoder_vectors(x))
-        return tf.reshape(indices, [-1, *self.grid])
-
-    def codebook_vectors(self, indices):
-        """The codebook entries [B, h·w, D] of code maps [B, h, w]."""
-        return tf.gather(self.codebook, tf.reshape(indices, [-1, self.latent_dim]))
-
-    def decode_indices(self, indices):
-        """The decoder mean [B, H, W, C] for code maps [B, h, w]."""
-        return self.likelihood_layer.mean(self.decode_vectors(self.codebook_vectors(indices)))
-
-    def encode(self, x, y=None):
-        """The encoder's continuous output z_e, flattened [B, h·w·D], and zero spread."""
-        vectors = tf.reshape(self.encoder_vectors(x), [-1, self.code_dim])
-        return vectors, tf.zeros_like(vectors)
-
-    def decoder_inputs(self, z, y=None):
-        """Continuous codes [B, h·w·D] are quantized to their nearest entries before decoding."""
-        _, quantized = self.nearest_entries(tf.reshape(tf.cast(z, tf.float32), [-1, self.latent_dim, self.codebook_dim]))
-        return tf.reshape(quantized, [-1, self.code_dim])
-
-    # ------------------------------------------------------------- the prior
-    def code_log_prior(self, indices):
-        """log p(c) [B] for code maps [B, h, w]: uniform until `fit_prior`, then the PixelCNN's."""
-        uniform = -self.latent_dim * math.log(self.codebook_size)
-        return tf.cond(self.prior_fitted > 0.5,
-                       lambda: pixelcnn.code_log_prob(self.prior_network, indices),
-                       lambda: tf.fill(tf.shape(indices)[:1], tf.constant(uniform, tf.float32)))
-
-    def sample_indices(self, num_samples, seed, temperature=1.0):
-        """Code maps [N, h, w] from the prior (stateless in `seed`, an int scalar)."""
-        seed = tf.stack([tf.cast(seed, tf.int32), tf.constant(0, tf.int32)])
-        return tf.cond(
-            self.prior_fitted > 0.5,
-            lambda: pixelcnn.sample_codes(self.prior_network, num_samples, self.grid, seed, temperature),
-            lambda: tf.random.stateless_uniform([num_samples, *self.grid], seed=seed, maxval=self.codebook_size,
-                                                dtype=tf.int32))
-
-    def sample(self, num_samples, seed=0, temperature=1.0, y=None):
-        """(x_mean [N, H, W, C], code maps [N, h, w]) drawn from the code prior."""
-        indices = self.sample_indices(num_samples, seed, temperature)
-        return self.decode_indices(indices), indices
-
-    # ---------------------------------------------------------- objective
-    def compute_terms(self, x, training=False, y=None):
-        vectors = self.encoder_vectors(self.corrupt(x, training), training)  # (B, P, D)
-        indices, quantized = self.nearest_entries(vectors)
-        if training and self.vq_ema:
-            self.update_codebook(vectors, indices)
-        straight_through = vectors + tf.stop_gradient(quantized - vectors)
-        reconstruction_loss = -self.likelihood_layer(self.decode_vectors(straight_through, training)).log_prob(x)
-        commitment = tf.reduce_sum(tf.square(vectors - tf.stop_gradient(quantized)), axis=[1, 2])  # (B,)
-        vq_loss = self.commitment * commitment
-        if not self.vq_ema:
-            vq_loss += tf.reduce_sum(tf.square(tf.stop_gradient(vectors) - quantized), axis=[1, 2])
-        kl = -self.code_log_prior(tf.reshape(indices, [-1, *self.grid]))
-        used_codes = tf.cast(tf.size(tf.unique(tf.reshape(indices, [-1]))[0]), tf.float32)
-        return elbo_terms(reconstruction_loss, kl, vq_loss=vq_loss,
-                          perplexity=perplexity(indices, self.codebook_size), used_codes=used_codes)
-
-    def regularizer(self, terms, beta):
-        # The prior's term is constant for the autoencoder (the PixelCNN is trained apart).
-        return tf.reduce_mean(terms["vq_loss"])
-
-    def update_codebook(self, vectors, indices):
-        """One EMA step (van den Oord et al. 2017, A.1), with statistics summed over replicas."""
-        flat = tf.reshape(vectors, [-1, self.codebook_dim])
-        one_hot = tf.one_hot(tf.reshape(indices, [-1]), self.codebook_size, dtype=tf.float32)  # (N, K)
-        counts, sums = tf.reduce_sum(one_hot, 0), tf.matmul(one_hot, flat, transpose_a=True)  # (K,), (K, D)
-        context = tf.distribute.get_replica_context()
-        if context is not None:
-            counts, sums = context.all_reduce("SUM", [counts, sums])
-        self.ema_counts.assign(EMA_DECAY * self.ema_counts + (1 - EMA_DECAY) * counts)
-        self.ema_sums.assign(EMA_DECAY * self.ema_sums + (1 - EMA_DECAY) * sums)
-        total = tf.reduce_sum(self.ema_counts)
-        # Laplace smoothing keeps unused entries from dividing by zero.
-        smoothed = (self.ema_counts + EMA_EPSILON) / (total + self.codebook_size * EMA_EPSILON) * total
-        # Entries never assigned yet keep their initial vectors.
-        self.codebook.assign(tf.where(self.ema_counts[:, None] > 0, self.ema_sums / smoothed[:, None], self.codebook))
-
-    def importance_log_weights(self, x, num_samples, seed, y=None):
-        """A point-mass posterior: every 'sample' has log weight log p(x | z_q) + log p(c) = the ELBO."""
-        indices = self.encode_indices(x)
-        log_likelihood = self.likelihood_layer(self.decode_vectors(self.codebook_vectors(indices))).log_prob(x)
-        log_weight = log_likelihood + self.code_log_prior(indices)
-        return tf.tile(log_weight[None], [num_samples, 1]), log_weight
-
-    def serving_signatures(self, max_samples=None):
-        from keras_vae.serving import vq_signatures
-
-        return vq_signatures(self, max_samples)
+    def decode_quantized(self, quantized, training=False):
+        return self.decoder(tf.reshape(quantized[""], [-1, self.latent_dim * self.vector_dim]), training=training)

@@ -143,8 +143,9 @@ def fit_prior(run_dir, epochs, batch_size, learning_rate, export_dir, export):
 
     result = run_fit_prior(run_dir, epochs, batch_size, learning_rate, export, export_dir)
     exported = f"; exported to {result['export_path']}" if result["export_path"] else ""
-    click.echo(f"Done. Test -log p(code map) {result['test_nats']:.2f} nats under the PixelCNN "
-               f"(uniform prior: {result['uniform_nats']:.2f}){exported}.")
+    click.echo(f"Done. Test -log p(code maps) {result['test_nats']:.2f} nats under the PixelCNN priors "
+               f"(uniform prior: {result['uniform_nats']:.2f}), trained on {result['replicas']} "
+               f"replica{'s' if result['replicas'] > 1 else ''}{exported}.")
 
 
 @cli.command()

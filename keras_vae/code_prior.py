@@ -14,6 +14,7 @@ from keras_vae.data.splits import batches, load_split
 from keras_vae.errors import UserError
 from keras_vae.export import export_saved_model, save_keras_model
 from keras_vae.files import write_json
+from keras_vae.models import get_model_class
 from keras_vae.models.vq import keyed
 
 
@@ -54,21 +55,21 @@ def fit_prior(run_dir, epochs=20, batch_size=128, learning_rate=1e-3, export=Tru
 
     Returns:
         dict with `history` ({"prior" or "prior_<level>": {loss, val_loss}} in nats per code map), `test_nats` (−log p(c) per
-        example on the test split, all levels), `uniform_nats` (Σ h·w·log K) and `export_path`.
+        example on the test split, all levels), `uniform_nats` (Σ h·w·log K), `export_path` and `replicas`
+        (the replicas the priors were trained on).
     """
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("learning_rate", learning_rate)):
         RUN_HYPERPARAMETERS[name].check(value)
-    config, model = runs.load_run(run_dir)
-    if not hasattr(model, "prior_of"):
+    config = runs.finished_run_config(run_dir)
+    if not hasattr(get_model_class(config.model), "prior_of"):
         raise UserError(f"fit-prior trains the code priors of a discrete-code run (vq_vae, vq_vae2); {run_dir} "
                         f"holds a {config.model} model.")
-    strategy = distribute.make_strategy(config.strategy, config.cpu_replicas)
+    strategy = distribute.make_strategy(config.strategy, config.cpu_replicas)  # before anything starts TF's devices
     if batch_size % strategy.num_replicas_in_sync:
         raise UserError(f"--batch-size must divide evenly over the run's {strategy.num_replicas_in_sync} replicas. "
                         f"Received: batch_size={batch_size}.")
-    if strategy is not tf.distribute.get_strategy():
-        with strategy.scope():
-            _, model = runs.load_run(run_dir)  # its variables under the run's strategy
+    with strategy.scope():
+        _, model = runs.load_run(run_dir)  # its variables under the run's strategy
     dataset = load_dataset(config.dataset, config.data_dir, config.seed)
     train_codes, test_codes = (code_maps(model, load_split(config, split, dataset)) for split in ("train", "test"))
     keras.utils.set_random_seed(config.seed)
@@ -91,7 +92,8 @@ def fit_prior(run_dir, epochs=20, batch_size=128, learning_rate=1e-3, export=Tru
     write_json(os.path.join(run_dir, runs.PRIOR_HISTORY_FILE), history)
     positions = sum(math.prod(grid) for grid in model.grids.values())
     result = {"history": history, "test_nats": sum(h["val_loss"][-1] for h in history.values()),
-              "uniform_nats": positions * math.log(model.num_codes), "export_path": None}
+              "uniform_nats": positions * math.log(model.num_codes), "export_path": None,
+              "replicas": strategy.num_replicas_in_sync}
     if export:
         result["export_path"] = export_saved_model(model, export_dir or config.export_dir,
                                                    runs.export_name(config, run_dir))

@@ -111,20 +111,25 @@ def remove_export_record(run_dir):
         pass
 
 
-def load_run(run_dir):
-    """(config, model) of a finished run directory, for export, evaluation and pictures."""
-    import keras
-
-    config_path = os.path.join(run_dir, CONFIG_FILE)
-    model_path = os.path.join(run_dir, MODEL_FILE)
+def finished_run_config(run_dir):
+    """The FitConfig of a finished run directory, read without starting TensorFlow's devices (so that a
+    strategy can still split them)."""
     if not os.path.isdir(run_dir):
         raise UserError(f"Run directory {run_dir} does not exist.")
-    if not os.path.exists(config_path) or not os.path.exists(model_path):
+    if not all(os.path.exists(os.path.join(run_dir, name)) for name in (CONFIG_FILE, MODEL_FILE)):
         raise UserError(
             f"{run_dir} holds no finished model: expected {CONFIG_FILE} and {MODEL_FILE} there "
             "(they are written when `keras-vae fit` completes)."
         )
-    config = load_config(config_path)  # also registers the model classes with Keras
+    return load_config(os.path.join(run_dir, CONFIG_FILE))  # also registers the model classes with Keras
+
+
+def load_run(run_dir):
+    """(config, model) of a finished run directory, for export, evaluation and pictures."""
+    import keras
+
+    config = finished_run_config(run_dir)
+    model_path = os.path.join(run_dir, MODEL_FILE)
     try:
         model = keras.saving.load_model(model_path)
     except Exception as error:  # noqa: BLE001 - any failure to read the file

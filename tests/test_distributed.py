@@ -84,6 +84,23 @@ def test_mirrored_fit_follows_the_one_device_training_curve(sprites_npz, tmp_pat
         np.testing.assert_allclose(histories["two"][key], histories["one"][key], rtol=0.03, err_msg=key)
 
 
+def test_fit_prior_trains_under_the_runs_own_strategy(sprites_npz, tmp_path):
+    """A vq_vae2 trained on 2 mirrored CPU replicas gets its priors fitted on 2 replicas too."""
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        fit_command("--dataset", sprites_npz, "--epochs", "1", "--batch-size", "64", "--model", "vq_vae2",
+                    "--channels", "16", "--residual-channels", "8", "--codebook-size", "16", "--no-export",
+                    "--run-dir", str(run_dir), "--strategy", "mirrored", "--cpu-replicas", "2"),
+        capture_output=True, text=True, env=env(), cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = subprocess.run([sys.executable, "-m", "keras_vae.cli", "fit-prior", str(run_dir), "--epochs", "1",
+                             "--batch-size", "64", "--no-export"], capture_output=True, text=True, env=env(), cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "trained on 2 replicas" in result.stdout
+    history = json.loads((run_dir / "prior_history.json").read_text())
+    assert history["prior_bottom"]["val_loss"][-1] < 8 * 8 * np.log(16)  # below the uniform prior
+
+
 def free_ports(count):
     sockets = [socket.socket() for _ in range(count)]
     for s in sockets:

@@ -8,7 +8,8 @@ families derive from it as siblings:
 
 - the continuous-latent VAEs (`vae.VAE`, with a posterior q(z|x) and a prior
   p(z)), and the deterministic autoencoders (`ae.AE`);
-- the discrete-code VQ-VAEs (`vq.VQVAE`).
+- the discrete-code models (`vq.CodeMapAutoencoder`: `vq_vae`, and `vq_vae2` in
+  `vq_vae2.py`).
 
 A model declares its hyperparameters once, as `hyperparameters` (a tuple of
 `keras_vae.hparams.Hyperparameter`), and inherits its parent's; a variant

@@ -112,9 +112,9 @@ def traversal_grid(model, x, kl_per_dim, value_range=3.0, steps=10, dims=None, y
 def manifold_grid(model, kl_per_dim, size=15, y=None):
     """The decoded grid over the prior's quantiles 5%..95% of two dimensions (the two with the
     most KL when the latent space is larger; the others at 0, the prior mean)."""
-    dims = [0, 1] if model.code_dim == 2 else dims_by_kl(kl_per_dim)[:2]
     if model.code_dim < 2:
         raise UserError("manifold needs a latent space of at least 2 dimensions.")
+    dims = [0, 1] if model.code_dim == 2 else dims_by_kl(kl_per_dim)[:2]
     quantiles = [NormalDist().inv_cdf(p) for p in np.linspace(0.05, 0.95, size)]
     codes = []
     for row in reversed(quantiles):  # top row = high values of the second dimension
@@ -222,7 +222,8 @@ def manifold_picture(model, data, size=15, label=None):
     label = check_label(model, label)
     if model.uses_labels and label is None:
         label = 0
-    return manifold_grid(model, mean_kl_per_dim(model, data), size, y=label)
+    kl_per_dim = mean_kl_per_dim(model, data) if model.code_dim > 2 else None  # it only picks 2 of more dims
+    return manifold_grid(model, kl_per_dim, size, y=label)
 
 
 def attribute_picture(model, data, label, num=8, steps=8, scale=1.5):

@@ -161,6 +161,18 @@ def test_every_picture_command_writes_a_png_of_the_expected_size(run_dir, tmp_pa
     assert png_size(out) == size
 
 
+def test_a_two_dimensional_manifold_needs_no_kl_ordering(monkeypatch):
+    from keras_vae import explore
+    from keras_vae.config import FitConfig
+    from keras_vae.data.splits import Split
+    from keras_vae.models import build_model
+
+    model = build_model(FitConfig(latent_dim=2), (8, 8, 1))
+    monkeypatch.setattr(explore, "mean_kl_per_dim", lambda *_: pytest.fail("the KL of a 2-D code was computed"))
+    grid = explore.manifold_picture(model, Split("test", np.zeros((4, 8, 8, 1), np.float32), None, None), size=3)
+    assert grid.shape == (3 * 10 + 2, 3 * 10 + 2, 1)
+
+
 def test_pictures_are_also_logged_to_tensorboard(run_dir, tmp_path):
     invoke(*["sample", run_dir, "--out", str(tmp_path / "s.png"), "--num", "4"])
     events = [os.path.join(run_dir, "logs", "explore", f) for f in os.listdir(os.path.join(run_dir, "logs", "explore"))]

@@ -130,8 +130,11 @@ def write_archive(model, path, max_samples=None):
     archive.write_out(path, verbose=False)
 
 
-def save_keras_model(model, path):
-    """Saves the native `.keras` file atomically (temporary name, then rename)."""
+def save_keras_model(model, path, replace=True):
+    """Saves the native `.keras` file atomically: to a temporary name, then renamed to `path` (unless
+    `replace` is False: the caller renames it, together with other files). Returns the temporary name."""
     temporary = path + ".tmp.keras"
     model.save(temporary)
-    os.replace(temporary, path)
+    if replace:
+        os.replace(temporary, path)
+    return temporary

@@ -74,9 +74,10 @@ def write_history(path, history):
 
 def save_finished_run(run_dir, model, history, config):
     """model.keras, history.json and config.json of a finished run, staged and then renamed together."""
+    from keras_vae.export import save_keras_model
+
     model_path = os.path.join(run_dir, MODEL_FILE)
-    staged = {model_path + ".tmp.keras": model_path}
-    model.save(model_path + ".tmp.keras")
+    staged = {save_keras_model(model, model_path, replace=False): model_path}
     for name, values in ((HISTORY_FILE, plain_history(history)), (CONFIG_FILE, config.to_dict())):
         path = os.path.join(run_dir, name)
         staged[write_json(path, values, replace=False)] = path

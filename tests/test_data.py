@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_images
-from keras_vae.data import datasets, idx, pipeline, sprites
+from keras_vae.data import datasets, dsprites, idx, pipeline, sprites
 from keras_vae.data.datasets import load_dataset
 from keras_vae.errors import UserError
 
@@ -110,6 +110,54 @@ def test_sprites_positions_follow_the_x_and_y_factors():
     left, right = sprites.render([[1, 3, 0, 0, 16], [1, 3, 0, 31, 16]], 64)
     column = lambda image: np.nonzero(image[..., 0])[1].mean()  # noqa: E731
     assert column(left) < 28 < 36 < column(right)
+
+
+TINY_GRID = (3, 2, 4, 4, 4)  # 384 combinations: dSprites' factors, coarser
+
+
+def fake_dsprites_npz(path, factor_sizes=TINY_GRID):
+    """A file laid out like the original (colour first, row-major), with images that encode their own index."""
+    grid = dsprites.rendered(8, factor_sizes)
+    classes = grid.factors_of(np.arange(grid.num_images))
+    images = np.zeros((grid.num_images, 64, 64), np.uint8)
+    images[:, 0, :12] = np.unpackbits(np.arange(grid.num_images, dtype=">u2").view(np.uint8)).reshape(-1, 16)[:, 4:]
+    np.savez(path, imgs=images, latents_classes=np.concatenate([np.zeros((len(classes), 1), np.int64), classes], 1))
+    return images
+
+
+def test_dsprites_is_the_whole_grid_split_into_disjoint_seeded_samples():
+    data = datasets.load_dsprites(seed=1, factor_sizes=TINY_GRID)
+    grid = data.ground_truth
+    assert grid.num_images == 384 and data.x_train.shape[1:] == (64, 64, 1)
+    train, test = grid.index_of(data.factors_train), grid.index_of(data.factors_test)
+    assert len(train) + len(test) == 384 and not set(train) & set(test)  # every grid point, each in one split
+    np.testing.assert_array_equal(data.x_test, sprites.render(data.factors_test, 64))
+    np.testing.assert_array_equal(data.y_train, data.factors_train[:, 0])
+    np.testing.assert_array_equal(grid.factors_of(grid.index_of(data.factors_train)), data.factors_train)
+    again = datasets.load_dsprites(seed=1, factor_sizes=TINY_GRID)
+    other = datasets.load_dsprites(seed=2, factor_sizes=TINY_GRID)
+    np.testing.assert_array_equal(again.factors_test, data.factors_test)
+    assert not np.array_equal(other.factors_test, data.factors_test)
+    # Sampling with a factor held fixed, as the BetaVAE and FactorVAE scores do.
+    factors = grid.sample_factors(500, np.random.default_rng(0))
+    assert factors.shape == (500, 5) and (factors.max(0) == np.array(TINY_GRID) - 1).all() and factors.min() == 0
+    factors[:, 2] = 3
+    assert (grid.observations(factors[:4]) == sprites.render(factors[:4], 64)).all()
+    with pytest.raises(ValueError, match="Received: array of shape"):
+        grid.observations([[0, 0, 4, 0, 0]])  # orientation 4 lies outside this 4-value grid
+
+
+def test_dsprites_reads_the_original_npz_from_the_data_dir(tmp_path):
+    images = fake_dsprites_npz(tmp_path / dsprites.NPZ_NAME)
+    data = datasets.load_dsprites(str(tmp_path), seed=0, factor_sizes=TINY_GRID)
+    index = data.ground_truth.index_of(data.factors_test)
+    np.testing.assert_array_equal(data.x_test[..., 0], images[index] * 255)  # each image found by its factors
+    shuffled = tmp_path / "shuffled"
+    shuffled.mkdir()
+    with np.load(tmp_path / dsprites.NPZ_NAME) as f:
+        np.savez(shuffled / dsprites.NPZ_NAME, imgs=f["imgs"], latents_classes=f["latents_classes"][::-1])
+    with pytest.raises(UserError, match="row-major order"):
+        datasets.load_dsprites(str(shuffled), factor_sizes=TINY_GRID)
 
 
 def test_unknown_dataset_lists_the_valid_names():

@@ -10,7 +10,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from keras_vae.data import idx, sprites
+from keras_vae.data import dsprites, idx, sprites
 from keras_vae.errors import UserError
 from keras_vae.registry import Registry
 
@@ -42,6 +42,7 @@ class Dataset:
     factors_test: Optional[np.ndarray] = None
     factor_names: Tuple[str, ...] = ()
     num_classes: int = 0
+    ground_truth: Optional[dsprites.FactorImages] = None  # every factor combination and its image
 
     @property
     def image_shape(self):
@@ -206,6 +207,7 @@ def load_sprites(data_dir=None, seed=0, size=64, num_train=20000, num_test=2000)
         factors_test=f_test,
         factor_names=sprites.FACTOR_NAMES,
         num_classes=len(sprites.SHAPES),
+        ground_truth=dsprites.rendered(size),
     )
 
 
@@ -215,6 +217,18 @@ def load_sprites28(data_dir=None, seed=0):
     dataset = load_sprites(seed=seed, size=28)
     dataset.name = "sprites28"
     return dataset
+
+
+@DATASETS.register("dsprites")
+def load_dsprites(data_dir=None, seed=0, factor_sizes=dsprites.FACTOR_SIZES, num_train=dsprites.NUM_TRAIN,
+                  num_test=dsprites.NUM_TEST):
+    """dSprites' full factor grid (the original npz in --data-dir, else rendered): a seeded sample to train on
+    (100,000 of its 737,280 images) and 10,000 other grid points to test on; the metrics draw from all of it."""
+    grid = dsprites.source(data_dir, 64, factor_sizes)
+    x_train, f_train, x_test, f_test = dsprites.sample_splits(grid, seed, num_train, num_test)
+    return Dataset(name="dsprites", x_train=x_train, x_test=x_test, y_train=f_train[:, 0], y_test=f_test[:, 0],
+                   factors_train=f_train, factors_test=f_test, factor_names=sprites.FACTOR_NAMES,
+                   num_classes=len(sprites.SHAPES), ground_truth=grid)
 
 
 # ------------------------------------------------------------ the user's files

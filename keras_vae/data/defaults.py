@@ -22,6 +22,7 @@ DATASET_DEFAULTS = {
     "sprites": {"architecture": "conv-64", "latent_dim": 10, "batch_size": 32, "precision": "auto",
                 "prior": "mog", "prior_components": 100},
 }
+DATASET_DEFAULTS["dsprites"] = DATASET_DEFAULTS["sprites"]  # the same images, drawn from the whole grid
 LARGE_IMAGE = 48  # pixels per side from which the user's images take `sprites`' defaults
 
 

@@ -18,7 +18,7 @@ Real images are lightly blurred and dimmed in training so that a decoder's
 soft (Bernoulli-mean) edges are not held against it; only shapes that a
 person would no longer name are rejected. The judge is trained once,
 deterministically, and cached under the user's cache directory
-(`KERAS_VAE_CACHE`, default `~/.cache/keras_vae`), keyed by its recipe.
+(`keras_vae.files.cache_dir`: `KERAS_VAE_CACHE`, default `~/.cache/keras_vae`), keyed by its recipe.
 
     >>> judge = load_judge()
     >>> sample_scores(judge, model.sample(1000, seed=0))
@@ -31,6 +31,7 @@ import os
 import numpy as np
 
 from keras_vae.data import sprites
+from keras_vae.files import cache_dir
 
 SHAPE_CLASSES = sprites.SHAPES + ("not a sprite",)
 REJECT = len(sprites.SHAPES)
@@ -41,7 +42,6 @@ POSITION_TOLERANCE = 2
 # code that makes the training images or the network changes.
 RECIPE = dict(version=4, num_train=15000, num_reject=6000, epochs=8, batch_size=128, seed=0,
               light_blur=1.2, heavy_blur=(2.5, 5.0), dim=(0.6, 1.0))
-CACHE_ENV = "KERAS_VAE_CACHE"
 
 
 # ----------------------------------------------------------------- pure scores
@@ -193,8 +193,7 @@ def recipe_key(recipe=RECIPE):
 
 
 def cache_path(recipe=RECIPE):
-    base = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "keras_vae")
-    return os.path.join(base, f"sprites-judge-{recipe_key(recipe)}.weights.h5")
+    return cache_dir(f"sprites-judge-{recipe_key(recipe)}.weights.h5")
 
 
 def load_judge(recipe=RECIPE, log=print):

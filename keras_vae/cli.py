@@ -211,12 +211,23 @@ def predict(saved_model, signature, input_path, num_samples, seed, label, output
 @click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
 @click.option("--iw-samples", type=int, default=1000, show_default=True, help="K importance samples for nll_iw (5000 is the literature standard).")
 @click.option("--batch-size", type=int, default=100, show_default=True)
+@click.option("--sample-metrics", is_flag=True,
+              help="Add FID, KID, precision/recall and Inception Score of samples, rFID, PSNR and SSIM.")
+@click.option("--num-samples", type=click.IntRange(min=2), help="Prior samples for --sample-metrics (default: the split's size).")
+@click.option("--disentanglement", is_flag=True,
+              help="Add BetaVAE, FactorVAE, SAP, DCI, modularity and explicitness (datasets with factors).")
+@click.option("--disentanglement-points", type=click.IntRange(min=2),
+              help="Training points of each disentanglement metric (default: disentanglement_lib's 10,000).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-def evaluate(run_dir, split, iw_samples, batch_size, as_json):
-    """ELBO, importance-weighted -log p(x), bits/dim, active units, probe accuracy, MIG."""
+def evaluate(run_dir, split, iw_samples, batch_size, sample_metrics, num_samples, disentanglement,
+             disentanglement_points, as_json):
+    """ELBO, importance-weighted -log p(x), bits/dim, active units, probe accuracy, MIG; on request sample
+    quality and disentanglement."""
     from keras_vae.evaluate import evaluate_run, format_table
 
-    result = evaluate_run(run_dir, split, iw_samples, batch_size, progress=not as_json)
+    result = evaluate_run(run_dir, split, iw_samples, batch_size, progress=not as_json, sample_metrics=sample_metrics,
+                          num_samples=num_samples, disentanglement=disentanglement,
+                          disentanglement_points=disentanglement_points, log=lambda message: click.echo(message, err=as_json))
     click.echo(json.dumps(result) if as_json else format_table(result))
 
 

@@ -1,4 +1,10 @@
-"""`keras-vae evaluate`: how well a trained model models its data, in nats per example."""
+"""`keras-vae evaluate`: how well a trained model models its data, in nats per example.
+
+On request it adds what the literature reports beside likelihoods: the
+quality of samples and reconstructions in a feature network's space
+(`sample_quality`) and the disentanglement scores of disentanglement_lib
+on datasets with ground-truth factors (`disentanglement_scores`).
+"""
 
 import math
 
@@ -6,17 +12,31 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_vae import disentanglement as disentanglement_lib
 from keras_vae import losses, metrics
-from keras_vae.codes import labelled_batches, probe_features
+from keras_vae import sample_quality as sample_quality_lib
+from keras_vae.codes import labelled_batches, model_labels, probe_features
 from keras_vae.data.datasets import load_dataset
-from keras_vae.data.splits import load_split
+from keras_vae.data.pipeline import to_unit_float
+from keras_vae.data.splits import fixed_binarization, load_split
 from keras_vae.errors import UserError
+from keras_vae.feature_net import feature_network_for
 from keras_vae.runs import load_run
 
 EVALUATION_KEYS = (
     "elbo", "reconstruction_loss", "kl", "nll_iw", "bits_per_dim", "active_units", "kl_per_dim",
     "linear_probe_accuracy", "mig", "code_levels",
 )
+SAMPLE_KEYS = ("fid", "kid", "kid_std", "precision", "recall", "inception_score", "inception_score_std", "rfid",
+               "psnr", "ssim", "num_samples", "feature_network")
+DISENTANGLEMENT_NAMES = {  # key -> name in the table; each metric's protocol is in keras_vae.disentanglement
+    "beta_vae_score": "BetaVAE score", "factor_vae_score": "FactorVAE score", "dsprites_mig": "MIG (factor grid)",
+    "sap": "SAP", "dci_disentanglement": "DCI disentanglement", "dci_completeness": "DCI completeness",
+    "dci_informativeness": "DCI informativeness", "modularity": "modularity", "explicitness": "explicitness",
+}
+DISENTANGLEMENT_KEYS = (*DISENTANGLEMENT_NAMES, "disentanglement_points")
+DISENTANGLEMENT_POINTS = 10_000  # disentanglement_lib's training points per metric
+PSNR_CAP = 100.0  # dB: a pixel-exact reconstruction has infinite PSNR; it counts as this in the mean
 MAX_DECODER_ROWS = 4000  # importance samples x batch per chunk: bounds memory for any K (~0.6 GB for conv-small)
 
 
@@ -102,13 +122,135 @@ def count_codes(model, x, levels=None):
             for level, (nats, used) in levels.items()}
 
 
-def evaluate_run(run_dir, split="test", iw_samples=1000, batch_size=100, progress=True):
-    """Loads a run directory and evaluates it (the library call behind `keras-vae evaluate`)."""
+def sample_quality(model, originals, measured, network, num_samples=None, batch_size=500, seed=0):
+    """The quality of the model's samples and reconstructions, in `network`'s feature space.
+
+    Decoder means are intensities, so the reference distribution is the split as stored (`originals`: the
+    grey images of a binarized run). PSNR and SSIM compare each reconstruction with the image the model was
+    given (`measured`: the binarized images of a binarized run).
+
+    Args:
+        model: a trained model.
+        originals, measured: the same split as `Split`s, as stored and as the model reads it.
+        network: a `keras_vae.feature_net.FeatureNetwork`.
+        num_samples: prior samples to draw (default: as many as the split has images).
+        seed: seeds the samples (stateless: the same seed gives the same numbers).
+
+    Returns:
+        dict with SAMPLE_KEYS: `fid`, `kid` (± `kid_std`), `precision`, `recall`, `inception_score`
+        (± std) of the samples against the split; `rfid` of the reconstructions; mean `psnr` (dB) and `ssim`;
+        `num_samples`; and `feature_network` (name, weights digest, test accuracy).
+    """
+    count = len(originals.x) if num_samples is None else num_samples
+    if count < 2:
+        raise UserError(f"--num-samples must be at least 2 (a covariance needs two). Received: {count}.")
+    labels = model_labels(model, originals)
+    samples = []
+    for index, start in enumerate(range(0, count, batch_size)):
+        size = min(batch_size, count - start)
+        # A conditional model draws the split's own label mix, cycled.
+        y = None if labels is None else tf.constant(np.resize(labels, count)[start : start + size], tf.int32)
+        samples.append(np.asarray(model.sample(size, seed=seed * 100_003 + index, y=y)[0]))
+    samples = np.concatenate(samples)
+    reconstructions = np.concatenate([np.asarray(model.reconstruct(x, y))
+                                      for x, y in labelled_batches(model, measured, batch_size)])
+    real, fake, rebuilt = (network.features(images) for images in (originals.x, samples, reconstructions))
+    kid, kid_std = sample_quality_lib.kid(real, fake)
+    precision, recall = sample_quality_lib.precision_recall(real, fake)
+    inception_score, inception_score_std = sample_quality_lib.inception_score(network.probabilities(samples))
+    psnr = sample_quality_lib.psnr(reconstructions, measured.x)
+    return {
+        "fid": sample_quality_lib.fid(real, fake), "kid": kid, "kid_std": kid_std, "precision": precision,
+        "recall": recall, "inception_score": inception_score, "inception_score_std": inception_score_std,
+        "rfid": sample_quality_lib.fid(real, rebuilt),
+        "psnr": float(np.mean(np.minimum(psnr, PSNR_CAP))),
+        "ssim": float(np.mean(sample_quality_lib.ssim(reconstructions, measured.x)))
+        if min(measured.x.shape[1:3]) >= sample_quality_lib.SSIM_WINDOW else None,  # smaller images have none
+        "num_samples": count, "feature_network": network.description(),
+    }
+
+
+def code_representation(model, config, batch_size=500):
+    """Factor-grid images (uint8) -> the model's codes [n, L] (posterior means), measured as the run measures."""
+    features = tf.function(lambda x: model.probe_features(x, None), reduce_retracing=True)  # 2x faster than eager
+
+    def represent(images):
+        x = to_unit_float(fixed_binarization(config, images))
+        return np.concatenate([features(tf.constant(x[i : i + batch_size])).numpy()
+                               for i in range(0, len(x), batch_size)])
+    return represent
+
+
+def check_disentanglement(model, dataset, config, points=None):
+    """The number of points to use, or a UserError saying why the run cannot be scored."""
+    if dataset.ground_truth is None:
+        raise UserError(f"--disentanglement needs a dataset with ground-truth factors (dsprites, sprites, "
+                        f"sprites28); {config.dataset} has none.")
+    if model.uses_labels:
+        raise UserError(f"--disentanglement scores a code of x alone; {config.model} reads the label too.")
+    points = DISENTANGLEMENT_POINTS if points is None else points
+    if points < 2:
+        raise UserError(f"--disentanglement-points must be at least 2. Received: {points}.")
+    return points
+
+
+def disentanglement_scores(model, dataset, config, points=None, seed=0):
+    """disentanglement_lib's scores of the model's codes on the dataset's factor grid.
+
+    Each metric draws its own factor combinations from the whole grid (not only the training sample) with a
+    generator seeded by `seed`. `points` sets every metric's training points (disentanglement_lib's 10,000 by
+    default) and half as many evaluation points.
+
+    Returns:
+        dict with DISENTANGLEMENT_KEYS: the test (eval) figure of each metric and the points used.
+
+    Raises:
+        UserError: the dataset has no ground-truth factors, or the model's code needs labels.
+    """
+    points = check_disentanglement(model, dataset, config, points)
+    ground_truth, represent = dataset.ground_truth, code_representation(model, config)
+    train, test = {"num_train": points}, {"num_test": points // 2}
+    score = {name: metric(ground_truth, represent, np.random.default_rng([seed, index]), **sizes)
+             for index, (name, metric, sizes) in enumerate((
+                 ("beta_vae", disentanglement_lib.beta_vae_score, {**train, "num_eval": points // 2}),
+                 ("factor_vae", disentanglement_lib.factor_vae_score,
+                  {**train, "num_eval": points // 2, "num_variance_estimate": points}),
+                 ("mig", disentanglement_lib.mig, train), ("sap", disentanglement_lib.sap_score, {**train, **test}),
+                 ("dci", disentanglement_lib.dci, {**train, **test}),
+                 ("modularity", disentanglement_lib.modularity_explicitness, {**train, **test})))}
+    return {
+        "beta_vae_score": score["beta_vae"]["eval_accuracy"], "factor_vae_score": score["factor_vae"]["eval_accuracy"],
+        "dsprites_mig": score["mig"]["discrete_mig"], "sap": score["sap"]["sap_score"],
+        "dci_disentanglement": score["dci"]["disentanglement"], "dci_completeness": score["dci"]["completeness"],
+        "dci_informativeness": score["dci"]["informativeness_test"],
+        "modularity": score["modularity"]["modularity_score"],
+        "explicitness": score["modularity"]["explicitness_score_test"], "disentanglement_points": points,
+    }
+
+
+def evaluate_run(run_dir, split="test", iw_samples=1000, batch_size=100, progress=True, sample_metrics=False,
+                 num_samples=None, disentanglement=False, disentanglement_points=None, cache_dir=None, log=print):
+    """Loads a run directory and evaluates it (the library call behind `keras-vae evaluate`).
+
+    `sample_metrics` adds SAMPLE_KEYS (`sample_quality`; the feature network is trained once per dataset and
+    cached), `disentanglement` adds DISENTANGLEMENT_KEYS (`disentanglement_scores`; datasets with ground-truth
+    factors). Keys not asked for are None.
+    """
     config, model = load_run(run_dir)
     dataset = load_dataset(config.dataset, config.data_dir, config.seed)
     data = load_split(config, split, dataset)
     train_data = load_split(config, "train", dataset) if data.y is not None else None
-    return evaluate_model(model, data, iw_samples, batch_size, train_data, progress)
+    if disentanglement:  # the cheap checks before the long work
+        check_disentanglement(model, dataset, config, disentanglement_points)
+    network = feature_network_for(dataset, cache_dir=cache_dir, log=log) if sample_metrics else None
+    result = evaluate_model(model, data, iw_samples, batch_size, train_data, progress)
+    result.update(dict.fromkeys(SAMPLE_KEYS + DISENTANGLEMENT_KEYS))
+    if sample_metrics:
+        originals = load_split(config.replace(binarize="none"), split, dataset)
+        result.update(sample_quality(model, originals, data, network, num_samples, max(batch_size, 500), config.seed))
+    if disentanglement:
+        result.update(disentanglement_scores(model, dataset, config, disentanglement_points, config.seed))
+    return result
 
 
 def format_table(result):
@@ -120,6 +262,11 @@ def format_table(result):
         ("bits per dim", result["bits_per_dim"], "bits"), ("active units", result["active_units"], ""),
         ("linear probe accuracy", result["linear_probe_accuracy"], ""), ("MIG", result["mig"], ""),
     ]
+    rows += [
+        ("FID", result.get("fid"), ""), ("KID", result.get("kid"), ""), ("precision", result.get("precision"), ""),
+        ("recall", result.get("recall"), ""), ("Inception Score", result.get("inception_score"), ""),
+        ("rFID", result.get("rfid"), ""), ("PSNR", result.get("psnr"), "dB"), ("SSIM", result.get("ssim"), ""),
+    ] + [(name, result.get(key), "") for key, name in DISENTANGLEMENT_NAMES.items()]
     for name, value, unit in rows:
         if value is not None:
             shown = f"{value:.4f}" if isinstance(value, float) else str(value)
@@ -127,6 +274,11 @@ def format_table(result):
     for level, figures in (result.get("code_levels") or {}).items():
         lines.append(f"  {'codes ' + (level or 'map'):24s} {figures['rate_bits']:12.2f} bits, {figures['used_codes']} "
                      f"codes used ({figures['usage']:.0%})")
+    if result.get("feature_network"):
+        network = result["feature_network"]
+        accuracy = "" if network["accuracy"] is None else f", test accuracy {network['accuracy']:.4f}"
+        lines.append(f"  sample metrics of {result['num_samples']} samples in the features of {network['name']} "
+                     f"(weights {network['digest']}{accuracy})")
     if result["kl_per_dim"] is not None:
         lines.append("  KL per dimension         " + " ".join(f"{v:.2f}" for v in result["kl_per_dim"]))
     return "\n".join(lines)

@@ -28,6 +28,8 @@ import sys
 import tempfile
 import time
 
+from benchmark_runs import timed_fit, write_times
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FASHION = os.path.join(os.path.dirname(REPO), "shared", "data", "fashion_mnist")
 
@@ -39,7 +41,6 @@ PRESETS = {
     "vq_vae2-fsq": (dict(model="vq_vae2", quantizer="fsq", fsq_levels="8,8,8"), False),
     "vq_vae": (dict(model="vq_vae", latent_dim=80, architecture="conv", vq_ema=True), True),
 }
-TIMES_FILE = "benchmark_seconds.json"  # a run's fit and prior seconds, kept so that a rerun reuses the run
 
 
 def measure(name, settings, priors, args, out_dir):
@@ -55,16 +56,11 @@ def measure(name, settings, priors, args, out_dir):
     from keras_vae.evaluate import evaluate_model
     from keras_vae.images import save_png
     from keras_vae.runs import load_run
-    from keras_vae.train import fit
 
     run_dir = os.path.join(args.scratch, name)
     config = FitConfig(dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs, precision="auto",
                        run_dir=run_dir, export=False, **settings)
-    times_path = os.path.join(run_dir, TIMES_FILE)
-    times = json.load(open(times_path)) if os.path.exists(times_path) else {}
-    start = time.time()
-    if not fit(config, verbose=2)["complete"]:  # a finished run of the same configuration is reused
-        times["fit"] = time.time() - start
+    times = timed_fit(config)  # a finished run of the same configuration is reused
     prior_history = None
     if priors:
         history_path = os.path.join(run_dir, "prior_history.json")
@@ -74,8 +70,7 @@ def measure(name, settings, priors, args, out_dir):
             start = time.time()
             prior_history = fit_prior(run_dir, epochs=args.prior_epochs, export=False, verbose=2)["history"]
             times["prior"] = time.time() - start
-    with open(times_path, "w") as f:
-        json.dump(times, f)
+    write_times(run_dir, times)
     config, model = load_run(run_dir)
     dataset = load_dataset(config.dataset, config.data_dir, config.seed)
     test = load_split(config, "test", dataset)

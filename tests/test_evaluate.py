@@ -10,7 +10,7 @@ from PIL import Image
 
 from conftest import invoke
 from keras_vae import losses, metrics
-from keras_vae.evaluate import EVALUATION_KEYS, importance_weighted_nll
+from keras_vae.evaluate import DISENTANGLEMENT_KEYS, EVALUATION_KEYS, SAMPLE_KEYS, importance_weighted_nll
 from keras_vae.explore import attribute_vector, slerp
 from test_losses import LinearGaussian, diag_normal
 
@@ -112,7 +112,9 @@ def test_evaluate_json_has_exactly_the_documented_keys(run_dir):
     result = invoke(*["evaluate", run_dir, "--iw-samples", "20", "--batch-size", "250", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
-    assert set(report) == set(EVALUATION_KEYS) | {"split", "iw_samples", "num_examples"}
+    extras = set(SAMPLE_KEYS) | set(DISENTANGLEMENT_KEYS)  # null unless asked for
+    assert set(report) == set(EVALUATION_KEYS) | extras | {"split", "iw_samples", "num_examples"}
+    assert all(report[key] is None for key in extras)
     assert report["num_examples"] == 2000 and report["iw_samples"] == 20 and report["split"] == "test"
     assert report["elbo"] == pytest.approx(-(report["reconstruction_loss"] + report["kl"]), rel=1e-4)
     assert report["bits_per_dim"] == pytest.approx(report["nll_iw"] / (784 * np.log(2)))
@@ -221,3 +223,150 @@ def test_writing_into_a_missing_folder_and_evaluating_a_missing_run(run_dir, tmp
     assert result.exit_code == 2 and "does not exist" in result.output
     result = invoke(*["evaluate", str(tmp_path / "nothing")])
     assert result.exit_code == 2 and "does not exist" in result.output
+
+
+# ------------------------------------------------- the metrics papers report beside likelihoods
+class ImageStandIn:
+    """A 'model' whose samples and reconstructions are given images: the wiring of `sample_quality`."""
+
+    uses_labels = False
+
+    def __init__(self, samples, reconstruct=lambda x: x):
+        self.samples, self._reconstruct = samples, reconstruct
+
+    def sample(self, num, seed=0, y=None):  # batches are drawn in order: each call takes the next images
+        batch, self.samples = self.samples[:num], self.samples[num:]
+        return (batch,)
+
+    def reconstruct(self, x, y=None):
+        return self._reconstruct(np.asarray(x))
+
+
+class PixelFeatures:
+    """Means of 3x3 pixel blocks as features; the mean intensity's two-class split as probabilities."""
+
+    def features(self, x):
+        x = np.asarray(x, np.float64)
+        return x.reshape(len(x), x.shape[1] // 3, 3, x.shape[2] // 3, 3).mean(axis=(2, 4)).reshape(len(x), -1)
+
+    def probabilities(self, x):
+        bright = np.asarray(x).reshape(len(x), -1).mean(axis=1, keepdims=True) > 0.1
+        return np.where(bright, [[0.9, 0.1]], [[0.1, 0.9]])
+
+    def description(self):
+        return {"name": "pixels", "digest": "-", "accuracy": None}
+
+
+def test_sample_quality_compares_samples_with_the_split_and_reconstructions_with_their_inputs():
+    from keras_vae.data.splits import Split
+    from keras_vae.evaluate import PSNR_CAP, sample_quality
+
+    rng = np.random.default_rng(0)
+    grey = rng.uniform(size=(400, 12, 12, 1)).astype(np.float32)
+    originals, measured = Split("test", grey, None, None), Split("test", (grey > 0.5).astype(np.float32), None, None)
+    # Samples from the data distribution itself, and reconstructions that return the measured input exactly.
+    perfect = sample_quality(ImageStandIn(rng.uniform(size=(400, 12, 12, 1))), originals, measured, PixelFeatures(),
+                             batch_size=128)
+    assert perfect["psnr"] == PSNR_CAP and perfect["ssim"] == pytest.approx(1.0)
+    assert perfect["fid"] < 0.05 and abs(perfect["kid"]) < 1e-3
+    assert perfect["precision"] > 0.7 and perfect["recall"] > 0.7 and perfect["num_samples"] == 400
+    # rFID compares the (binary) reconstructions with the grey split: not zero although PSNR is perfect.
+    assert perfect["rfid"] > 10 * perfect["fid"] and perfect["feature_network"]["name"] == "pixels"
+    # Blank samples: far from the data, no precision, no recall; halved reconstructions lose 20·log10(2) dB
+    # against a pixel scale of 1 only where the image was bright.
+    blank = sample_quality(ImageStandIn(np.zeros((400, 12, 12, 1))), originals, measured, PixelFeatures(),
+                           batch_size=128)
+    assert blank["fid"] > 100 * perfect["fid"] and blank["precision"] == 0 and blank["recall"] == 0
+    half = sample_quality(ImageStandIn(grey, reconstruct=lambda x: x / 2), originals, measured, PixelFeatures(),
+                          num_samples=64, batch_size=128)
+    mse = np.mean((measured.x / 2 - measured.x) ** 2, axis=(1, 2, 3))
+    assert half["psnr"] == pytest.approx(np.mean(10 * np.log10(1 / mse)), rel=1e-5) and half["num_samples"] == 64
+
+
+def test_sample_metrics_from_the_cli_are_seeded_and_train_the_feature_network_once(run_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_VAE_CACHE", str(tmp_path))
+    args = ["evaluate", run_dir, "--iw-samples", "2", "--batch-size", "500", "--sample-metrics", "--num-samples",
+            "300", "--json"]
+    first, second = invoke(*args), invoke(*args)
+    assert first.exit_code == 0 and second.exit_code == 0, first.output
+    assert "Training the lenet:sprites28 feature network" in first.stderr
+    assert "Loaded the lenet:sprites28 feature network" in second.stderr
+    assert len(list((tmp_path / "feature_nets").glob("*.keras"))) == 1
+    report, again = json.loads(first.stdout), json.loads(second.stdout)
+    assert report == again  # stateless samples, a deterministic classifier
+    assert set(SAMPLE_KEYS) <= set(report) and report["num_samples"] == 300
+    assert report["feature_network"]["accuracy"] > 0.85  # three shapes at 28x28 (measured 0.93)
+    # A trained model's reconstructions lie closer to the data than its prior samples do.
+    assert 0 <= report["rfid"] < report["fid"] and 0 <= report["precision"] <= 1 and 0 <= report["recall"] <= 1
+    assert 1 <= report["inception_score"] <= 3 and 0 < report["ssim"] <= 1 and report["psnr"] > 10
+    assert report["beta_vae_score"] is None  # not asked for
+
+
+class FactorCode:
+    """A 'model' whose code is its input's pixels: two pixels holding two factors (an exact code), or noise."""
+
+    uses_labels = False
+
+    def __init__(self, noise=False):
+        self.noise = noise
+
+    def probe_features(self, x, y=None):
+        code = tf.reshape(x, [-1, 2])
+        return tf.random.stateless_uniform(tf.shape(code), [1, 2]) if self.noise else code
+
+
+def test_disentanglement_scores_read_the_model_code_of_the_factor_images():
+    from types import SimpleNamespace
+
+    from keras_vae.config import FitConfig
+    from keras_vae.data.dsprites import FactorImages
+    from keras_vae.evaluate import DISENTANGLEMENT_KEYS, disentanglement_scores
+
+    grid = FactorImages((4, 5), lambda f: (f * 50).astype(np.uint8).reshape(-1, 1, 2, 1))
+    dataset = SimpleNamespace(ground_truth=grid)
+    config = FitConfig(dataset="sprites28", binarize="none")
+    exact = disentanglement_scores(FactorCode(), dataset, config, points=400)
+    noise = disentanglement_scores(FactorCode(noise=True), dataset, config, points=400)
+    assert set(exact) == set(DISENTANGLEMENT_KEYS) and exact["disentanglement_points"] == 400
+    for key in ("beta_vae_score", "factor_vae_score", "dci_disentanglement", "dci_completeness",
+                "dci_informativeness", "modularity", "explicitness"):
+        assert exact[key] > 0.95, key
+    assert exact["dsprites_mig"] > 0.8 and exact["sap"] > 0.7
+    assert noise["beta_vae_score"] < 0.7 and noise["dci_informativeness"] < 0.5 and noise["dsprites_mig"] < 0.1
+    assert noise["explicitness"] < 0.6
+    assert exact == disentanglement_scores(FactorCode(), dataset, config, points=400)  # seeded
+
+
+def test_disentanglement_from_the_cli_scores_the_runs_posterior_means(run_dir):
+    from keras_vae.codes import encode_means
+    from keras_vae.data.datasets import load_dataset
+    from keras_vae.data.splits import load_split
+    from keras_vae.evaluate import code_representation
+    from keras_vae.runs import load_run
+
+    result = invoke(*["evaluate", run_dir, "--iw-samples", "2", "--batch-size", "500", "--disentanglement",
+                      "--disentanglement-points", "200"])
+    assert result.exit_code == 0, result.output
+    assert "BetaVAE score" in result.output and "DCI disentanglement" in result.output
+    config, model = load_run(run_dir)
+    dataset = load_dataset(config.dataset, config.data_dir, config.seed)
+    data = load_split(config, "test", dataset)
+    factors = data.factors[:300]
+    images = dataset.ground_truth.observations(factors)
+    np.testing.assert_array_equal(images, dataset.x_test[:300])  # the grid draws the split's own images
+    np.testing.assert_allclose(code_representation(model, config)(images), encode_means(model, data.head(300)),
+                               atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--disentanglement"], "needs a dataset with ground-truth factors"),
+        (["--sample-metrics"], "no class labels to train a classifier on"),
+        (["--disentanglement-points", "1"], "1 is not in the range x>=2"),
+    ],
+)
+def test_metrics_a_run_cannot_have_get_a_message(tiny_run, flags, message):
+    root, _ = tiny_run("tiny", "--latent-dim", 3, process=True)
+    result = invoke(*["evaluate", str(root / "run"), "--iw-samples", "2", *flags])
+    assert result.exit_code == 2 and message in result.output, result.output

@@ -110,7 +110,7 @@ def test_keras_format_round_trip_restores_a_trainable_model(tmp_path):
 
 
 @pytest.mark.parametrize("architecture, shape", [
-    *((a, s) for a in ("mlp", "conv", "conv-small") for s in ((28, 28, 1), (32, 16, 3))),
+    *((a, s) for a in ("mlp", "mlp-200-tanh", "mlp-gated", "conv", "conv-small") for s in ((28, 28, 1), (32, 16, 3))),
     ("conv-64", (64, 64, 1)), ("conv-64", (32, 48, 3)),
 ])
 def test_every_architecture_maps_images_to_images(architecture, shape):
@@ -134,7 +134,7 @@ def test_bad_constructor_arguments_repeat_the_value():
         VAE((28, 28, 1), latent_dim=0)
     with pytest.raises(UserError, match="Received: beta=-1"):
         VAE((28, 28, 1), beta=-1)
-    with pytest.raises(UserError, match="Unknown architecture 'resnet'. Valid architectures: conv, conv-64, conv-small, mlp"):
+    with pytest.raises(UserError, match="Unknown architecture 'resnet'. Valid architectures: conv, conv-64, conv-small, mlp, mlp-200-tanh, mlp-gated"):
         VAE((28, 28, 1), architecture="resnet")
 
 
@@ -203,3 +203,19 @@ def test_default_kl_warmup_spans_half_the_run(tiny_npz, tmp_path):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["kl_warmup_steps"] is None
     assert FitConfig(kl_warmup_steps=100).model_hyperparameters()["kl_warmup_steps"] == 100
     assert VAE.resolve_hyperparameters({"kl_warmup_steps": None}, 1000)["kl_warmup_steps"] == 500
+
+
+def test_gated_dense_is_a_linear_unit_times_a_sigmoid_gate_and_survives_saving(tmp_path):
+    from keras_vae.networks import GatedDense
+
+    layer = GatedDense(3)
+    x = np.random.default_rng(0).normal(size=(4, 5)).astype(np.float32)
+    h = layer(x).numpy()
+    kernel, bias = layer.dense.kernel.numpy(), layer.dense.bias.numpy()  # [5, 6]: the linear half, then the gate
+    linear, gate = x @ kernel[:, :3] + bias[:3], x @ kernel[:, 3:] + bias[3:]
+    np.testing.assert_allclose(h, linear / (1 + np.exp(-gate)), rtol=1e-5, atol=1e-6)
+    model = VAE((28, 28, 1), latent_dim=4, architecture="mlp-gated")
+    images = binary_batch(2)
+    model.save(tmp_path / "gated.keras")
+    restored = keras.saving.load_model(tmp_path / "gated.keras")
+    np.testing.assert_allclose(restored.encode(images)[0], model.encode(images)[0], atol=1e-6)

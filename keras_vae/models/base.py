@@ -82,7 +82,7 @@ class Autoencoder(keras.Model):
 
     hyperparameters = (
         H("latent_dim", int, 16, "Size of the latent code (for vq_vae: code positions).", minimum=1),
-        H("architecture", str, "mlp", "Encoder/decoder design: mlp, conv, conv-small or conv-64."),
+        H("architecture", str, "mlp", "Encoder/decoder design: mlp, mlp-200-tanh (Burda et al. 2016), mlp-gated (Tomczak & Welling 2018), conv, conv-small or conv-64."),
         H("likelihood", str, "bernoulli", "p(x|z).", choices=LIKELIHOODS, attribute="likelihood_name"),
         H("likelihood_scale", float, None, "Fixed std of a Gaussian likelihood (default: learned per channel).",
           minimum=0, open_minimum=True, nullable=True),

@@ -24,7 +24,7 @@ from keras_vae.feature_net import feature_network_for
 from keras_vae.runs import load_run
 
 EVALUATION_KEYS = (
-    "elbo", "reconstruction_loss", "kl", "nll_iw", "bits_per_dim", "active_units", "kl_per_dim",
+    "elbo", "reconstruction_loss", "kl", "nll_iw", "nll_iw_stderr", "bits_per_dim", "active_units", "kl_per_dim",
     "linear_probe_accuracy", "mig", "code_levels",
 )
 SAMPLE_KEYS = ("fid", "kid", "kid_std", "precision", "recall", "inception_score", "inception_score_std", "rfid",
@@ -75,6 +75,7 @@ def evaluate_model(model, data, iw_samples=1000, batch_size=100, train_data=None
     terms_fn = tf.function(model.compute_terms, reduce_retracing=True)
 
     totals = {"elbo": 0.0, "reconstruction_loss": 0.0, "kl": 0.0, "nll_iw": 0.0}
+    nll_squares = 0.0  # Σ (−log p(x))², for the standard error of the mean
     kl_per_dim = None  # stays None when the KL has no per-dimension form (learned priors, VQ, AE)
     means, levels = [], None
     bar = keras.utils.Progbar(math.ceil(len(data.x) / batch_size), verbose=1 if progress else 0,
@@ -86,8 +87,10 @@ def evaluate_model(model, data, iw_samples=1000, batch_size=100, train_data=None
         if terms.get("kl_per_dim") is not None:
             kl_per_dim = (0 if kl_per_dim is None else kl_per_dim) + tf.reduce_sum(terms["kl_per_dim"], axis=0).numpy()
         if model.has_elbo:
-            totals["nll_iw"] += float(tf.reduce_sum(importance_weighted_nll(
-                lambda x, k, seed: log_weights(x, k, seed, y), x, iw_samples, chunk)))
+            nll = importance_weighted_nll(lambda x, k, seed: log_weights(x, k, seed, y), x, iw_samples, chunk)
+            nll = nll.numpy().astype(np.float64)
+            totals["nll_iw"] += float(nll.sum())
+            nll_squares += float(np.square(nll).sum())
         means.append(model.probe_features(x, y).numpy())
         if not model.continuous_code:
             levels = count_codes(model, x, levels)
@@ -96,8 +99,9 @@ def evaluate_model(model, data, iw_samples=1000, batch_size=100, train_data=None
     means = np.concatenate(means)
     result = {name: value / count for name, value in totals.items()}
     result["bits_per_dim"] = float(losses.bits_per_dim(result["nll_iw"], int(np.prod(data.x.shape[1:]))))
+    result["nll_iw_stderr"] = metrics.standard_error(result["nll_iw"], nll_squares / count, count)
     if not model.has_elbo:  # a plain autoencoder: no likelihood bound exists
-        result.update(elbo=None, kl=None, nll_iw=None, bits_per_dim=None)
+        result.update(elbo=None, kl=None, nll_iw=None, nll_iw_stderr=None, bits_per_dim=None)
     result["active_units"], _ = metrics.active_units(means)
     result["kl_per_dim"] = None if kl_per_dim is None else [float(v) for v in kl_per_dim / count]
     result["linear_probe_accuracy"] = None

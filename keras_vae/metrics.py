@@ -34,6 +34,15 @@ def chunk_sizes(total, chunk):
     return sizes
 
 
+def standard_error(mean, mean_of_squares, count):
+    """The standard error of a mean of `count` values, from their mean and mean square (the sample variance
+    with Bessel's correction); None for fewer than two values."""
+    if count < 2:
+        return None
+    variance = max(mean_of_squares - mean * mean, 0.0) * count / (count - 1)
+    return math.sqrt(variance / count)
+
+
 def active_units(posterior_means, threshold=0.01):
     """Dimensions whose posterior mean varies over the data: Cov_x(E_q[z|x]) > threshold.
 

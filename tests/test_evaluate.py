@@ -46,6 +46,14 @@ def test_chunked_log_mean_exp_is_exact():
     assert metrics.chunk_sizes(1000, 300) == [300, 300, 300, 100]
 
 
+def test_standard_error_from_running_moments_matches_numpy():
+    values = np.random.default_rng(0).normal(230.0, 40.0, 1000)  # nats per image, as large as the real ones
+    mean, mean_square = values.mean(), np.square(values).mean()
+    assert metrics.standard_error(mean, mean_square, 1000) == pytest.approx(values.std(ddof=1) / np.sqrt(1000), rel=1e-9)
+    assert metrics.standard_error(5.0, 25.0, 10) == 0.0  # ten equal values
+    assert metrics.standard_error(5.0, 25.0, 1) is None  # one value has no spread
+
+
 def test_active_units_count_living_dimensions_only():
     rng = np.random.default_rng(0)
     means = np.stack([rng.normal(0, 1, 500), np.full(500, 0.3), rng.normal(0, 0.05, 500)], axis=1)
@@ -106,6 +114,24 @@ def test_a_trained_run_models_its_data_far_better_than_the_same_untrained_networ
     untrained_nll = evaluate_model(untrained, subset, iw_samples=20, progress=False)["nll_iw"]
     # Untrained: about 784·log 2 = 543 nats; one epoch on sprites28 brings it under 150 (measured ~100).
     assert untrained_nll > 400 and trained_nll < 150
+
+
+def test_nll_iw_stderr_is_the_spread_of_the_per_image_estimates_over_root_n(run_dir):
+    """Accumulated batch by batch, it equals the standard error of the per-image −log p(x) estimates."""
+    from keras_vae.codes import labelled_batches
+    from keras_vae.data.splits import load_split
+    from keras_vae.evaluate import evaluate_model
+    from keras_vae.runs import load_run
+
+    config, model = load_run(run_dir)
+    subset = load_split(config, "test").head(150)
+    report = evaluate_model(model, subset, iw_samples=8, batch_size=50, progress=False)
+    per_image = np.concatenate([  # the same batches, samples and seeds as evaluate_model's
+        importance_weighted_nll(lambda x, k, seed: model.importance_log_weights(x, k, seed, y)[0], x, 8, 8).numpy()
+        for x, y in labelled_batches(model, subset, 50)])
+    assert report["nll_iw"] == pytest.approx(per_image.mean(), rel=1e-5)
+    assert report["nll_iw_stderr"] == pytest.approx(per_image.std(ddof=1) / np.sqrt(150), rel=1e-3)
+    assert report["nll_iw_stderr"] > 0
 
 
 def test_evaluate_json_has_exactly_the_documented_keys(run_dir):

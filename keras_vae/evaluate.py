@@ -263,6 +263,7 @@ def format_table(result):
     rows = [
         ("ELBO", result["elbo"], "nats"), ("reconstruction loss", result["reconstruction_loss"], "nats"),
         ("KL", result["kl"], "nats"), ("−log p(x) (IWAE)", result["nll_iw"], "nats"),
+        ("  its standard error", result["nll_iw_stderr"], "nats"),
         ("bits per dim", result["bits_per_dim"], "bits"), ("active units", result["active_units"], ""),
         ("linear probe accuracy", result["linear_probe_accuracy"], ""), ("MIG", result["mig"], ""),
     ]

@@ -2,6 +2,7 @@
 
 import json
 import os
+import platform
 import time
 
 TIMES_FILE = "benchmark_seconds.json"  # a run's stage seconds, kept so that a rerun reuses the run
@@ -28,3 +29,14 @@ def timed_fit(config):
         times["fit"] = time.time() - start
         write_times(config.run_dir, times)
     return times
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"

@@ -1,10 +1,13 @@
 """The package's shape: no import cycles, short functions, each hyperparameter declared once."""
 
 import ast
+import glob
 import math
 import os
 import re
 
+import keras
+import numpy as np
 import pytest
 
 from conftest import REPO, invoke
@@ -165,3 +168,25 @@ def test_the_readme_flag_table_is_generated_from_the_declarations():
     with open(os.path.join(REPO, "README.md")) as f:
         readme = f.read()
     assert flag_table(flag_rows()) in readme, "regenerate it with: python -m keras_vae.config"
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "benchmarks", "reproduce", "*.json"))),
+                         ids=os.path.basename)
+def test_every_reproduction_config_is_a_fit_config_of_the_papers_networks(path):
+    """`keras-vae fit --config FILE` reads each row of the reproduction table; its model builds, with the
+    architecture and latent size the row names."""
+    from keras_vae.cli import merge_config
+    from keras_vae.models import build_model
+
+    config = merge_config(path, {"data_dir": "unused"})
+    model = build_model(config, (28, 28, 1), total_steps=10)
+    loc, scale = model.encode(np.zeros((2, 28, 28, 1), np.float32))[:2]
+    assert loc.shape == scale.shape == (2, model.code_dim)
+    assert model.code_dim == config.latent_dim * (2 if config.model == "hvae" else 1)
+    hidden = [layer for layer in model.encoder.layers if not isinstance(layer, keras.layers.Flatten)][:-1]
+    if config.architecture == "mlp-gated":  # Tomczak & Welling's 2 × 300 gated units
+        assert [(type(h).__name__, h.units) for h in hidden] == [("GatedDense", 300)] * 2
+    else:  # Burda et al.'s 2 × 200 tanh units
+        assert config.architecture == "mlp-200-tanh"
+        assert [(h.units, h.activation.__name__) for h in hidden] == [(200, "tanh")] * 2
+    assert config.dataset == "fashion_mnist"

@@ -12,9 +12,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_vae import metrics
 from keras_vae.errors import TrainingDiverged
-
 from keras_vae.images import make_grid
+
+CODE_BATCH = 500  # images per encoder call of the code statistics
 
 
 class Stopwatch:
@@ -217,25 +219,29 @@ class Summaries(keras.callbacks.Callback):
     """Writes the ELBO terms and images to TensorBoard every epoch.
 
     Scalars `loss`, `elbo`, `reconstruction_loss`, `kl`, `beta` go to the
-    `train/` and `validation/` runs under the same tags; images go to
-    `validation/`: `reconstructions` (inputs above their reconstructions)
-    and `samples` (decoded prior draws with a fixed seed, so that epochs
-    compare).
+    `train/` and `validation/` runs under the same tags. For a model with a
+    Gaussian posterior, `validation/` also gets `mutual_information` (I(x; z)
+    under the aggregate posterior of the given images, in nats) and
+    `active_units`: the two signs of posterior collapse that the KL alone
+    does not show. Images go to `validation/`: `reconstructions` (inputs
+    above their reconstructions) and `samples` (decoded prior draws with a
+    fixed seed, so that epochs compare), `grid_size` of each.
 
     Args:
         log_dir: the TensorBoard log directory.
-        images: a few validation images [N, H, W, C] in [0, 1].
+        images: validation images [N, H, W, C] in [0, 1] (the code statistics read all, the grids the first few).
         labels: their labels [N] for a conditional model, else None.
         metric_names: the scalar tags to write.
     """
 
-    def __init__(self, log_dir, images, labels, metric_names, seed=0, stopwatch=None):
+    def __init__(self, log_dir, images, labels, metric_names, seed=0, stopwatch=None, grid_size=8):
         super().__init__()
         self.stopwatch = stopwatch or Stopwatch()
         self.train_writer = tf.summary.create_file_writer(os.path.join(log_dir, "train"))
         self.val_writer = tf.summary.create_file_writer(os.path.join(log_dir, "validation"))
-        self.images = np.asarray(images, np.float32)
-        self.labels = labels  # for a conditional model, else None
+        self.all_images = np.asarray(images, np.float32)
+        self.all_labels = labels  # for a conditional model, else None
+        self.images, self.labels = self.all_images[:grid_size], None if labels is None else labels[:grid_size]
         self.metric_names = metric_names
         self.seed = seed
 
@@ -250,10 +256,26 @@ class Summaries(keras.callbacks.Callback):
                     if prefix + name in logs:
                         tf.summary.scalar(name, float(logs[prefix + name]))
         with self.val_writer.as_default(step=step):
+            for name, value in self.code_statistics().items():
+                tf.summary.scalar(name, value)
             tf.summary.image("reconstructions", self.reconstruction_grid()[None])
             tf.summary.image("samples", self.sample_grid()[None])
         self.train_writer.flush()
         self.val_writer.flush()
+
+    def code_statistics(self):
+        """{mutual_information, active_units} of the images' posteriors; {} for models without one."""
+        if not (self.model.has_elbo and self.model.continuous_code):
+            return {}
+        loc, scale = [], []
+        for start in range(0, len(self.all_images), CODE_BATCH):
+            labels = None if self.all_labels is None else self.all_labels[start : start + CODE_BATCH]
+            mean, spread = self.model.encode(self.all_images[start : start + CODE_BATCH], labels)
+            loc.append(np.asarray(mean))
+            scale.append(np.asarray(spread))
+        loc, scale = np.concatenate(loc), np.concatenate(scale)
+        return {"mutual_information": metrics.posterior_mutual_information(loc, scale),
+                "active_units": metrics.active_units(loc)[0]}
 
     def reconstruction_grid(self):
         reconstructions = np.asarray(self.model.reconstruct(self.images, self.labels))

@@ -25,7 +25,7 @@ from keras_vae.runs import load_run
 
 EVALUATION_KEYS = (
     "elbo", "reconstruction_loss", "kl", "nll_iw", "nll_iw_stderr", "bits_per_dim", "active_units", "kl_per_dim",
-    "linear_probe_accuracy", "mig", "code_levels",
+    "linear_probe_accuracy", "mig", "mutual_information", "code_levels",
 )
 SAMPLE_KEYS = ("fid", "kid", "kid_std", "precision", "recall", "inception_score", "inception_score_std", "rfid",
                "psnr", "ssim", "num_samples", "feature_network")
@@ -37,6 +37,7 @@ DISENTANGLEMENT_NAMES = {  # key -> name in the table; each metric's protocol is
 DISENTANGLEMENT_KEYS = (*DISENTANGLEMENT_NAMES, "disentanglement_points")
 DISENTANGLEMENT_POINTS = 10_000  # disentanglement_lib's training points per metric
 PSNR_CAP = 100.0  # dB: a pixel-exact reconstruction has infinite PSNR; it counts as this in the mean
+MUTUAL_INFORMATION_POINTS = 10_000  # posteriors in the aggregate of the I(x; z) estimate (it is at most log N)
 MAX_DECODER_ROWS = 4000  # importance samples x batch per chunk: bounds memory for any K (~0.6 GB for conv-small)
 
 
@@ -77,7 +78,7 @@ def evaluate_model(model, data, iw_samples=1000, batch_size=100, train_data=None
     totals = {"elbo": 0.0, "reconstruction_loss": 0.0, "kl": 0.0, "nll_iw": 0.0}
     nll_squares = 0.0  # Σ (−log p(x))², for the standard error of the mean
     kl_per_dim = None  # stays None when the KL has no per-dimension form (learned priors, VQ, AE)
-    means, levels = [], None
+    means, levels, posteriors = [], None, []
     bar = keras.utils.Progbar(math.ceil(len(data.x) / batch_size), verbose=1 if progress else 0,
                               stateful_metrics=["nll_iw"])
     for i, (x, y) in enumerate(labelled_batches(model, data, batch_size)):
@@ -92,6 +93,8 @@ def evaluate_model(model, data, iw_samples=1000, batch_size=100, train_data=None
             totals["nll_iw"] += float(nll.sum())
             nll_squares += float(np.square(nll).sum())
         means.append(model.probe_features(x, y).numpy())
+        if model.has_elbo and model.continuous_code and len(posteriors) * batch_size < MUTUAL_INFORMATION_POINTS:
+            posteriors.append([a.numpy() for a in model.encode(x, y)])
         if not model.continuous_code:
             levels = count_codes(model, x, levels)
         bar.update(i + 1, [("nll_iw", totals["nll_iw"] / ((i + 1) * batch_size))])
@@ -109,6 +112,10 @@ def evaluate_model(model, data, iw_samples=1000, batch_size=100, train_data=None
         train_means = probe_features(model, train_data, max(batch_size, 500))
         result["linear_probe_accuracy"] = metrics.linear_probe_accuracy(train_means, train_data.y, means, data.y)
     result["mig"] = metrics.mutual_information_gap(means, data.factors) if data.factors is not None else None
+    result["mutual_information"] = None
+    if posteriors:  # a continuous code with a posterior: I(x; z) under the aggregate posterior
+        loc, scale = (np.concatenate(part)[:MUTUAL_INFORMATION_POINTS] for part in zip(*posteriors))
+        result["mutual_information"] = metrics.posterior_mutual_information(loc, scale)
     result["code_levels"] = None if levels is None else {
         level: {"rate_bits": totals / count / math.log(2), "used_codes": len(used), "usage": len(used) / model.num_codes}
         for level, (totals, used) in levels.items()}
@@ -266,6 +273,7 @@ def format_table(result):
         ("  its standard error", result["nll_iw_stderr"], "nats"),
         ("bits per dim", result["bits_per_dim"], "bits"), ("active units", result["active_units"], ""),
         ("linear probe accuracy", result["linear_probe_accuracy"], ""), ("MIG", result["mig"], ""),
+        ("I(x; z)", result.get("mutual_information"), "nats"),
     ]
     rows += [
         ("FID", result.get("fid"), ""), ("KID", result.get("kid"), ""), ("precision", result.get("precision"), ""),

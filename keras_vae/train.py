@@ -20,7 +20,7 @@ from keras_vae.export import check_name, export_saved_model, save_keras_model
 from keras_vae.models import build_model
 from keras_vae.networks import ARCHITECTURES
 
-NUM_SUMMARY_IMAGES = 8
+NUM_SUMMARY_IMAGES = 1000  # validation images TensorBoard's I(x; z) and active units read (the grids show 8)
 
 
 @contextlib.contextmanager

@@ -44,7 +44,8 @@ def test_fit_logs_the_elbo_terms_and_images_to_tensorboard(finished_run):
     logs = finished_run[0] / "run" / "logs"
     scalars = {"loss", "elbo", "reconstruction_loss", "kl", "beta"}
     assert scalars <= event_tags(logs / "train")
-    assert scalars | {"reconstructions", "samples"} <= event_tags(logs / "validation")
+    assert scalars | {"reconstructions", "samples", "mutual_information", "active_units"} <= \
+        event_tags(logs / "validation")
 
 
 def test_fit_exports_a_loadable_saved_model(finished_run):

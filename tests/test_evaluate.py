@@ -134,6 +134,22 @@ def test_nll_iw_stderr_is_the_spread_of_the_per_image_estimates_over_root_n(run_
     assert report["nll_iw_stderr"] > 0
 
 
+def test_mutual_information_is_the_aggregate_posterior_estimate_over_the_splits_codes(run_dir):
+    from keras_vae import metrics
+    from keras_vae.codes import labelled_batches
+    from keras_vae.data.splits import load_split
+    from keras_vae.evaluate import evaluate_model
+    from keras_vae.runs import load_run
+
+    config, model = load_run(run_dir)
+    subset = load_split(config, "test").head(150)
+    report = evaluate_model(model, subset, iw_samples=2, batch_size=50, progress=False)
+    loc, scale = (np.concatenate(part) for part in zip(*[
+        [a.numpy() for a in model.encode(x, y)] for x, y in labelled_batches(model, subset, 50)]))
+    assert report["mutual_information"] == pytest.approx(metrics.posterior_mutual_information(loc, scale), rel=1e-6)
+    assert 1.0 < report["mutual_information"] <= np.log(150)  # a trained 3-d code carries the sprites' factors
+
+
 def test_evaluate_json_has_exactly_the_documented_keys(run_dir):
     result = invoke(*["evaluate", run_dir, "--iw-samples", "20", "--batch-size", "250", "--json"])
     assert result.exit_code == 0, result.output

@@ -82,6 +82,14 @@ def users_of(name):
     return [m for m in model_names() if name in get_model_class(m).all_hyperparameters()]
 
 
+def check_combination(values):
+    """UserError for settings that are valid alone but not together."""
+    if values.get("decoder") == "pixelcnn" and (values["likelihood"] != "bernoulli" or values["binarize"] == "none"):
+        raise UserError(f"--decoder pixelcnn models binary pixels: it needs --likelihood bernoulli and binarized data "
+                        f"(--binarize dynamic or static). Received: --likelihood {values['likelihood']}, "
+                        f"--binarize {values['binarize']}.")
+
+
 class FitConfig:
     """Everything `keras-vae fit` needs: the run's settings and its model's hyperparameters.
 
@@ -116,6 +124,7 @@ class FitConfig:
             raise UserError(f"{source} has unknown keys: {', '.join(unknown)}. Valid keys for the "
                             f"{cls.model_name} model: {', '.join(sorted(declared))}.")
         checked = {name: h.check(values.get(name, h.default)) for name, h in declared.items()}
+        check_combination(checked)
         object.__setattr__(self, "_values", checked)
         object.__setattr__(self, "_model_names", tuple(cls.all_hyperparameters()))
         object.__setattr__(self, "_given", frozenset(values))

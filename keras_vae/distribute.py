@@ -8,6 +8,14 @@ import tensorflow as tf
 from keras_vae.errors import UserError
 
 
+def replica_id():
+    """This replica's index in its sync group (0 outside tf.distribute)."""
+    context = tf.distribute.get_replica_context()
+    if context is None:
+        return tf.constant(0, tf.int32)
+    return tf.cast(context.replica_id_in_sync_group, tf.int32)
+
+
 def split_cpu(num_replicas):
     """Splits the host CPU into `num_replicas` logical devices (before TF initializes them)."""
     cpus = tf.config.list_physical_devices("CPU")

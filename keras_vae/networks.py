@@ -18,7 +18,7 @@ from keras_vae.registry import Registry
 ARCHITECTURES = Registry("architecture")
 
 
-def build_networks(name, image_shape, latent_dim, num_params):
+def build_networks(name, image_shape, latent_dim, num_params, output_channels=None):
     """Builds the named architecture's encoder and decoder.
 
     Args:
@@ -26,8 +26,15 @@ def build_networks(name, image_shape, latent_dim, num_params):
         image_shape: (H, W, C) of the data.
         latent_dim: L.
         num_params: encoder outputs per example (2L for a diagonal Gaussian).
+        output_channels: the decoder's channels per pixel when they are not the image's C (a feature map
+            for an autoregressive likelihood): the decoder is then the architecture's for H × W × that.
     """
-    return ARCHITECTURES.get(name)(tuple(image_shape), latent_dim, num_params)
+    builder = ARCHITECTURES.get(name)
+    image_shape = tuple(image_shape)
+    encoder, decoder = builder(image_shape, latent_dim, num_params)
+    if output_channels is not None and output_channels != image_shape[-1]:
+        _, decoder = builder((*image_shape[:-1], output_channels), latent_dim, num_params)
+    return encoder, decoder
 
 
 @ARCHITECTURES.register("mlp")

@@ -162,7 +162,8 @@ def covering_depth(grid_shape):
 
 
 def build_pixelcnn(grid_shape, num_codes, filters=64, num_layers=4, name="pixelcnn",
-                   condition_grid=None, condition_codes=None, kernel_size=3):
+                   condition_grid=None, condition_codes=None, kernel_size=3, condition_channels=None,
+                   input_codes=None):
     """The prior network: logits of p(c_i | c_<i [, condition]) for every position of a code map.
 
     Args:
@@ -175,10 +176,15 @@ def build_pixelcnn(grid_shape, num_codes, filters=64, num_layers=4, name="pixelc
             unconditional prior.
         condition_codes: the number of condition codes (with `condition_grid`).
         kernel_size: k, the width of the vertical stream's kernels (odd, ≥ 3).
+        condition_channels: Fc, for a condition that is a float feature map [B, h, w, Fc] at the grid's
+            own resolution (e.g. what a VAE's decoder makes of z) instead of codes; not with `condition_grid`.
+        input_codes: the number of distinct inputs the embedding reads (default K): K + 1 lets an input
+            position carry a "withheld" token that no output predicts (see `PixelCNNLikelihood`).
 
     Returns:
-        A functional `keras.Model` from int32 indices [B, h, w] (and, with `condition_grid`, int32
-        condition [B, hc, wc], passed as a list [indices, condition]) to float32 logits [B, h, w, K].
+        A functional `keras.Model` from int32 indices [B, h, w] (and, with a condition, the condition
+        [B, hc, wc] int32 or [B, h, w, Fc] float, passed as a list [indices, condition]) to float32
+        logits [B, h, w, K].
         Its layers `vertical_ℓ` (ℓ < num_layers; the last layer's is read by nothing) and `horizontal_ℓ`
         (ℓ ≤ num_layers) output the two streams.
 
@@ -187,13 +193,21 @@ def build_pixelcnn(grid_shape, num_codes, filters=64, num_layers=4, name="pixelc
         >>> logits = network([bottom_codes, top_codes])  # (B, 8, 8, 512)
     """
     check_arguments(grid_shape, num_codes, filters, num_layers, condition_grid, condition_codes, kernel_size)
+    if condition_channels is not None and (condition_grid is not None or condition_channels < 1):
+        raise ValueError(f"condition_channels must be at least 1 and excludes condition_grid. Received: "
+                         f"condition_channels={condition_channels!r}, condition_grid={condition_grid!r}.")
+    if input_codes is not None and input_codes < num_codes:
+        raise ValueError(f"input_codes must be at least num_codes={num_codes}. Received: input_codes={input_codes!r}.")
     indices = keras.Input(tuple(grid_shape), dtype="int32", name="indices")
     inputs, condition = indices, None
     if condition_grid is not None:
         factor = upsampling_factor(grid_shape, condition_grid)
         inputs = [indices, keras.Input(tuple(condition_grid), dtype="int32", name="condition")]
         condition = condition_features(inputs[1], condition_codes, filters, factor)
-    x = keras.layers.Embedding(num_codes, filters, name="embedding")(indices)  # (B, h, w, F)
+    elif condition_channels is not None:
+        inputs = [indices, keras.Input((*grid_shape, condition_channels), name="condition")]
+        condition = inputs[1]  # each gated layer reads it through its own 1×1 convolutions
+    x = keras.layers.Embedding(input_codes or num_codes, filters, name="embedding")(indices)  # (B, h, w, F)
     v, h = initial_streams(x, filters, kernel_size)
     for index in range(1, num_layers + 1):
         v, h = gated_layer(v, h, condition, filters, kernel_size, index)

@@ -85,7 +85,7 @@ def test_restarts_lift_codebook_usage_on_a_spread_of_vectors():
     for restart in (False, True):
         quantizer = VectorQuantizer(16, 2, ema=True, restart=restart)
         for step in range(50):
-            out = quantizer(vectors, training=True, seed=tf.constant([step, 0]))
+            quantizer(vectors, training=True, seed=tf.constant([step, 0]))
         usage[restart] = int(used_codes(quantizer(vectors)["indices"]))
     assert usage[False] <= 2 and usage[True] >= 14
 

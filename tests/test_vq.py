@@ -11,7 +11,6 @@ import tensorflow as tf
 
 from conftest import invoke, tiny_images
 from keras_vae.config import FitConfig
-from keras_vae.export import export_saved_model
 from keras_vae.models import build_model
 
 

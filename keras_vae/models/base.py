@@ -28,19 +28,15 @@ correlation) to have them logged with the other metrics.
 import keras
 import tensorflow as tf
 
+from keras_vae.distribute import replica_id
 from keras_vae.distributions import BernoulliLikelihood, GaussianLikelihood
+from keras_vae.errors import UserError
 from keras_vae.hparams import Hyperparameter as H
 from keras_vae.networks import build_networks
+from keras_vae.pixel_decoder import CONDITION_CHANNELS, PixelCNNLikelihood
 
 LIKELIHOODS = ("bernoulli", "gaussian")
-
-
-def replica_id():
-    """This replica's index in its sync group (0 outside tf.distribute)."""
-    context = tf.distribute.get_replica_context()
-    if context is None:
-        return tf.constant(0, tf.int32)
-    return tf.cast(context.replica_id_in_sync_group, tf.int32)
+DECODERS = ("factorized", "pixelcnn")
 
 
 def num_replicas():
@@ -86,12 +82,27 @@ class Autoencoder(keras.Model):
         H("likelihood", str, "bernoulli", "p(x|z).", choices=LIKELIHOODS, attribute="likelihood_name"),
         H("likelihood_scale", float, None, "Fixed std of a Gaussian likelihood (default: learned per channel).",
           minimum=0, open_minimum=True, nullable=True),
+        H("decoder", str, "factorized", "The likelihood's form: factorized over the pixels (the architecture's "
+          "decoder gives each pixel's parameters) or pixelcnn (a gated PixelCNN over binary pixels in raster order, conditioned "
+          "on the feature map the architecture's decoder makes of z).", choices=DECODERS, attribute="decoder_name",
+          reference="Gulrajani et al. 2017"),
+        H("decoder_layers", int, 6, "Gated layers of the pixelcnn decoder (its receptive field grows by a row "
+          "per layer).", minimum=1),
+        H("decoder_filters", int, 32, "Channels of the pixelcnn decoder's streams.", minimum=1),
+        H("decoder_dropout", float, 0.0, "Training-time rate at which the pixelcnn decoder's earlier pixels are "
+          "withheld, so that it must read z.", minimum=0, maximum=1, open_maximum=True,
+          reference="Bowman et al. 2016"),
     )
     unused_hyperparameters = ()
 
     has_elbo = True  # False for the plain autoencoders: no likelihood bound to evaluate
     uses_labels = False  # True for conditional models: batches are (x, y) and y reaches the networks
     continuous_code = True  # False for a discrete code (VQ-VAE): no traversals or manifolds
+
+    @classmethod
+    def declared_hyperparameters(cls):
+        """{name: Hyperparameter} declared by this model or its ancestors, used or not."""
+        return {h.name: h for klass in reversed(cls.__mro__) for h in vars(klass).get("hyperparameters", ())}
 
     @classmethod
     def all_hyperparameters(cls):
@@ -120,8 +131,10 @@ class Autoencoder(keras.Model):
         declared = self.all_hyperparameters()
         values = {name: h.check(kwargs.pop(name, h.default)) for name, h in declared.items()}
         super().__init__(**kwargs)
-        for name, value in values.items():
-            setattr(self, declared[name].attribute_name, value)
+        # An inherited hyperparameter the model does not use keeps its declared default, so shared code
+        # reads one value (e.g. a VQ-VAE's factorized decoder).
+        for name, h in self.declared_hyperparameters().items():
+            setattr(self, h.attribute_name, values[name] if name in values else h.default)
         self.image_shape = tuple(int(d) for d in image_shape)
         self.seed = int(seed)
         self.encoder, self.decoder = self.build_networks()
@@ -140,11 +153,22 @@ class Autoencoder(keras.Model):
         """How many numbers the encoder network produces per example."""
         return self.latent_dim
 
+    def decoder_channels(self):
+        """The channels per pixel the decoder network outputs: the image's, or a pixelcnn's condition."""
+        return CONDITION_CHANNELS if self.decoder_name == "pixelcnn" else self.image_shape[-1]
+
     def build_networks(self):
         """(encoder, decoder) of the chosen architecture."""
-        return build_networks(self.architecture, self.image_shape, self.latent_dim, self.encoder_outputs())
+        return build_networks(self.architecture, self.image_shape, self.latent_dim, self.encoder_outputs(),
+                              self.decoder_channels())
 
     def build_likelihood_layer(self):
+        if self.decoder_name == "pixelcnn":
+            if self.likelihood_name != "bernoulli":
+                raise UserError("--decoder pixelcnn models binary pixels: use it with --likelihood bernoulli "
+                                f"(and binarized data). Received: --likelihood {self.likelihood_name}.")
+            return PixelCNNLikelihood(self.image_shape, self.decoder_layers, self.decoder_filters,
+                                      self.decoder_dropout, self.seed, name="likelihood")
         if self.likelihood_name == "bernoulli":
             return BernoulliLikelihood(name="likelihood")
         return GaussianLikelihood(self.image_shape[-1], self.likelihood_scale, name="likelihood")
@@ -176,7 +200,7 @@ class Autoencoder(keras.Model):
     # ------------------------------------------------------ the code
     def likelihood(self, z, training=False, y=None):
         """p(x|z) for codes z [B, L] (p(x|z, y) for a conditional model)."""
-        return self.likelihood_layer(self.decoder(self.decoder_inputs(z, y), training=training))
+        return self.likelihood_layer(self.decoder(self.decoder_inputs(z, y), training=training), training=training)
 
     def encode(self, x, y=None):
         """The code of x: (mean, spread), each [B, code_dim], from the model's `posterior_layer`

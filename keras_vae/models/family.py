@@ -97,7 +97,8 @@ class CVAE(VAE):
         encoder, _ = build_networks(self.architecture, self.image_shape, self.latent_dim, self.encoder_outputs())
         # The decoder reads [z, one_hot(y)]: built for a code of L + K inputs.
         _, decoder = build_networks(
-            self.architecture, self.image_shape, self.latent_dim + self.num_classes, self.encoder_outputs())
+            self.architecture, self.image_shape, self.latent_dim + self.num_classes, self.encoder_outputs(),
+            self.decoder_channels())
         return condition_encoder(encoder, self.num_classes), decoder
 
     def one_hot(self, y):

@@ -85,7 +85,7 @@ class HierarchicalVAE(VAE):
 
     def build_networks(self):
         # The encoder ends in HIDDEN features, not posterior parameters; the decoder reads z1.
-        return build_networks(self.architecture, self.image_shape, self.latent_dim, HIDDEN)
+        return build_networks(self.architecture, self.image_shape, self.latent_dim, HIDDEN, self.decoder_channels())
 
     def metric_names(self):
         return super().metric_names() + ("kl_z1", "kl_z2")
@@ -117,7 +117,7 @@ class HierarchicalVAE(VAE):
 
     def likelihood_of(self, z1, training=False):
         """p(x | z1) for z1 [N, L]."""
-        return self.likelihood_layer(self.decoder(z1, training=training))
+        return self.likelihood_layer(self.decoder(z1, training=training), training=training)
 
     # ---------------------------------------------------------- objective
     def compute_terms(self, x, training=False, y=None):

@@ -60,8 +60,6 @@ class VAE(Autoencoder):
           attribute="prior_name", reference="Tomczak & Welling 2018"),
         H("prior_components", int, 10, "Components / pseudo-inputs of a learned prior.", minimum=1),
     )
-    # The values of hyperparameters that a variant lists as unused.
-    beta, kl_warmup_steps, free_bits, prior_name = 1.0, 0, 0.0, "normal"
 
     @classmethod
     def resolve_hyperparameters(cls, values, total_steps):

@@ -72,7 +72,8 @@ class CodeMapAutoencoder(Autoencoder):
         H("prior_layers", int, None, "Gated layers of each PixelCNN prior (default: enough for every position to "
           "see all earlier ones, max(4, h − 3, w − 2)).", minimum=1, nullable=True),
     )
-    unused_hyperparameters = ("latent_dim",)
+    # Its decoder reads quantized code maps: the pixelcnn decoder is not offered here.
+    unused_hyperparameters = ("latent_dim", "decoder", "decoder_layers", "decoder_filters", "decoder_dropout")
     continuous_code = False
     levels = ("",)
 

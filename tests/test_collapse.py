@@ -1,0 +1,161 @@
+"""Posterior collapse: the pixelcnn decoder (exact, causal, normalized), the I(x; z) estimator, and a
+strong decoder that collapses without a remedy and does not with one."""
+
+import itertools
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_vae import metrics
+from keras_vae.config import FitConfig
+from keras_vae.errors import UserError
+from keras_vae.models.vae import VAE
+from keras_vae.pixel_decoder import CONDITION_CHANNELS, PixelCNNLikelihood, index_pixels, pixel_indices
+
+
+def likelihood(shape, layers=3, **kwargs):
+    layer = PixelCNNLikelihood(shape, num_layers=layers, filters=8, **kwargs)
+    features = tf.random.stateless_normal([1, *shape[:2], CONDITION_CHANNELS], seed=[1, 2])
+    return layer, features
+
+
+def all_images(shape):
+    """Every binary image of `shape` [2^(H·W·C), H, W, C]."""
+    size = int(np.prod(shape))
+    return np.array(list(itertools.product([0.0, 1.0], repeat=size)), np.float32).reshape(-1, *shape)
+
+
+@pytest.mark.parametrize("shape", [(3, 3, 1), (2, 2, 2)])
+def test_pixelcnn_likelihood_sums_to_one_over_every_image(shape):
+    layer, features = likelihood(shape)
+    images = all_images(shape)
+    log_probs = layer(tf.repeat(features, len(images), axis=0)).log_prob(images)
+    assert float(tf.reduce_logsumexp(log_probs)) == pytest.approx(0.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(4, 5, 1), (3, 4, 2)])
+def test_pixelcnn_decoder_is_causal_in_raster_order(shape):
+    layer, features = likelihood(shape, layers=4)
+    rng = np.random.default_rng(0)
+    x = (rng.random((1, *shape)) < 0.5).astype(np.float32)
+    base = layer(features).logits(x).numpy().reshape(-1, layer.num_values)
+    height, width, _ = shape
+    for j in range(height * width):
+        changed = x.copy()
+        changed[0, j // width, j % width] = 1 - changed[0, j // width, j % width]
+        logits = layer(features).logits(changed).numpy().reshape(-1, layer.num_values)
+        moved = np.abs(logits - base).max(axis=1) > 1e-6
+        assert not moved[: j + 1].any(), f"flipping pixel {j} moved logits at {np.flatnonzero(moved[: j + 1])}"
+        if j + 1 < height * width:  # the next pixel reads it (the receptive field covers these small grids)
+            assert moved[j + 1]
+
+
+def test_pixelcnn_draws_follow_its_likelihood():
+    shape = (2, 2, 1)
+    layer, features = likelihood(shape)
+    images = all_images(shape)
+    probabilities = np.exp(layer(tf.repeat(features, len(images), axis=0)).log_prob(images).numpy())
+    draws = layer(tf.repeat(features, 4000, axis=0)).sample(tf.constant([3, 4])).numpy()
+    codes = draws.reshape(len(draws), -1) @ (2 ** np.arange(3, -1, -1))  # image index in `all_images` order
+    frequencies = np.bincount(codes.astype(int), minlength=len(images)) / len(draws)
+    assert np.abs(frequencies - probabilities).max() < 0.03
+    again = layer(tf.repeat(features, 4000, axis=0)).sample(tf.constant([3, 4])).numpy()
+    np.testing.assert_array_equal(draws, again)  # stateless in its seed
+
+
+def test_pixel_indices_round_trip():
+    x = (np.random.default_rng(1).random((2, 3, 4, 3)) < 0.5).astype(np.float32)
+    indices = pixel_indices(x)
+    assert indices.numpy().max() < 8 and indices.numpy()[0, 0, 0] == int(x[0, 0, 0] @ [1, 2, 4])
+    np.testing.assert_array_equal(index_pixels(indices, 3).numpy(), x)
+
+
+def test_decoder_dropout_hides_earlier_pixels_in_training_only():
+    shape = (3, 3, 1)
+    layer, features = likelihood(shape, dropout=0.999999)
+    images = all_images(shape)[[0, 5, 300, 511]]
+    condition = tf.repeat(features, len(images), axis=0)
+    trained = layer(condition, training=True).logits(images).numpy()
+    np.testing.assert_allclose(trained, np.broadcast_to(trained[:1], trained.shape), atol=1e-5)  # all withheld
+    evaluated = layer(condition).logits(images).numpy()
+    assert np.abs(evaluated - evaluated[:1]).max() > 1e-3
+
+
+def test_pixelcnn_decoder_needs_binary_pixels():
+    with pytest.raises(UserError, match="--decoder pixelcnn models binary pixels.*--binarize none"):
+        FitConfig(decoder="pixelcnn", binarize="none")
+    with pytest.raises(UserError, match="--likelihood gaussian"):
+        FitConfig(decoder="pixelcnn", likelihood="gaussian")
+
+
+def test_vae_with_the_pixelcnn_decoder_bounds_use_its_exact_likelihood():
+    model = VAE(image_shape=(4, 4, 1), latent_dim=2, decoder="pixelcnn", decoder_layers=2, decoder_filters=4)
+    x = tf.cast(tf.random.stateless_uniform((3, 4, 4, 1), seed=[0, 1]) < 0.5, tf.float32)
+    log_weights, _ = model.importance_log_weights(x, 5, tf.constant([1, 2]))
+    z = model.posterior(x).sample(5, seed=tf.constant([1, 2]))  # the same draws
+    expected = [model.likelihood(z[k]).log_prob(x) + model.prior().log_prob(z[k]) - model.posterior(x).log_prob(z[k])
+                for k in range(5)]
+    np.testing.assert_allclose(log_weights.numpy(), np.stack(expected), rtol=1e-5, atol=1e-4)
+    images, _ = model.sample(2, seed=3)
+    assert set(np.unique(images.numpy())) <= {0.0, 1.0}
+
+
+# ------------------------------------------------------------------ I(x; z)
+@pytest.mark.parametrize("a, s, dims", [(1.0, 0.5, 2), (0.5, 1.0, 1), (0.0, 0.7, 3)])
+def test_mutual_information_of_a_linear_gaussian_encoder(a, s, dims):
+    # x ~ N(0, I), q(z|x) = N(a x, s² I): the aggregate posterior is N(0, (a² + s²) I), so
+    # I(x; z) = (dims / 2) log((a² + s²) / s²).
+    x = np.random.default_rng(2).standard_normal((5000, dims))
+    estimate = metrics.posterior_mutual_information(a * x, np.full_like(x, s))
+    assert estimate == pytest.approx(dims / 2 * np.log((a * a + s * s) / (s * s)), abs=0.04)
+
+
+def test_mixture_density_matches_a_direct_sum():
+    rng = np.random.default_rng(3)
+    z, loc, scale = rng.standard_normal((7, 3)), rng.standard_normal((5, 3)), rng.random((5, 3)) + 0.2
+    log_normal = -0.5 * (((z[:, None] - loc) / scale) ** 2 + np.log(2 * np.pi * scale**2)).sum(-1)  # (7, 5)
+    expected = np.log(np.exp(log_normal).mean(axis=1))
+    np.testing.assert_allclose(metrics.gaussian_mixture_log_density(z, loc, scale, rows=3), expected, rtol=1e-10)
+
+
+def test_tensorboard_code_statistics_read_every_image(tmp_path):
+    from keras_vae.callbacks import CODE_BATCH, Summaries
+
+    model = VAE(image_shape=(4, 4, 1), latent_dim=3)
+    images = np.random.default_rng(4).random((CODE_BATCH * 2 + 7, 4, 4, 1)).astype(np.float32)
+    summaries = Summaries(str(tmp_path), images, None, ())
+    summaries.set_model(model)
+    loc, scale = model.encode(images)
+    assert summaries.code_statistics() == {
+        "mutual_information": pytest.approx(metrics.posterior_mutual_information(loc.numpy(), scale.numpy()), rel=1e-5),
+        "active_units": metrics.active_units(loc.numpy())[0]}
+    assert len(summaries.images) == 8
+
+
+# ------------------------------------------------------------------ collapse
+def striped_images(num=1000, seed=0):
+    """8×8 images whose rows are each all 0 or all 1 at random (8 bits a picture), 2% of pixels flipped:
+    a PixelCNN reads a row off its first pixel, so z is worth nothing to it."""
+    rng = np.random.default_rng(seed)
+    x = np.broadcast_to(rng.random((num, 8, 1, 1)) < 0.5, (num, 8, 8, 1))
+    return np.where(rng.random(x.shape) < 0.02, ~x, x).astype(np.float32)
+
+
+def train_on_stripes(**kwargs):
+    keras.utils.set_random_seed(0)
+    model = VAE(image_shape=(8, 8, 1), latent_dim=4, decoder="pixelcnn", decoder_layers=6, decoder_filters=16,
+                kl_warmup_steps=0, **kwargs)
+    model.compile(optimizer=keras.optimizers.Adam(2e-3))
+    x = striped_images()
+    history = model.fit(x, batch_size=100, epochs=10, verbose=0).history
+    loc, scale = model.encode(x)
+    return history["kl"][-1], metrics.posterior_mutual_information(loc.numpy(), scale.numpy())
+
+
+def test_a_strong_decoder_collapses_and_decoder_dropout_prevents_it():
+    kl, information = train_on_stripes()
+    assert kl < 1.0 and information < 0.5, (kl, information)
+    kl, information = train_on_stripes(decoder_dropout=0.9)
+    assert kl > 2.0 and information > 1.5, (kl, information)

@@ -36,6 +36,9 @@ class NormalPosterior(keras.layers.Layer):
         latent_dim: L, the number of latent dimensions.
         scale_function: "softplus" (default) or "exp"; maps the raw scale
             parameter to a positive standard deviation (floored at 1e-4).
+        max_scale: an upper bound on the standard deviation, or None. With
+            one, scale = max(max_scale · sigmoid(raw), 1e-4) and `scale_function`
+            is not used (the δ-VAE's bounded posterior).
 
     Call arguments:
         params: float tensor [B, 2L]: the means, then the raw scales.
@@ -44,7 +47,7 @@ class NormalPosterior(keras.layers.Layer):
         `tfd.Independent(tfd.Normal(loc, scale), 1)` with batch [B], event [L].
     """
 
-    def __init__(self, latent_dim, scale_function="softplus", **kwargs):
+    def __init__(self, latent_dim, scale_function="softplus", max_scale=None, **kwargs):
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.built = True  # no shape-dependent weights: Keras needs no symbolic call to build it
@@ -55,11 +58,14 @@ class NormalPosterior(keras.layers.Layer):
             )
         self.latent_dim = latent_dim
         self.scale_function = scale_function
+        self.max_scale = None if max_scale is None else float(max_scale)
 
     def parameters(self, params):
         """Splits and maps raw parameters: returns (loc, scale), each [B, L] float32."""
         params = tf.cast(params, tf.float32)
         loc, raw_scale = tf.split(params, 2, axis=-1)  # (B, 2L) -> 2 x (B, L)
+        if self.max_scale is not None:
+            return loc, tf.maximum(self.max_scale * tf.sigmoid(raw_scale), _MIN_SCALE)
         return loc, SCALE_FUNCTIONS[self.scale_function](raw_scale)
 
     def call(self, params):
@@ -68,7 +74,7 @@ class NormalPosterior(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(latent_dim=self.latent_dim, scale_function=self.scale_function)
+        config.update(latent_dim=self.latent_dim, scale_function=self.scale_function, max_scale=self.max_scale)
         return config
 
 

@@ -247,3 +247,23 @@ def dip_vae_penalty(loc, scale, lambda_od, lambda_d, kind):
     diagonal_term = tf.reduce_sum(tf.square(diagonal - 1.0))  # (L,) -> ()
     penalty = tf.cast(lambda_od, tf.float32) * off_diagonal_term + tf.cast(lambda_d, tf.float32) * diagonal_term
     return penalty, covariance
+
+
+def committed_rate_scale(delta_per_dim):
+    """The largest posterior std σ_u < 1 whose Gaussian is at least `delta_per_dim` nats from N(0, 1) whatever
+    its mean: the root of ½(σ² − 1 − log σ²) = δ on (0, 1) (Razavi et al. 2019, independent latents).
+
+    KL(N(μ, σ²) ‖ N(0, 1)) = ½(σ² + μ² − 1 − log σ²) ≥ ½(σ² − 1 − log σ²), which falls on (0, 1]
+    to 0 at σ = 1, so every σ ≤ σ_u keeps the KL ≥ δ. Found by bisection on t = log σ² in [−2δ − 2, 0],
+    where ½(e^t − 1 − t) falls from above δ to 0; the root kept is on the safe side.
+    """
+    if not delta_per_dim > 0:
+        raise ValueError(f"delta_per_dim must be positive. Received: {delta_per_dim!r}.")
+    low, high = -2.0 * delta_per_dim - 2.0, 0.0
+    for _ in range(200):
+        middle = 0.5 * (low + high)
+        if 0.5 * (math.exp(middle) - 1 - middle) > delta_per_dim:
+            low = middle
+        else:
+            high = middle
+    return math.exp(0.5 * low)

@@ -159,3 +159,42 @@ def test_a_strong_decoder_collapses_and_decoder_dropout_prevents_it():
     assert kl < 1.0 and information < 0.5, (kl, information)
     kl, information = train_on_stripes(decoder_dropout=0.9)
     assert kl > 2.0 and information > 1.5, (kl, information)
+
+
+# ------------------------------------------------------------------ δ-VAE
+@pytest.mark.parametrize("delta", [0.01, 1.0, 10.0, 200.0])
+def test_committed_rate_scale_solves_its_equation(delta):
+    from keras_vae.losses import committed_rate_scale
+
+    scale = committed_rate_scale(delta)
+    assert 0 < scale < 1 and 0.5 * (scale**2 - 1 - np.log(scale**2)) == pytest.approx(delta, rel=1e-9)
+
+
+def test_delta_vae_kl_is_at_least_delta_for_any_encoder_output():
+    from keras_vae.models.delta_vae import DeltaVAE
+
+    model = DeltaVAE(image_shape=(4, 4, 1), latent_dim=5, delta=3.0)
+    rng = np.random.default_rng(5)
+    params = tf.constant(np.concatenate([rng.normal(0, 1e-3, (500, 5)), rng.normal(0, 30, (500, 5))], 1), tf.float32)
+    posterior = model.posterior_layer(params)  # tiny means, scales from ~0 to the bound
+    kl = tfp_kl(posterior, model.prior()).numpy()
+    assert kl.min() >= 3.0 - 1e-4 and kl.min() < 3.05  # the bound is reached at the largest scale
+    params = tf.constant(rng.normal(0, 5, (500, 10)), tf.float32)
+    assert tfp_kl(model.posterior_layer(params), model.prior()).numpy().min() >= 3.0 - 1e-4
+
+
+def tfp_kl(posterior, prior):
+    import tensorflow_probability as tfp
+
+    return tfp.distributions.kl_divergence(posterior, prior)
+
+
+def test_delta_vae_keeps_its_committed_rate_under_a_collapsing_decoder():
+    from keras_vae.models.delta_vae import DeltaVAE
+
+    keras.utils.set_random_seed(0)
+    model = DeltaVAE(image_shape=(8, 8, 1), latent_dim=4, delta=4.0, decoder="pixelcnn", decoder_layers=6,
+                     decoder_filters=16, kl_warmup_steps=0)
+    model.compile(optimizer=keras.optimizers.Adam(2e-3))
+    history = model.fit(striped_images(), batch_size=100, epochs=3, verbose=0).history
+    assert min(history["kl"]) >= 4.0 - 1e-3

@@ -258,8 +258,10 @@ class Summaries(keras.callbacks.Callback):
         with self.val_writer.as_default(step=step):
             for name, value in self.code_statistics().items():
                 tf.summary.scalar(name, value)
-            tf.summary.image("reconstructions", self.reconstruction_grid()[None])
-            tf.summary.image("samples", self.sample_grid()[None])
+            reconstructions, samples = self.pictures()
+            columns = len(self.images)
+            tf.summary.image("reconstructions", make_grid(np.concatenate([self.images, reconstructions]), columns)[None])
+            tf.summary.image("samples", make_grid(samples, columns)[None])
         self.train_writer.flush()
         self.val_writer.flush()
 
@@ -277,13 +279,13 @@ class Summaries(keras.callbacks.Callback):
         return {"mutual_information": metrics.posterior_mutual_information(loc, scale),
                 "active_units": metrics.active_units(loc)[0]}
 
-    def reconstruction_grid(self):
-        reconstructions = np.asarray(self.model.reconstruct(self.images, self.labels))
-        return make_grid(np.concatenate([self.images, reconstructions]), columns=len(self.images))
-
-    def sample_grid(self):
-        images = np.asarray(self.model.sample(len(self.images), seed=self.seed)[0])
-        return make_grid(images, columns=len(self.images))
+    def pictures(self):
+        """(reconstructions, samples) in one traced function: an autoregressive decoder draws pixel by pixel
+        in a while_loop, which runs many times faster traced than eagerly."""
+        if getattr(self, "_pictures", None) is None:
+            self._pictures = tf.function(lambda: (self.model.reconstruct(self.images, self.labels),
+                                                  self.model.sample(len(self.images), seed=self.seed)[0]))
+        return [np.asarray(images) for images in self._pictures()]
 
     def on_train_end(self, logs=None):
         self.train_writer.close()

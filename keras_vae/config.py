@@ -84,6 +84,10 @@ def users_of(name):
 
 def check_combination(values):
     """UserError for settings that are valid alone but not together."""
+    if values.get("dequantize", "none") != "none" and (values["likelihood"] != "gaussian" or values["binarize"] != "none"):
+        raise UserError(f"--dequantize {values['dequantize']} turns 8-bit images into a density's domain: it needs "
+                        f"--likelihood gaussian and --binarize none. Received: --likelihood {values['likelihood']}, "
+                        f"--binarize {values['binarize']}.")
     if values.get("decoder") == "pixelcnn" and (values["likelihood"] != "bernoulli" or values["binarize"] == "none"):
         raise UserError(f"--decoder pixelcnn models binary pixels: it needs --likelihood bernoulli and binarized data "
                         f"(--binarize dynamic or static). Received: --likelihood {values['likelihood']}, "

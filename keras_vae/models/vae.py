@@ -16,10 +16,12 @@ References:
     Tomczak & Welling (2018). VAE with a VampPrior. AISTATS.
 """
 
+import math
+
 import keras
 import tensorflow as tf
 
-from keras_vae import losses, priors
+from keras_vae import dequantization, losses, priors
 from keras_vae.distributions import NormalPosterior, standard_normal_prior
 from keras_vae.errors import UserError
 from keras_vae.hparams import Hyperparameter as H
@@ -59,6 +61,9 @@ class VAE(Autoencoder):
         H("prior", str, "normal", "p(z): normal, mog (learned mixture) or vamp (VampPrior).", choices=priors.PRIORS,
           attribute="prior_name", reference="Tomczak & Welling 2018"),
         H("prior_components", int, 10, "Components / pseudo-inputs of a learned prior.", minimum=1),
+        H("dequantize", str, "none", "For 8-bit data under a continuous likelihood: score y = (k + u)/256 with u "
+          "uniform or from a learned flow q(u|k), so the ELBO bounds the discrete likelihood.",
+          choices=dequantization.DEQUANTIZERS, reference="Ho et al. 2019"),
     )
 
     @classmethod
@@ -76,6 +81,9 @@ class VAE(Autoencoder):
         self.posterior_layer = NormalPosterior(self.latent_dim, self.posterior_scale, name="posterior")
         if self.prior_name != "normal":
             priors.add_prior_weights(self, self.prior_name, self.prior_components)
+        if self.dequantize == "variational":
+            self.dequantizer = dequantization.VariationalDequantizer(self.image_shape[-1], name="dequantizer")
+            self.dequantizer.build((None, *self.image_shape))
 
     def encoder_outputs(self):
         return 2 * self.latent_dim  # loc and raw scale
@@ -101,13 +109,27 @@ class VAE(Autoencoder):
             raise UserError(f"--temperature applies to the N(0, I) prior only; this model's prior is {self.prior_name!r}.")
         return self.prior().sample(num_samples, seed=tf.cast(seed, tf.int32))
 
+    def dequantized(self, x, seed):
+        """(what the likelihood scores, nats added to its −log p) for images x [B, H, W, C]: (x, 0) without
+        dequantization, else y = (k + u)/256 and D log 256 + log q(u|k) [B] (`keras_vae.dequantization`)."""
+        if self.dequantize == "none":
+            return x, 0.0
+        levels = dequantization.pixel_levels(x)
+        if self.dequantize == "uniform":
+            u, log_q = tf.random.stateless_uniform(tf.shape(levels), seed=seed), 0.0
+        else:
+            u, log_q = self.dequantizer(x, seed)
+        penalty = log_q + dequantization.change_of_variables(math.prod(self.image_shape))
+        return dequantization.continuous_images(levels, u), penalty
+
     # ---------------------------------------------------------- objective
     def compute_terms(self, x, training=False, y=None):
         """The ELBO terms from one reparameterized sample, plus the sample `z` and the posterior's
         `posterior_loc` and `posterior_scale` [B, L] (for regularizers of the aggregate posterior)."""
         posterior = self.posterior(self.corrupt(x, training), training=training, y=y)
         z = posterior.sample(seed=self.noise_seed())  # (B, L), reparameterized
-        reconstruction_loss = -self.likelihood(z, training=training, y=y).log_prob(x)  # (B,)
+        target, penalty = self.dequantized(x, None if self.dequantize == "none" else self.noise_seed())
+        reconstruction_loss = penalty - self.likelihood(z, training=training, y=y).log_prob(target)  # (B,)
         prior = self.prior()
         return elbo_terms(reconstruction_loss, losses.kl_divergence(posterior, prior, z),
                           losses.kl_per_dimension(posterior, prior), z=z, posterior_loc=posterior.mean(),
@@ -123,11 +145,13 @@ class VAE(Autoencoder):
         posterior = self.posterior(x, y=y)
         z = posterior.sample(num_samples, seed=seed)  # (K, B, L)
         batch = tf.shape(z)[1]
+        # One dequantization of x for all K codes: the weights estimate log p(y), a bound on log P(x) over u.
+        target, penalty = self.dequantized(x, tf.random.experimental.stateless_fold_in(seed, 1))
         flat_z = tf.reshape(z, [-1, self.latent_dim])  # (K, B, L) -> (K*B, L)
-        flat_x = tf.tile(x, [num_samples] + [1] * len(self.image_shape))  # (K*B, H, W, C)
+        flat_x = tf.tile(target, [num_samples] + [1] * len(self.image_shape))  # (K*B, H, W, C)
         flat_y = tf.tile(y, [num_samples]) if y is not None else None  # (K*B,)
         log_likelihood = tf.reshape(self.likelihood(flat_z, y=flat_y).log_prob(flat_x), [num_samples, batch])
-        log_weights = log_likelihood + self.prior().log_prob(z) - posterior.log_prob(z)  # (K, B)
+        log_weights = log_likelihood - penalty + self.prior().log_prob(z) - posterior.log_prob(z)  # (K, B)
         return log_weights, tf.reduce_mean(log_weights, axis=0)
 
     def kl_weight(self):

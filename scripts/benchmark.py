@@ -247,6 +247,7 @@ def reference_adapter(encoder, decoder, latent_dim, image_shape):
         compute_terms = VAE.compute_terms
         importance_log_weights = VAE.importance_log_weights
         noise_seed = VAE.noise_seed
+        dequantized, dequantize = VAE.dequantized, "none"
 
         def __init__(self):
             self.latent_dim, self.code_dim, self.image_shape = latent_dim, latent_dim, image_shape

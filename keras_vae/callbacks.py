@@ -267,17 +267,7 @@ class Summaries(keras.callbacks.Callback):
 
     def code_statistics(self):
         """{mutual_information, active_units} of the images' posteriors; {} for models without one."""
-        if not (self.model.has_elbo and self.model.continuous_code):
-            return {}
-        loc, scale = [], []
-        for start in range(0, len(self.all_images), CODE_BATCH):
-            labels = None if self.all_labels is None else self.all_labels[start : start + CODE_BATCH]
-            mean, spread = self.model.encode(self.all_images[start : start + CODE_BATCH], labels)
-            loc.append(np.asarray(mean))
-            scale.append(np.asarray(spread))
-        loc, scale = np.concatenate(loc), np.concatenate(scale)
-        return {"mutual_information": metrics.posterior_mutual_information(loc, scale),
-                "active_units": metrics.active_units(loc)[0]}
+        return posterior_statistics(self.model, self.all_images, self.all_labels)
 
     def pictures(self):
         """(reconstructions, samples) in one traced function: an autoregressive decoder draws pixel by pixel
@@ -290,3 +280,91 @@ class Summaries(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         self.train_writer.close()
         self.val_writer.close()
+
+
+def posterior_statistics(model, images, labels=None):
+    """{mutual_information, active_units} of the posteriors q(z|x) of images [N, H, W, C] (labels [N] for a
+    conditional model): I(x; z) under their aggregate posterior in nats, and the units whose mean varies;
+    {} for a model without a Gaussian posterior."""
+    if not (model.has_elbo and model.continuous_code):
+        return {}
+    loc, scale = [], []
+    for start in range(0, len(images), CODE_BATCH):
+        mean, spread = model.encode(images[start : start + CODE_BATCH],
+                                    None if labels is None else labels[start : start + CODE_BATCH])
+        loc.append(np.asarray(mean))
+        scale.append(np.asarray(spread))
+    loc, scale = np.concatenate(loc), np.concatenate(scale)
+    return {"mutual_information": metrics.posterior_mutual_information(loc, scale),
+            "active_units": metrics.active_units(loc)[0]}
+
+
+class AggressiveEncoder(keras.callbacks.Callback):
+    """Aggressive training of the inference network against lagging inference (He et al. 2019, Algorithm 1).
+
+    While aggressive, steps alternate between two phases: the inference network alone
+    (`phase="inference"`) on fresh batches until its loss stops falling (the mean over a window of
+    `window` steps is not below the previous window's, or `max_inner_steps` steps were taken), then one
+    step of the generative model (`phase="generative"`). Each batch is one step of either phase, so a run
+    of E epochs sees as many batches as without the remedy, but its decoder takes fewer of them. At an
+    epoch's end the mutual information I(x; z) of `images` is measured; once it is not above the epoch
+    before's, training is joint for the rest of the run. The state (aggressive or not, the last MI) is kept
+    in `model.aggressive_state`, so a resumed run goes on where it stopped.
+
+    History gains `aggressive` (1 while the next epoch is aggressive) and `generative_steps` (the decoder's
+    steps so far in this run). Put this callback before the checkpoint so that it records them.
+
+    Args:
+        images: validation images [N, H, W, C] whose I(x; z) decides when to stop.
+        labels: their labels [N] for a conditional model, else None.
+    """
+
+    def __init__(self, images, labels=None, window=10, max_inner_steps=100):  # the paper's code for images
+        super().__init__()
+        self.images, self.labels = np.asarray(images, np.float32), labels
+        self.window, self.max_inner_steps = int(window), int(max_inner_steps)
+        self.generative_steps = 0
+
+    def on_train_begin(self, logs=None):
+        self.functions = {phase: self.model.phase_train_function(phase) for phase in ("joint", "inference", "generative")}
+        self.start_inner_loop()
+
+    def start_inner_loop(self):
+        self.phase, self.inner_steps, self.window_sum, self.previous_window = "inference", 0, 0.0, np.inf
+
+    def aggressive(self):
+        return bool(np.asarray(self.model.aggressive_state)[0] > 0.5)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.current = self.phase if self.aggressive() else "joint"
+        self.model.train_function = self.functions[self.current]
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = float(np.asarray((logs or {}).pop("batch_loss", np.nan)).reshape(-1)[0])
+        if self.current != "inference":
+            self.generative_steps += 1
+            self.start_inner_loop()
+            return
+        self.inner_steps += 1
+        self.window_sum += loss
+        if self.inner_steps % self.window == 0:
+            mean = self.window_sum / self.window
+            if not mean < self.previous_window:
+                self.phase = "generative"
+            self.previous_window, self.window_sum = mean, 0.0
+        if self.inner_steps >= self.max_inner_steps:
+            self.phase = "generative"
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        logs.pop("batch_loss", None)
+        if self.aggressive():
+            # In float32, as it is kept: the same weights must read as no rise.
+            information = np.float32(posterior_statistics(self.model, self.images, self.labels)["mutual_information"])
+            previous = np.asarray(self.model.aggressive_state)[1]
+            self.model.aggressive_state.assign([float(information > previous), information])
+        logs["aggressive"] = float(self.aggressive())
+        logs["generative_steps"] = float(self.generative_steps)
+
+    def on_train_end(self, logs=None):
+        self.model.train_function = self.functions["joint"]

@@ -269,7 +269,8 @@ def fit(config, verbose="auto", force=False, log=print, extra_callbacks=()):
     checkpointer = kv_callbacks.EpochCheckpoint(own_checkpoint_dir, config.to_dict(), history,
                                                 extra_state={"schedule_steps": schedule_steps}, stopwatch=stopwatch)
     # The NaN guard reads each step's loss, which waits for the step to finish: the timer comes after it.
-    callbacks = [kv_callbacks.StopOnNaN(checkpoint_dir), kv_callbacks.PhaseTimer(stopwatch), checkpointer,
+    phases = [kv_callbacks.AggressiveEncoder(*summary_images)] if getattr(model, "aggressive_encoder", False) else []
+    callbacks = [kv_callbacks.StopOnNaN(checkpoint_dir), kv_callbacks.PhaseTimer(stopwatch), *phases, checkpointer,
                  *extra_callbacks]
     if chief:
         callbacks.append(kv_callbacks.Summaries(os.path.join(run_dir, runs.LOG_DIR), *summary_images,

@@ -11,7 +11,9 @@ must beat. Each row is then scored on the first `--test-images` test images:
 −log p(x) with `--iw-samples` importance samples, KL, I(x; z) under the
 aggregate posterior, active units, the linear probe (fit on 5,000 training
 images), and samples per second (64 at a time, one tf.function, after a
-warm-up call). Sample grids go to `--scratch`/<row>/samples.png. Writes
+warm-up call). Each row also keeps its curves per epoch: the training KL,
+and the validation I(x; z) and active units that TensorBoard shows. Sample
+grids go to `benchmarks/collapse/<row>.png`. Writes
 `benchmarks/collapse.json` and prints the Markdown table of
 `benchmarks/COLLAPSE.md`.
 """
@@ -34,6 +36,7 @@ ROWS = {  # row: (what it is, FitConfig values beyond the common ones)
     "free-bits": ("+ free bits, 0.25 nats a dimension", dict(PIXELCNN, free_bits=0.25)),
     "dropout": ("+ decoder dropout 0.5 of earlier pixels", dict(PIXELCNN, decoder_dropout=0.5)),
     "delta": ("δ-VAE, δ = 16 nats", dict(PIXELCNN, model="delta_vae", delta=16.0)),
+    "aggressive": ("+ aggressive encoder (He et al. 2019)", dict(PIXELCNN, aggressive_encoder=True)),
     "combined": ("δ-VAE δ = 16 + warm-up + dropout 0.5",
                  dict(PIXELCNN, model="delta_vae", delta=16.0, kl_warmup_steps=None, decoder_dropout=0.5)),
 }
@@ -71,11 +74,32 @@ def measure(row, args):
     start = time.time()
     result = evaluate_model(model, test, iw_samples=args.iw_samples, train_data=train, progress=False)
     rate, images = samples_per_second(model)
-    save_png(os.path.join(config.run_dir, "samples.png"), make_grid(images, columns=8))
-    return {"row": row, "what": ROWS[row][0], "settings": config.to_dict(), "fit_seconds": times.get("fit"),
-            "score_seconds": time.time() - start, "samples_per_second": rate,
+    save_png(os.path.join(os.path.dirname(args.out), "collapse", f"{row}.png"), make_grid(images, columns=8))
+    settings = dict(config.to_dict(), run_dir=f"<scratch>/{row}")
+    return {"row": row, "what": ROWS[row][0], "settings": settings, "fit_seconds": times.get("fit"),
+            "score_seconds": time.time() - start, "samples_per_second": rate, "curves": curves(config.run_dir),
             **{key: result[key] for key in ("nll_iw", "nll_iw_stderr", "elbo", "kl", "mutual_information",
                                             "active_units", "linear_probe_accuracy", "num_examples", "iw_samples")}}
+
+
+def curves(run_dir):
+    """{name: [value per epoch]}: `kl` and, where the run had them, `aggressive` and `generative_steps` from its
+    history; `mutual_information` and `active_units` from its TensorBoard validation log."""
+    import tensorflow as tf
+
+    from keras_vae.runs import LOG_DIR
+
+    with open(os.path.join(run_dir, "history.json")) as f:
+        history = json.load(f)
+    out = {name: history[name] for name in ("kl", "val_kl", "aggressive", "generative_steps") if name in history}
+    tags = {}
+    for path in tf.io.gfile.glob(os.path.join(run_dir, LOG_DIR, "validation", "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.tag in ("mutual_information", "active_units"):
+                    tags.setdefault(value.tag, {})[event.step] = float(tf.make_ndarray(value.tensor))
+    out.update({tag: [steps[k] for k in sorted(steps)] for tag, steps in tags.items()})
+    return out
 
 
 def table(reports):

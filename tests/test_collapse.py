@@ -199,3 +199,97 @@ def test_delta_vae_keeps_its_committed_rate_under_a_collapsing_decoder():
     model.compile(optimizer=keras.optimizers.Adam(2e-3))
     history = model.fit(striped_images(), batch_size=100, epochs=3, verbose=0).history
     assert min(history["kl"]) >= 4.0 - 1e-3
+
+
+# ------------------------------------------------------------------ aggressive encoder (He et al. 2019)
+def compiled(model_class=VAE, **kwargs):
+    keras.utils.set_random_seed(0)
+    model = model_class(image_shape=(8, 8, 1), latent_dim=3, kl_warmup_steps=0, **kwargs)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    return model
+
+
+def changed_by_one_step(model, phase, x):
+    """(paths of the trainable variables that one step of `phase` moved, the step's logs)."""
+    before = {v.path: v.numpy().copy() for v in model.trainable_variables}
+    model.reset_metrics()
+    logs = model.phase_train_function(phase)(iter(tf.data.Dataset.from_tensors(x).repeat()))
+    after = {v.path: v.numpy() for v in model.trainable_variables}
+    return {path for path in before if not np.array_equal(before[path], after[path])}, logs
+
+
+def paths(layers):
+    return {v.path for layer in layers for v in layer.trainable_variables}
+
+
+@pytest.mark.parametrize("model_name", ["vae", "hvae"])
+def test_training_phases_update_only_their_own_variables(model_name):
+    from keras_vae.models import get_model_class
+
+    model = compiled(get_model_class(model_name), **({"prior": "mog"} if model_name == "vae" else {}))
+    x = striped_images(64)
+    everything = {v.path for v in model.trainable_variables}
+    inference = paths(model.inference_layers())
+    if model_name == "hvae":  # the top-down path is p(z1 | z2): generative, though inference reads it
+        assert paths([model.top_down]) and not paths([model.top_down]) & inference
+    else:  # a learned prior is generative
+        assert {v.path for v in model.trainable_variables if "prior" in v.path} <= everything - inference
+    assert paths([model.encoder]) <= inference < everything
+    moved, logs = changed_by_one_step(model, "inference", x)
+    assert moved == inference
+    moved, logs = changed_by_one_step(model, "generative", x)
+    assert moved == everything - inference
+    # The loss of the step, over all replicas (one here): the tracker's mean after one step.
+    assert float(np.asarray(logs["batch_loss"])) == pytest.approx(float(np.asarray(logs["loss"])), rel=1e-6)
+    moved, _ = changed_by_one_step(model, "joint", x)
+    assert moved == everything
+    with pytest.raises(ValueError, match="phase must be one of"):
+        model.phase_variables("decoder")
+
+
+def aggressive_callback(model, **kwargs):
+    from keras_vae.callbacks import AggressiveEncoder
+
+    callback = AggressiveEncoder(striped_images(200), **kwargs)
+    callback.set_model(model)
+    callback.on_train_begin()
+    return callback
+
+
+def drive(callback, losses):
+    """The phases of steps with the given batch losses, as the callback chooses them."""
+    phases = []
+    for loss in losses:
+        callback.on_train_batch_begin(0)
+        phases.append(callback.current)
+        callback.on_train_batch_end(0, {"batch_loss": loss})
+    return phases
+
+
+def test_aggressive_inner_loop_ends_when_its_loss_stops_falling_or_at_the_cap():
+    model = compiled(aggressive_encoder=True)
+    callback = aggressive_callback(model, window=3, max_inner_steps=10)
+    # Window means 5, 4, 4.5: the third is not below the second, so a decoder step follows.
+    phases = drive(callback, [5, 5, 5, 4, 4, 4, 4.5, 4.5, 4.5, 0])
+    assert phases == ["inference"] * 9 + ["generative"]
+    assert model.train_function is callback.functions["generative"]
+    # A loss that keeps falling: the inner loop stops at its cap of 10 steps.
+    assert drive(callback, [3, 2, 1, 0, -1, -2, -3, -4, -5, -6, 0, 9]) == ["inference"] * 10 + ["generative", "inference"]
+    logs = {"batch_loss": 1.0}
+    callback.on_epoch_end(0, logs)
+    assert "batch_loss" not in logs and logs["generative_steps"] == 2
+
+
+def test_aggressive_training_ends_when_the_mutual_information_stops_rising():
+    model = compiled(aggressive_encoder=True)
+    callback = aggressive_callback(model)
+    logs = {}
+    callback.on_epoch_end(0, logs)  # from the initial -1e9: I(x; z) rose
+    information = callback_information = float(np.asarray(model.aggressive_state)[1])
+    expected = metrics.posterior_mutual_information(*(np.asarray(t) for t in model.encode(callback.images)))
+    assert logs["aggressive"] == 1.0 and callback_information == pytest.approx(expected, rel=1e-5)
+    callback.on_epoch_end(1, logs)  # the same weights: not above the last epoch's, so aggressive training ends
+    assert logs["aggressive"] == 0.0 and float(np.asarray(model.aggressive_state)[1]) == pytest.approx(information)
+    assert drive(callback, [1.0, 2.0]) == ["joint", "joint"]
+    callback.on_epoch_end(2, logs)  # no longer measured
+    assert logs["aggressive"] == 0.0 and callback.generative_steps == 2

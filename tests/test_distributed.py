@@ -101,6 +101,31 @@ def test_fit_prior_trains_under_the_runs_own_strategy(sprites_npz, tmp_path):
     assert history["prior_bottom"]["val_loss"][-1] < 8 * 8 * np.log(16)  # below the uniform prior
 
 
+def test_aggressive_encoder_trains_in_phases_on_two_replicas(sprites_npz, tmp_path):
+    """--aggressive-encoder under MirroredStrategy: the phases are separate train functions (an optimizer
+    update inside a tf.cond would fail there), the decoder takes few of the first epoch's steps, and the
+    phase state is saved with the model."""
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        fit_command("--dataset", sprites_npz, "--epochs", "2", "--batch-size", "64", "--latent-dim", "4",
+                    "--aggressive-encoder", "--no-export", "--run-dir", str(run_dir), "--strategy", "mirrored",
+                    "--cpu-replicas", "2"),
+        capture_output=True, text=True, env=env(), cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    history = json.loads((run_dir / "history.json").read_text())
+    steps = int(2048 * 0.9) // 64  # training batches per epoch
+    # An inner loop takes at least 10 encoder steps before each decoder step.
+    assert history["aggressive"][0] == 1.0 and history["generative_steps"][0] <= steps // 11 + 1
+    assert all(np.isfinite(history["loss"]))
+    probe = ("import json, sys, numpy as np\nfrom keras_vae.runs import load_run\n"
+             "print(json.dumps([float(v) for v in np.asarray(load_run(sys.argv[1])[1].aggressive_state)]))")
+    result = subprocess.run([sys.executable, "-c", probe, str(run_dir)], capture_output=True, text=True, env=env(),
+                            cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = json.loads(result.stdout.strip().splitlines()[-1])
+    assert state[0] == history["aggressive"][-1] and state[1] > -1e8  # I(x; z) measured and kept
+
+
 def free_ports(count):
     sockets = [socket.socket() for _ in range(count)]
     for s in sockets:

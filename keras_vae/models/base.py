@@ -25,6 +25,8 @@ A regularizer may add batch-level values to `terms` (e.g. the total
 correlation) to have them logged with the other metrics.
 """
 
+import functools
+
 import keras
 import tensorflow as tf
 
@@ -37,6 +39,7 @@ from keras_vae.pixel_decoder import CONDITION_CHANNELS, PixelCNNLikelihood
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 DECODERS = ("factorized", "pixelcnn")
+PHASES = ("joint", "inference", "generative")  # what a training step may update (`phase_variables`)
 
 
 def num_replicas():
@@ -279,28 +282,64 @@ class Autoencoder(keras.Model):
         beta = self.current_beta()
         return self.objective(terms, beta), terms, beta
 
-    def train_step(self, data):
+    def train_step(self, data, phase=None):
+        """One optimizer step on a batch; `phase` (see `PHASES`) restricts the step to part of the model
+        and adds the batch's mean loss over all replicas, `batch_loss`, to what it returns."""
         with tf.GradientTape() as tape:
             loss, terms, beta = self.losses_and_terms(data, training=True)
             # The optimizer sums gradients over replicas: scale so the sum is a mean.
             gradient_loss = loss / num_replicas()
             gradient_loss = self.optimizer.scale_loss(gradient_loss)
-        gradients = tape.gradient(gradient_loss, self.trainable_variables)
-        self.optimizer.apply(gradients, self.trainable_variables)
-        return self.update_trackers(loss, terms, beta)
+        variables = self.trainable_variables if phase is None else self.phase_variables(phase)
+        gradients = tape.gradient(gradient_loss, variables)
+        self.optimizer.apply(gradients, variables)
+        extra = {} if phase is None else {
+            "batch_loss": tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.MEAN, loss)}
+        return self.update_trackers(loss, terms, beta, extra)
+
+    # ------------------------------------------------ training in phases
+    def inference_layers(self):
+        """The layers of the inference model q(z|x) (what an "inference" phase trains): the encoder here."""
+        return [self.encoder]
+
+    def phase_variables(self, phase):
+        """The trainable variables a phase updates: "joint" all, "inference" those of `inference_layers`,
+        "generative" the rest (decoder, likelihood, a learned prior)."""
+        if phase not in PHASES:
+            raise ValueError(f"phase must be one of {PHASES}. Received: {phase!r}.")
+        if phase == "joint":
+            return self.trainable_variables
+        inference = {id(v) for layer in self.inference_layers() for v in layer.trainable_variables}
+        return [v for v in self.trainable_variables if (id(v) in inference) == (phase == "inference")]
+
+    def phase_train_function(self, phase):
+        """A compiled train function (as `make_train_function` makes) whose steps update `phase`'s
+        variables only; a callback that alternates phases sets it as `train_function` before a step.
+
+        Phases are separate functions, not a `tf.cond` in one: under tf.distribute an optimizer update
+        is a synchronization point, which control flow inside a replica's step may not contain."""
+        cache = self.__dict__.setdefault("_phase_train_functions", {})
+        if phase not in cache:
+            self.phase_variables(phase)  # checks the name
+            if not self.optimizer.built:  # its slots must cover every variable before a phase updates some
+                with self.distribute_strategy.scope():
+                    self.optimizer.build(self.trainable_variables)
+            cache[phase] = self._make_function(functools.partial(self.train_step, phase=phase))
+        return cache[phase]
 
     def test_step(self, data):
         loss, terms, beta = self.losses_and_terms(data, training=False)
         return self.update_trackers(loss, terms, beta)
 
-    def update_trackers(self, loss, terms, beta):
+    def update_trackers(self, loss, terms, beta, extra=None):
+        """Updates the metric trackers; returns their results and `extra` (more step outputs)."""
         # Batch-level scalars are weighted by the batch size so that every tracker is a per-example mean.
         batch_size = tf.cast(tf.shape(terms["reconstruction_loss"])[0], tf.float32)
         values = {**terms, "loss": loss, "beta": beta}
         for name, tracker in self.trackers.items():
             value = tf.cast(values[name], tf.float32)
             tracker.update_state(value, sample_weight=batch_size if value.shape.rank == 0 else None)
-        results = {name: tracker.result() for name, tracker in self.trackers.items()}
+        results = {**{name: tracker.result() for name, tracker in self.trackers.items()}, **(extra or {})}
         if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
             # Keras reduces step outputs with strategy.reduce("MEAN", v, axis=0)
             # under multi-worker training, which fails on scalars: send [1].

@@ -83,6 +83,9 @@ class HierarchicalVAE(VAE):
     def code_dim(self):
         return 2 * self.latent_dim
 
+    def inference_layers(self):
+        return [self.encoder, self.bottom_up_z1, self.bottom_up_z2]  # top_down is p(z1|z2), generative
+
     def build_networks(self):
         # The encoder ends in HIDDEN features, not posterior parameters; the decoder reads z1.
         return build_networks(self.architecture, self.image_shape, self.latent_dim, HIDDEN, self.decoder_channels())

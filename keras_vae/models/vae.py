@@ -14,6 +14,7 @@ References:
     Bowman et al. (2016); Sønderby et al. (2016): KL warm-up.
     Kingma et al. (2016). Improved Variational Inference with Inverse Autoregressive Flow: free bits.
     Tomczak & Welling (2018). VAE with a VampPrior. AISTATS.
+    He et al. (2019). Lagging Inference Networks and Posterior Collapse in VAEs. ICLR: aggressive encoder.
 """
 
 import math
@@ -44,6 +45,8 @@ class VAE(Autoencoder):
             the loss. Reported `kl` and `elbo` are the true values.
         prior: "normal" (N(0, I)), "mog" (a learned mixture) or "vamp" (VampPrior).
         prior_components: mixture components / pseudo-inputs of a learned prior.
+        dequantize: "none", "uniform" or "variational" (`keras_vae.dequantization`).
+        aggressive_encoder: train in phases (`keras_vae.callbacks.AggressiveEncoder`, which `train.fit` adds).
 
     Example:
         >>> model = VAE(image_shape=(28, 28, 1), latent_dim=8)
@@ -64,6 +67,9 @@ class VAE(Autoencoder):
         H("dequantize", str, "none", "For 8-bit data under a continuous likelihood: score y = (k + u)/256 with u "
           "uniform or from a learned flow q(u|k), so the ELBO bounds the discrete likelihood.",
           choices=dequantization.DEQUANTIZERS, reference="Ho et al. 2019"),
+        H("aggressive_encoder", bool, False, "Lagging-inference remedy: from the start, train the inference "
+          "network alone on fresh batches until its loss stops falling, then take one decoder step; end when "
+          "I(x; z) on validation images stops rising at an epoch's end.", reference="He et al. 2019"),
     )
 
     @classmethod
@@ -81,12 +87,18 @@ class VAE(Autoencoder):
         self.posterior_layer = NormalPosterior(self.latent_dim, self.posterior_scale, name="posterior")
         if self.prior_name != "normal":
             priors.add_prior_weights(self, self.prior_name, self.prior_components)
+        if self.aggressive_encoder:  # (aggressive now, I(x; z) at the last epoch's end), read by the callback
+            self.aggressive_state = keras.Variable([1.0, -1e9], dtype="float32", trainable=False,
+                                                   name="aggressive_state")
         if self.dequantize == "variational":
             self.dequantizer = dequantization.VariationalDequantizer(self.image_shape[-1], name="dequantizer")
             self.dequantizer.build((None, *self.image_shape))
 
     def encoder_outputs(self):
         return 2 * self.latent_dim  # loc and raw scale
+
+    def inference_layers(self):
+        return [self.encoder, self.posterior_layer] + ([self.dequantizer] if self.dequantize == "variational" else [])
 
     def metric_names(self):
         return ("loss", "elbo", "reconstruction_loss", "kl", "beta")

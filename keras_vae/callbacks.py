@@ -311,6 +311,7 @@ class AggressiveEncoder(keras.callbacks.Callback):
     before's, training is joint for the rest of the run. The state (aggressive or not, the last MI) is kept
     in `model.aggressive_state`, so a resumed run goes on where it stopped.
 
+    A step here is one call of the train function: `steps_per_execution` batches of one phase.
     History gains `aggressive` (1 while the next epoch is aggressive) and `generative_steps` (the decoder's
     steps so far in this run). Put this callback before the checkpoint so that it records them.
 

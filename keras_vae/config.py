@@ -88,6 +88,9 @@ def check_combination(values):
         raise UserError(f"--dequantize {values['dequantize']} turns 8-bit images into a density's domain: it needs "
                         f"--likelihood gaussian and --binarize none. Received: --likelihood {values['likelihood']}, "
                         f"--binarize {values['binarize']}.")
+    if values.get("aggressive_encoder") and values["steps_per_execution"] != 1:
+        raise UserError("--aggressive-encoder chooses the phase of every step: it needs --steps-per-execution 1. "
+                        f"Received: --steps-per-execution {values['steps_per_execution']}.")
     if values.get("decoder") == "pixelcnn" and (values["likelihood"] != "bernoulli" or values["binarize"] == "none"):
         raise UserError(f"--decoder pixelcnn models binary pixels: it needs --likelihood bernoulli and binarized data "
                         f"(--binarize dynamic or static). Received: --likelihood {values['likelihood']}, "

@@ -218,11 +218,12 @@ def compiled(model_class=VAE, **kwargs):
     return model
 
 
-def changed_by_one_step(model, phase, x):
+def changed_by_one_step(model, phase, data, reset=True):
     """(paths of the trainable variables that one step of `phase` moved, the step's logs)."""
     before = {v.path: v.numpy().copy() for v in model.trainable_variables}
-    model.reset_metrics()
-    logs = model.phase_train_function(phase)(iter(tf.data.Dataset.from_tensors(x).repeat()))
+    if reset:
+        model.reset_metrics()
+    logs = model.phase_train_function(phase)(iter(tf.data.Dataset.from_tensors(data).repeat()))
     after = {v.path: v.numpy() for v in model.trainable_variables}
     return {path for path in before if not np.array_equal(before[path], after[path])}, logs
 
@@ -231,27 +232,41 @@ def paths(layers):
     return {v.path for layer in layers for v in layer.trainable_variables}
 
 
-@pytest.mark.parametrize("model_name", ["vae", "hvae"])
-def test_training_phases_update_only_their_own_variables(model_name):
+@pytest.mark.parametrize("model_name, settings", [
+    ("vae", {"prior": "mog"}), ("hvae", {}), ("cvae", {"num_classes": 3}),
+    ("vae", {"prior": "vamp", "prior_components": 2, "likelihood": "gaussian", "dequantize": "variational"}),
+    ("vae", {"decoder": "pixelcnn", "decoder_layers": 2, "decoder_filters": 8}),
+])
+def test_training_phases_update_only_their_own_variables(model_name, settings):
     from keras_vae.models import get_model_class
 
-    model = compiled(get_model_class(model_name), **({"prior": "mog"} if model_name == "vae" else {}))
+    model = compiled(get_model_class(model_name), aggressive_encoder=True, **settings)
     x = striped_images(64)
+    data = (x, np.arange(64) % 3) if model.uses_labels else x
     everything = {v.path for v in model.trainable_variables}
     inference = paths(model.inference_layers())
     if model_name == "hvae":  # the top-down path is p(z1 | z2): generative, though inference reads it
         assert paths([model.top_down]) and not paths([model.top_down]) & inference
-    else:  # a learned prior is generative
+    if settings.get("prior", "normal") != "normal":  # a learned prior is generative, the dequantizer inference
         assert {v.path for v in model.trainable_variables if "prior" in v.path} <= everything - inference
+    if settings.get("dequantize") == "variational":
+        assert paths([model.dequantizer]) <= inference
     assert paths([model.encoder]) <= inference < everything
-    moved, logs = changed_by_one_step(model, "inference", x)
-    assert moved == inference
-    moved, logs = changed_by_one_step(model, "generative", x)
-    assert moved == everything - inference
-    # The loss of the step, over all replicas (one here): the tracker's mean after one step.
-    assert float(np.asarray(logs["batch_loss"])) == pytest.approx(float(np.asarray(logs["loss"])), rel=1e-6)
-    moved, _ = changed_by_one_step(model, "joint", x)
-    assert moved == everything
+    # A phase moves only its own variables (some with a zero first gradient behind a zero-initialized
+    # output layer may stay put), and every one of its network's.
+    moved, logs = changed_by_one_step(model, "inference", data)
+    assert paths([model.encoder]) <= moved <= inference
+    # An inference-only step keeps its own Adam step count; the optimizer's counts the decoder's updates.
+    assert int(model.inference_iterations.numpy()) == 1 and int(model.optimizer.iterations.numpy()) == 0
+    first = float(np.asarray(logs["loss"]))
+    moved, logs = changed_by_one_step(model, "generative", data, reset=False)
+    assert paths([model.decoder]) <= moved <= everything - inference
+    assert int(model.inference_iterations.numpy()) == 1 and int(model.optimizer.iterations.numpy()) == 1
+    # batch_loss is this step's loss, the tracker the mean of both steps.
+    np.testing.assert_allclose(float(np.asarray(logs["loss"])),
+                               (first + float(np.asarray(logs["batch_loss"]))) / 2, rtol=1e-5)
+    moved, _ = changed_by_one_step(model, "joint", data)
+    assert paths([model.encoder, model.decoder]) <= moved and int(model.optimizer.iterations.numpy()) == 2
     with pytest.raises(ValueError, match="phase must be one of"):
         model.phase_variables("decoder")
 
@@ -286,7 +301,7 @@ def test_aggressive_inner_loop_ends_when_its_loss_stops_falling_or_at_the_cap():
     assert drive(callback, [3, 2, 1, 0, -1, -2, -3, -4, -5, -6, 0, 9]) == ["inference"] * 10 + ["generative", "inference"]
     logs = {"batch_loss": 1.0}
     callback.on_epoch_end(0, logs)
-    assert "batch_loss" not in logs and logs["generative_steps"] == 2
+    assert "batch_loss" not in logs and logs["decoder_steps"] == logs["encoder_only_steps"] == 0  # none really ran
 
 
 def test_aggressive_training_ends_when_the_mutual_information_stops_rising():
@@ -299,6 +314,13 @@ def test_aggressive_training_ends_when_the_mutual_information_stops_rising():
     assert logs["aggressive"] == 1.0 and callback_information == pytest.approx(expected, rel=1e-5)
     callback.on_epoch_end(1, logs)  # the same weights: not above the last epoch's, so aggressive training ends
     assert logs["aggressive"] == 0.0 and float(np.asarray(model.aggressive_state)[1]) == pytest.approx(information)
-    assert drive(callback, [1.0, 2.0]) == ["joint", "joint"]
-    callback.on_epoch_end(2, logs)  # no longer measured
-    assert logs["aggressive"] == 0.0 and callback.generative_steps == 2
+    assert drive(callback, [1.0, 2.0]) == ["joint", "joint"] and model.train_function is callback.plain
+    model.aggressive_state.assign([0.0, 1e9])  # no longer measured: the state stays
+    callback.on_epoch_end(2, logs)
+    assert logs["aggressive"] == 0.0 and float(np.asarray(model.aggressive_state)[1]) == 1e9
+
+
+def test_aggressive_encoder_refuses_several_steps_per_execution():
+    with pytest.raises(UserError, match="--aggressive-encoder chooses the phase of every step.*--steps-per-execution 4"):
+        FitConfig(aggressive_encoder=True, steps_per_execution=4)
+    assert FitConfig(aggressive_encoder=True).aggressive_encoder

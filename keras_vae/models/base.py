@@ -292,12 +292,20 @@ class Autoencoder(keras.Model):
             gradient_loss = self.optimizer.scale_loss(gradient_loss)
         variables = self.trainable_variables if phase is None else self.phase_variables(phase)
         gradients = tape.gradient(gradient_loss, variables)
-        self.optimizer.apply(gradients, variables)
+        self.apply_gradients(gradients, variables, phase)
         extra = {} if phase is None else {
             "batch_loss": tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.MEAN, loss)}
         return self.update_trackers(loss, terms, beta, extra)
 
+    def apply_gradients(self, gradients, variables, phase=None):
+        """One optimizer update of `variables` (a phase's, or all)."""
+        self.optimizer.apply(gradients, variables)
+
     # ------------------------------------------------ training in phases
+    def compile(self, *args, **kwargs):
+        super().compile(*args, **kwargs)
+        self.__dict__.pop("_phase_train_functions", None)  # they were traced with the old optimizer and settings
+
     def inference_layers(self):
         """The layers of the inference model q(z|x) (what an "inference" phase trains): the encoder here."""
         return [self.encoder]

@@ -90,12 +90,29 @@ class VAE(Autoencoder):
         if self.aggressive_encoder:  # (aggressive now, I(x; z) at the last epoch's end), read by the callback
             self.aggressive_state = keras.Variable([1.0, -1e9], dtype="float32", trainable=False,
                                                    name="aggressive_state")
+            self.inference_iterations = keras.Variable(0, dtype="int64", trainable=False, name="inference_iterations",
+                                                       aggregation="only_first_replica")
         if self.dequantize == "variational":
             self.dequantizer = dequantization.VariationalDequantizer(self.image_shape[-1], name="dequantizer")
             self.dequantizer.build((None, *self.image_shape))
 
     def encoder_outputs(self):
         return 2 * self.latent_dim  # loc and raw scale
+
+    def apply_gradients(self, gradients, variables, phase=None):
+        """An inference-only step counts in `inference_iterations`, not in the optimizer's `iterations`.
+
+        As with the separate encoder and decoder optimizers of He et al. (2019): Adam's bias correction of the
+        decoder's moments, the KL warm-up and the learning-rate schedule follow the decoder's updates, and the
+        encoder's Adam its own. (Slots are per variable already; only the step count is shared.)"""
+        if phase != "inference":
+            return super().apply_gradients(gradients, variables, phase)
+        iterations = self.optimizer.iterations
+        decoder_steps = tf.identity(iterations)
+        iterations.assign(self.inference_iterations)
+        super().apply_gradients(gradients, variables, phase)
+        self.inference_iterations.assign(iterations)
+        iterations.assign(decoder_steps)
 
     def inference_layers(self):
         return [self.encoder, self.posterior_layer] + ([self.dequantizer] if self.dequantize == "variational" else [])

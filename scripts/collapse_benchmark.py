@@ -83,15 +83,17 @@ def measure(row, args):
 
 
 def curves(run_dir):
-    """{name: [value per epoch]}: `kl` and, where the run had them, `aggressive` and `generative_steps` from its
-    history; `mutual_information` and `active_units` from its TensorBoard validation log."""
+    """{name: [value per epoch]}: `kl` and, where the run had them, `aggressive`, `decoder_steps` and
+    `encoder_only_steps` from its history; `mutual_information` and `active_units` from its TensorBoard
+    validation log."""
     import tensorflow as tf
 
     from keras_vae.runs import LOG_DIR
 
     with open(os.path.join(run_dir, "history.json")) as f:
         history = json.load(f)
-    out = {name: history[name] for name in ("kl", "val_kl", "aggressive", "generative_steps") if name in history}
+    out = {name: history[name] for name in ("kl", "val_kl", "aggressive", "decoder_steps", "encoder_only_steps")
+           if name in history}
     tags = {}
     for path in tf.io.gfile.glob(os.path.join(run_dir, LOG_DIR, "validation", "events.out.tfevents.*")):
         for event in tf.compat.v1.train.summary_iterator(path):

@@ -233,9 +233,9 @@ def paths(layers):
 
 
 @pytest.mark.parametrize("model_name, settings", [
-    ("vae", {"prior": "mog"}), ("hvae", {}), ("cvae", {"num_classes": 3}),
+    ("vae", {"prior": "mog", "decoder": "pixelcnn", "decoder_layers": 2, "decoder_filters": 8}),
     ("vae", {"prior": "vamp", "prior_components": 2, "likelihood": "gaussian", "dequantize": "variational"}),
-    ("vae", {"decoder": "pixelcnn", "decoder_layers": 2, "decoder_filters": 8}),
+    ("hvae", {}), ("cvae", {"num_classes": 3}),
 ])
 def test_training_phases_update_only_their_own_variables(model_name, settings):
     from keras_vae.models import get_model_class

@@ -107,7 +107,7 @@ def test_aggressive_encoder_trains_in_phases_on_two_replicas(sprites_npz, tmp_pa
     phase state is saved with the model."""
     run_dir = tmp_path / "run"
     result = subprocess.run(
-        fit_command("--dataset", sprites_npz, "--epochs", "2", "--batch-size", "64", "--latent-dim", "4",
+        fit_command("--dataset", sprites_npz, "--epochs", "1", "--batch-size", "64", "--latent-dim", "4",
                     "--aggressive-encoder", "--no-export", "--run-dir", str(run_dir), "--strategy", "mirrored",
                     "--cpu-replicas", "2"),
         capture_output=True, text=True, env=env(), cwd=REPO)

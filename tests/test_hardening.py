@@ -99,7 +99,8 @@ def signature_feeds(info, batch=2):
 
 def test_every_model_loads_and_answers_in_a_v1_session_without_tensorflow_probability(tmp_path):
     variants = [(name, {}) for name in model_names()] + [("vae", {"prior": "mog"}), ("vae", {"prior": "vamp"}),
-                                                         ("vae", {"decoder": "pixelcnn", "decoder_layers": 2})]
+                                                         ("vae", {"decoder": "pixelcnn", "decoder_layers": 2,
+                                                                  "aggressive_encoder": True})]
     paths = []
     for i, (name, extra) in enumerate(variants):
         model = tiny_model(name, **extra)

@@ -258,10 +258,12 @@ class Summaries(keras.callbacks.Callback):
         with self.val_writer.as_default(step=step):
             for name, value in self.code_statistics().items():
                 tf.summary.scalar(name, value)
-            reconstructions, samples = self.pictures()
-            columns = len(self.images)
-            tf.summary.image("reconstructions", make_grid(np.concatenate([self.images, reconstructions]), columns)[None])
-            tf.summary.image("samples", make_grid(samples, columns)[None])
+            if self.images.ndim == 4:  # images; signals [N, T, C] get no pictures
+                reconstructions, samples = self.pictures()
+                columns = len(self.images)
+                tf.summary.image("reconstructions",
+                                 make_grid(np.concatenate([self.images, reconstructions]), columns)[None])
+                tf.summary.image("samples", make_grid(samples, columns)[None])
         self.train_writer.flush()
         self.val_writer.flush()
 

@@ -159,6 +159,9 @@ def convolution(layer, filters, kernel_size, strides=1, activation=None):
 
 
 def _check_divisible(name, image_shape, factor=4):
+    if len(image_shape) != 3:
+        raise UserError(f"The {name!r} architecture reads images [H, W, C]; the data are signals {list(image_shape)} "
+                        "[T, C]. Use --architecture conv1d or mlp.")
     height, width, _ = image_shape
     if height % factor or width % factor:
         raise UserError(
@@ -265,6 +268,41 @@ def conv_64(image_shape, latent_dim, num_params):
          keras.layers.Dense(height // 16 * width // 16 * 64, activation="relu"),
          keras.layers.Reshape((height // 16, width // 16, 64)), *up,
          *convolution(Conv2DTranspose, channels, 4, strides=2)],
+        name="decoder",
+    )
+    return encoder, decoder
+
+
+@ARCHITECTURES.register("conv1d")
+def conv1d(signal_shape, latent_dim, num_params, filters=(32, 64, 128), kernel_size=4, hidden=256):
+    """For 1-D signals [T, C] (audio, sensor series): stride-2 convolutions along time of 32, 64 and 128
+    filters down to T/8, a 256-unit layer, and the mirror image up (transposed convolutions, then a
+    kernel-3 convolution to the C output channels).
+
+    The shape logic lives here, not in the models: any model whose likelihood is factorized reads [T, C]
+    through it (or through `mlp`, which flattens whatever it is given).
+    """
+    if len(signal_shape) != 2:
+        raise UserError(f"The 'conv1d' architecture reads signals [T, C]; the data are images {list(signal_shape)}. "
+                        "Use an image architecture (mlp, conv, conv-small, conv-64).")
+    length, channels = signal_shape
+    factor = 2 ** len(filters)
+    if length % factor:
+        raise UserError(f"The 'conv1d' architecture needs a signal length divisible by {factor}. Received: "
+                        f"T={length}. Pad or cut the signals, or use --architecture mlp.")
+    Conv1D, Conv1DTranspose = keras.layers.Conv1D, keras.layers.Conv1DTranspose
+    down = [layer for f in filters for layer in convolution(Conv1D, f, kernel_size, strides=2, activation="relu")]
+    up = [layer for f in reversed(filters)
+          for layer in convolution(Conv1DTranspose, f, kernel_size, strides=2, activation="relu")]
+    encoder = keras.Sequential(
+        [keras.Input(signal_shape), *down, keras.layers.Flatten(), keras.layers.Dense(hidden, activation="relu"),
+         keras.layers.Dense(num_params, name="posterior_params")],
+        name="encoder",
+    )
+    decoder = keras.Sequential(
+        [keras.Input((latent_dim,)), keras.layers.Dense(hidden, activation="relu"),
+         keras.layers.Dense(length // factor * filters[-1], activation="relu"),
+         keras.layers.Reshape((length // factor, filters[-1])), *up, *convolution(Conv1D, channels, 3)],
         name="decoder",
     )
     return encoder, decoder

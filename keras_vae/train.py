@@ -67,6 +67,27 @@ def prepare_data(config, dataset, replicas=1):
     return train, val, summary, len(x_train)
 
 
+def check_signal_settings(config, dataset):
+    """UserError when settings made for images meet 1-D signals [N, T, C] (real values, no pixels)."""
+    if not dataset.is_signal:
+        return
+    values = config.to_dict()
+    problems = []
+    if not model_class(config.model).reads_signals:
+        problems.append(f"--model {config.model} reads images only")
+    if values["binarize"] != "none":
+        problems.append(f"--binarize {values['binarize']} needs pixel intensities (use none)")
+    if values.get("likelihood", "gaussian") != "gaussian":
+        problems.append(f"--likelihood {values['likelihood']} models binary pixels (use gaussian)")
+    if values.get("decoder", "factorized") != "factorized":
+        problems.append(f"--decoder {values['decoder']} draws image pixels in raster order")
+    if values.get("dequantize", "none") != "none":
+        problems.append(f"--dequantize {values['dequantize']} is for 8-bit images")
+    if problems:
+        raise UserError(f"The dataset {config.dataset!r} holds signals {list(dataset.image_shape)} [T, C], not images: "
+                        + "; ".join(problems) + ".")
+
+
 def with_data_defaults(config, dataset):
     """`config` with the data's defaults (`keras_vae.data.defaults`) for the settings it was not given."""
     return config.with_defaults(defaults_for(config.dataset, dataset.image_shape))
@@ -244,6 +265,7 @@ def fit(config, verbose="auto", force=False, log=print, extra_callbacks=()):
     with stopwatch("data"):
         dataset = load_dataset(config.dataset, config.data_dir, config.seed)
     config = resolve_precision(with_data_defaults(config, dataset))
+    check_signal_settings(config, dataset)
     state, complete = resume_point(config, run_dir, force, log)
     if complete:
         return finish_export(config, state, log) if chief else {"run_dir": run_dir, "complete": True}

@@ -27,7 +27,8 @@ IDX_FILES = (
 
 @dataclasses.dataclass
 class Dataset:
-    """Images as uint8 [N, H, W, C] (0..255) or float32 in [0, 1], with optional labels.
+    """Images as uint8 [N, H, W, C] (0..255) or float32 in [0, 1], or 1-D signals as float32 [N, T, C]
+    (any finite values), with optional labels.
 
     `x_test` is None when the source has no test split; the pipeline then
     holds out a slice of `x_train` for validation.
@@ -46,7 +47,12 @@ class Dataset:
 
     @property
     def image_shape(self):
+        """The shape of one example: (H, W, C) for images, (T, C) for signals."""
         return tuple(self.x_train.shape[1:])
+
+    @property
+    def is_signal(self):
+        return self.x_train.ndim == 3
 
 
 def load_dataset(name, data_dir=None, seed=0):
@@ -58,7 +64,8 @@ def load_dataset(name, data_dir=None, seed=0):
     else:
         raise UserError(
             f"Unknown dataset {name!r}. Valid datasets: {', '.join(DATASETS.names())}, "
-            "or a path to a .npz file with an `x` array or a folder of PNG/JPEG images."
+            "or a path to a .npz file with an `x` array (images, or signals [N, T] / [N, T, C] with "
+            "kind='signal') or a folder of PNG/JPEG images."
         )
     return check_dataset(dataset)
 
@@ -69,6 +76,11 @@ def _looks_like_path(name):
 
 def check_dataset(dataset):
     """Rejects data a VAE cannot train on, naming the problem."""
+    if dataset.x_train.ndim not in (3, 4):
+        raise UserError(f"Dataset {dataset.name!r}: x_train must be images [N, H, W, C] or signals [N, T, C]; "
+                        f"received an array of shape {dataset.x_train.shape}.")
+    if dataset.is_signal:
+        return check_signals(dataset)
     for split in ("x_train", "x_test"):
         x = getattr(dataset, split)
         if x is None:
@@ -95,6 +107,25 @@ def check_dataset(dataset):
                     f"Dataset {dataset.name!r}: {split} has values in [{low:g}, {high:g}]; "
                     "float images must lie in [0, 1] (or be stored as uint8 0..255)."
                 )
+    return dataset
+
+
+def check_signals(dataset):
+    """Rejects signals a VAE cannot train on: float [N, T, C], finite, one shape in both splits."""
+    for split in ("x_train", "x_test"):
+        x = getattr(dataset, split)
+        if x is None:
+            continue
+        if x.ndim != 3 or len(x) == 0:
+            raise UserError(f"Dataset {dataset.name!r}: {split} must hold signals [N, T, C] with N >= 1; received an "
+                            f"array of shape {x.shape}.")
+        if x.shape[1:] != dataset.x_train.shape[1:]:
+            raise UserError(f"Dataset {dataset.name!r}: x_test signals are {x.shape[1:]}, x_train signals "
+                            f"{dataset.x_train.shape[1:]}; both splits need one length and channel count.")
+        if not np.issubdtype(x.dtype, np.floating):
+            raise UserError(f"Dataset {dataset.name!r}: {split} is {x.dtype}; signals must be float.")
+        if not np.isfinite(x).all():
+            raise UserError(f"Dataset {dataset.name!r}: {split} contains NaN or infinite values.")
     return dataset
 
 
@@ -240,8 +271,14 @@ def load_path(path):
         raise UserError(f"Dataset path {path} does not exist.")
     if path.endswith(".npz"):
         arrays = _read_npz(path, ("x",))
-        x = with_channel_axis(arrays["x"])
-        x_test = with_channel_axis(arrays["x_test"]) if "x_test" in arrays else None
+        kind = str(arrays["kind"]) if "kind" in arrays else None
+        if kind not in (None, "image", "signal"):
+            raise UserError(f"{path}: kind must be 'image' or 'signal'; it is {kind!r}.")
+        # [N, T] arrays are signals; [N, H, W] grey images unless kind says "signal" ([N, T, C]).
+        signal = kind == "signal" or arrays["x"].ndim == 2
+        shape = (lambda a: a[..., None] if a.ndim == 2 else a) if signal else with_channel_axis
+        x = shape(arrays["x"])
+        x_test = shape(arrays["x_test"]) if "x_test" in arrays else None
         y = _labels(path, "y", arrays.get("y"), x)
         y_test = _labels(path, "y_test", arrays.get("y_test"), x_test) if x_test is not None else None
         if x_test is not None and (y is None) != (y_test is None):

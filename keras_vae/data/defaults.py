@@ -23,6 +23,7 @@ DATASET_DEFAULTS = {
                 "prior": "mog", "prior_components": 100},
 }
 DATASET_DEFAULTS["dsprites"] = DATASET_DEFAULTS["sprites"]  # the same images, drawn from the whole grid
+SIGNAL_DEFAULTS = {"likelihood": "gaussian", "binarize": "none"}  # the user's 1-D signals [N, T, C]
 LARGE_IMAGE = 48  # pixels per side from which the user's images take `sprites`' defaults
 
 
@@ -30,6 +31,8 @@ def defaults_for(name, image_shape):
     """{setting: value} for a dataset: its own row when it is registered, else by image size."""
     if name in DATASETS:
         return dict(DATASET_DEFAULTS.get(name, {}))
+    if len(image_shape) == 2:  # signals [T, C]: real values
+        return dict(SIGNAL_DEFAULTS)
     height, width = image_shape[:2]
     if min(height, width) >= LARGE_IMAGE and height % 16 == 0 and width % 16 == 0:  # what conv-64 takes
         return dict(DATASET_DEFAULTS["sprites"])
@@ -44,6 +47,8 @@ def defaults_table():
         rows.append(f"| {name} | {settings or 'none'} |")
     rows.append(f"| your images, at least {LARGE_IMAGE}×{LARGE_IMAGE} and sides divisible by 16 | as `sprites` |")
     rows.append("| your images, smaller | none |")
+    rows.append("| your signals [N, T] or [N, T, C] | " + ", ".join(
+        f"`--{key.replace('_', '-')} {value}`" for key, value in SIGNAL_DEFAULTS.items()) + " |")
     return "\n".join(rows)
 
 

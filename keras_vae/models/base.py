@@ -81,7 +81,7 @@ class Autoencoder(keras.Model):
 
     hyperparameters = (
         H("latent_dim", int, 16, "Size of the latent code (for vq_vae: code positions).", minimum=1),
-        H("architecture", str, "mlp", "Encoder/decoder design: mlp, mlp-200-tanh (Burda et al. 2016), mlp-gated (Tomczak & Welling 2018), conv, conv-small or conv-64."),
+        H("architecture", str, "mlp", "Encoder/decoder design: mlp, mlp-200-tanh (Burda et al. 2016), mlp-gated (Tomczak & Welling 2018), conv, conv-small, conv-64; conv1d for signals [T, C]."),
         H("likelihood", str, "bernoulli", "p(x|z).", choices=LIKELIHOODS, attribute="likelihood_name"),
         H("likelihood_scale", float, None, "Fixed std of a Gaussian likelihood (default: learned per channel).",
           minimum=0, open_minimum=True, nullable=True),
@@ -101,6 +101,7 @@ class Autoencoder(keras.Model):
     has_elbo = True  # False for the plain autoencoders: no likelihood bound to evaluate
     uses_labels = False  # True for conditional models: batches are (x, y) and y reaches the networks
     continuous_code = True  # False for a discrete code (VQ-VAE): no traversals or manifolds
+    reads_signals = True  # False for models whose networks need images [H, W, C], not signals [T, C]
 
     @classmethod
     def declared_hyperparameters(cls):

@@ -75,6 +75,7 @@ class CodeMapAutoencoder(Autoencoder):
     # Its decoder reads quantized code maps: the pixelcnn decoder is not offered here.
     unused_hyperparameters = ("latent_dim", "decoder", "decoder_layers", "decoder_filters", "decoder_dropout")
     continuous_code = False
+    reads_signals = False  # code maps are 2-D grids (a 1-D VQ-VAE for audio is issue 17's next step)
     levels = ("",)
 
     def __init__(self, image_shape, **kwargs):

@@ -114,9 +114,21 @@ def table(reports):
     return "\n".join(lines)
 
 
+def curves_table(reports):
+    """Per epoch, for the rows that kept curves: training KL, then validation I(x; z) and active units."""
+    lines = ["| row | KL by epoch | I(x; z) by epoch | active units by epoch |", "|---|---|---|---|"]
+    for r in reports:
+        c = r.get("curves") or {}
+        if c:
+            cells = [" → ".join(f"{v:.2f}" for v in c.get(name, [])) for name in ("kl", "mutual_information")]
+            units = " → ".join(str(int(v)) for v in c.get("active_units", []))
+            lines.append(f"| `{r['row']}` | {cells[0]} | {cells[1]} | {units} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", default=",".join(ROWS))
+    parser.add_argument("--rows", default=",".join(ROWS), help="the rows to measure (none: print the tables)")
     parser.add_argument("--data-dir", default=os.path.join(REPO, "..", "shared", "data", "fashion_mnist"))
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--test-images", type=int, default=1000)
@@ -128,12 +140,14 @@ def main(argv=None):
     if os.path.exists(args.out):  # a row measured again replaces itself; the others are kept
         with open(args.out) as f:
             reports = {r["row"]: r for r in json.load(f)["rows"]}
-    for row in args.rows.split(","):
+    for row in filter(None, args.rows.split(",")):
         reports[row] = measure(row, args)
         with open(args.out, "w") as f:
             json.dump({"machine": f"{cpu_model()}, {os.cpu_count()} cores", "epochs": args.epochs,
                        "rows": [reports[name] for name in ROWS if name in reports]}, f, indent=1)
     print(table([reports[name] for name in ROWS if name in reports]))
+    print()
+    print(curves_table([reports[name] for name in ROWS if name in reports]))
 
 
 if __name__ == "__main__":

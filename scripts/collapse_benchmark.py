@@ -76,7 +76,8 @@ def measure(row, args):
     rate, images = samples_per_second(model)
     save_png(os.path.join(os.path.dirname(args.out), "collapse", f"{row}.png"), make_grid(images, columns=8))
     settings = dict(config.to_dict(), run_dir=f"<scratch>/{row}")
-    return {"row": row, "what": ROWS[row][0], "settings": settings, "fit_seconds": times.get("fit"),
+    return {"row": row, "what": ROWS[row][0], "machine": f"{cpu_model()}, {os.cpu_count()} cores",
+            "settings": settings, "fit_seconds": times.get("fit"),
             "score_seconds": time.time() - start, "samples_per_second": rate, "curves": curves(config.run_dir),
             **{key: result[key] for key in ("nll_iw", "nll_iw_stderr", "elbo", "kl", "mutual_information",
                                             "active_units", "linear_probe_accuracy", "num_examples", "iw_samples")}}
@@ -143,7 +144,7 @@ def main(argv=None):
     for row in filter(None, args.rows.split(",")):
         reports[row] = measure(row, args)
         with open(args.out, "w") as f:
-            json.dump({"machine": f"{cpu_model()}, {os.cpu_count()} cores", "epochs": args.epochs,
+            json.dump({"epochs": args.epochs,
                        "rows": [reports[name] for name in ROWS if name in reports]}, f, indent=1)
     print(table([reports[name] for name in ROWS if name in reports]))
     print()

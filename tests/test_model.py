@@ -134,7 +134,7 @@ def test_bad_constructor_arguments_repeat_the_value():
         VAE((28, 28, 1), latent_dim=0)
     with pytest.raises(UserError, match="Received: beta=-1"):
         VAE((28, 28, 1), beta=-1)
-    with pytest.raises(UserError, match="Unknown architecture 'resnet'. Valid architectures: conv, conv-64, conv-small, mlp, mlp-200-tanh, mlp-gated"):
+    with pytest.raises(UserError, match="Unknown architecture 'resnet'. Valid architectures: conv, conv-64, conv-small, conv1d, mlp, mlp-200-tanh, mlp-gated"):
         VAE((28, 28, 1), architecture="resnet")
 
 

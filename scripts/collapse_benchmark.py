@@ -127,6 +127,34 @@ def curves_table(reports):
     return "\n".join(lines)
 
 
+def stripes_curves(epochs=10):
+    """The test suite's collapse case as curves: 8×8 images whose rows are each all on or all off (8 bits a
+    picture), a 6-layer PixelCNN decoder, a 4-d code; no remedy against decoder dropout 0.9. Returns
+    {run: {kl, mutual_information, active_units: [per epoch]}}, seconds to compute."""
+    import keras
+    import numpy as np
+
+    from keras_vae.callbacks import posterior_statistics
+    from keras_vae.models.vae import VAE
+
+    rng = np.random.default_rng(0)
+    rows = np.broadcast_to(rng.random((1000, 8, 1, 1)) < 0.5, (1000, 8, 8, 1))
+    x = np.where(rng.random(rows.shape) < 0.02, ~rows, rows).astype(np.float32)
+    out = {}
+    for run, dropout in (("no remedy", 0.0), ("decoder dropout 0.9", 0.9)):
+        keras.utils.set_random_seed(0)
+        model = VAE(image_shape=(8, 8, 1), latent_dim=4, decoder="pixelcnn", decoder_layers=6, decoder_filters=16,
+                    kl_warmup_steps=0, decoder_dropout=dropout)
+        model.compile(optimizer=keras.optimizers.Adam(2e-3))
+        curves = {"kl": [], "mutual_information": [], "active_units": []}
+        record = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: [
+            curves["kl"].append(float(logs["kl"])),
+            *(curves[k].append(float(v)) for k, v in posterior_statistics(model, x).items())])
+        model.fit(x, batch_size=100, epochs=epochs, verbose=0, callbacks=[record])
+        out[run] = curves
+    return out
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", default=",".join(ROWS), help="the rows to measure (none: print the tables)")
@@ -136,7 +164,14 @@ def main(argv=None):
     parser.add_argument("--iw-samples", type=int, default=100)
     parser.add_argument("--scratch", default=os.path.join(tempfile.gettempdir(), "collapse"))
     parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "collapse.json"))
+    parser.add_argument("--stripes", action="store_true", help="only print the curves of the test suite's "
+                        "collapse case (seconds)")
     args = parser.parse_args(argv)
+    if args.stripes:
+        for run, curves in stripes_curves().items():
+            print(f"{run}: " + "; ".join(f"{name} " + " ".join(f"{v:.2f}" for v in values)
+                                        for name, values in curves.items()))
+        return
     reports = {}
     if os.path.exists(args.out):  # a row measured again replaces itself; the others are kept
         with open(args.out) as f:

@@ -10,16 +10,13 @@ from keras_vae.networks import ARCHITECTURES
 from keras_vae.train import dtype_policy
 
 # Relative L2 error of a variable's gradient against float32. bfloat16 keeps 8 significant bits
-# (2^-8 = 0.4% per rounding); through a whole network the honest errors measured 0.2-6%. A bias
-# gradient summed over batch x pixels in bfloat16 was off by 74-93%.
-TOLERANCE = {"mixed_bfloat16": 0.1}
+# (2^-8 = 0.4% per rounding); through a whole network the honest errors measured 0.2-6% on an Intel Xeon with
+# AMX, and up to 10.8% on an AMD EPYC without native bf16, at the Dense layers that feed transposed
+# convolutions (`conv`, `conv1d`): rounding added up on the way back, every bias within 7.5%. A bias gradient
+# summed over batch x pixels in bfloat16 was off by 74-93%: 15% tells the two apart on both machines.
+TOLERANCE = {"mixed_bfloat16": 0.15}
 SHAPE = {"conv-64": (32, 32, 1),  # what its four stride-2 layers divide; 28x28 for the others
          "conv1d": (64, 2)}  # signals [T, C]
-
-
-# conv1d's decoder: the rounding of three transposed convolutions adds up on the way back, to 8.5-10.8% at its
-# two Dense layers (measured over two seeds; every bias within 7.5%, so no bias-sum defect): 15% there.
-WIDER = {"conv1d": 0.15}
 
 
 def image_shape(architecture):
@@ -47,6 +44,6 @@ def test_every_gradient_under_mixed_precision_matches_float32(architecture, prec
     for variable, g, g_mixed in zip(reference.trainable_variables, expected, got):
         g_mixed = tf.cast(g_mixed, tf.float32)
         errors[variable.path] = float(tf.norm(g_mixed - g) / tf.maximum(tf.norm(g), 1e-12))
-    tolerance = WIDER.get(architecture, TOLERANCE[precision])
+    tolerance = TOLERANCE[precision]
     bad = {path: round(e, 3) for path, e in errors.items() if e > tolerance}
     assert not bad, f"gradients off by more than {tolerance:.0%} (relative L2): {bad}"

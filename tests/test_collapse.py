@@ -324,3 +324,13 @@ def test_aggressive_encoder_refuses_several_steps_per_execution():
     with pytest.raises(UserError, match="--aggressive-encoder chooses the phase of every step.*--steps-per-execution 4"):
         FitConfig(aggressive_encoder=True, steps_per_execution=4)
     assert FitConfig(aggressive_encoder=True).aggressive_encoder
+
+
+def test_a_recompiled_model_gets_new_phase_functions_and_still_loads_compiled(tmp_path):
+    model = compiled(aggressive_encoder=True)
+    first = model.phase_train_function("inference")
+    assert model.phase_train_function("inference") is first
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    assert model.phase_train_function("inference") is not first
+    model.save(tmp_path / "m.keras")
+    assert keras.saving.load_model(tmp_path / "m.keras").compiled  # compile() is not overridden

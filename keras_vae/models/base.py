@@ -303,10 +303,6 @@ class Autoencoder(keras.Model):
         self.optimizer.apply(gradients, variables)
 
     # ------------------------------------------------ training in phases
-    def compile(self, *args, **kwargs):
-        super().compile(*args, **kwargs)
-        self.__dict__.pop("_phase_train_functions", None)  # they were traced with the old optimizer and settings
-
     def inference_layers(self):
         """The layers of the inference model q(z|x) (what an "inference" phase trains): the encoder here."""
         return [self.encoder]
@@ -328,13 +324,15 @@ class Autoencoder(keras.Model):
         Phases are separate functions, not a `tf.cond` in one: under tf.distribute an optimizer update
         is a synchronization point, which control flow inside a replica's step may not contain."""
         cache = self.__dict__.setdefault("_phase_train_functions", {})
-        if phase not in cache:
+        # A recompiled model gets new functions: they are traced with its optimizer and settings.
+        key = (phase, id(self.optimizer), self.steps_per_execution, self.jit_compile)
+        if key not in cache:
             self.phase_variables(phase)  # checks the name
             if not self.optimizer.built:  # its slots must cover every variable before a phase updates some
                 with self.distribute_strategy.scope():
                     self.optimizer.build(self.trainable_variables)
-            cache[phase] = self._make_function(functools.partial(self.train_step, phase=phase))
-        return cache[phase]
+            cache[key] = self._make_function(functools.partial(self.train_step, phase=phase))
+        return cache[key]
 
     def test_step(self, data):
         loss, terms, beta = self.losses_and_terms(data, training=False)

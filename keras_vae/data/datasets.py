@@ -75,26 +75,28 @@ def _looks_like_path(name):
 
 
 def check_dataset(dataset):
-    """Rejects data a VAE cannot train on, naming the problem."""
+    """Rejects data a VAE cannot train on, naming the problem: images [N, H, W, C] as uint8 or float in
+    [0, 1], or signals [N, T, C] as float of any finite value; one example shape in both splits."""
     if dataset.x_train.ndim not in (3, 4):
         raise UserError(f"Dataset {dataset.name!r}: x_train must be images [N, H, W, C] or signals [N, T, C]; "
                         f"received an array of shape {dataset.x_train.shape}.")
-    if dataset.is_signal:
-        return check_signals(dataset)
+    signal = dataset.is_signal
+    kind, layout = ("signals", "[N, T, C]") if signal else ("images", "[N, H, W, C]")
     for split in ("x_train", "x_test"):
         x = getattr(dataset, split)
         if x is None:
             continue
-        if x.ndim != 4:
-            raise UserError(
-                f"Dataset {dataset.name!r}: {split} must be images [N, H, W, C]; "
-                f"received an array of shape {x.shape}."
-            )
+        if x.ndim != dataset.x_train.ndim:
+            raise UserError(f"Dataset {dataset.name!r}: {split} must be {kind} {layout}; "
+                            f"received an array of shape {x.shape}.")
         if len(x) == 0:
-            raise UserError(f"Dataset {dataset.name!r}: {split} holds no images.")
+            raise UserError(f"Dataset {dataset.name!r}: {split} holds no {kind}.")
         if split == "x_test" and x.shape[1:] != dataset.x_train.shape[1:]:
-            raise UserError(f"Dataset {dataset.name!r}: x_test images are {x.shape[1:]}, x_train images "
-                            f"{dataset.x_train.shape[1:]}; both splits need one image shape.")
+            raise UserError(f"Dataset {dataset.name!r}: x_test {kind} are {x.shape[1:]}, x_train {kind} "
+                            f"{dataset.x_train.shape[1:]}; both splits need one "
+                            + ("length and channel count." if signal else "image shape."))
+        if signal and not np.issubdtype(x.dtype, np.floating):
+            raise UserError(f"Dataset {dataset.name!r}: {split} is {x.dtype}; signals must be float.")
         if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
             raise UserError(f"Dataset {dataset.name!r}: {split} is {x.dtype}; images must be uint8 (0..255) or "
                             "float (0..1).")
@@ -102,30 +104,11 @@ def check_dataset(dataset):
             if not np.isfinite(x).all():
                 raise UserError(f"Dataset {dataset.name!r}: {split} contains NaN or infinite values.")
             low, high = float(x.min()), float(x.max())
-            if low < 0 or high > 1:
+            if not signal and (low < 0 or high > 1):
                 raise UserError(
                     f"Dataset {dataset.name!r}: {split} has values in [{low:g}, {high:g}]; "
                     "float images must lie in [0, 1] (or be stored as uint8 0..255)."
                 )
-    return dataset
-
-
-def check_signals(dataset):
-    """Rejects signals a VAE cannot train on: float [N, T, C], finite, one shape in both splits."""
-    for split in ("x_train", "x_test"):
-        x = getattr(dataset, split)
-        if x is None:
-            continue
-        if x.ndim != 3 or len(x) == 0:
-            raise UserError(f"Dataset {dataset.name!r}: {split} must hold signals [N, T, C] with N >= 1; received an "
-                            f"array of shape {x.shape}.")
-        if x.shape[1:] != dataset.x_train.shape[1:]:
-            raise UserError(f"Dataset {dataset.name!r}: x_test signals are {x.shape[1:]}, x_train signals "
-                            f"{dataset.x_train.shape[1:]}; both splits need one length and channel count.")
-        if not np.issubdtype(x.dtype, np.floating):
-            raise UserError(f"Dataset {dataset.name!r}: {split} is {x.dtype}; signals must be float.")
-        if not np.isfinite(x).all():
-            raise UserError(f"Dataset {dataset.name!r}: {split} contains NaN or infinite values.")
     return dataset
 
 

@@ -41,14 +41,15 @@ def defaults_for(name, image_shape):
 
 def defaults_table():
     """The README's table of the data's defaults (`python -m keras_vae.data.defaults` prints it)."""
+    def flags(values):
+        return ", ".join(f"`--{key.replace('_', '-')} {value}`" for key, value in values.items()) or "none"
+
     rows = ["| dataset | settings that differ from the declared defaults |", "|---|---|"]
     for name, values in sorted(DATASET_DEFAULTS.items()):
-        settings = ", ".join(f"`--{key.replace('_', '-')} {value}`" for key, value in values.items())
-        rows.append(f"| {name} | {settings or 'none'} |")
+        rows.append(f"| {name} | {flags(values)} |")
     rows.append(f"| your images, at least {LARGE_IMAGE}×{LARGE_IMAGE} and sides divisible by 16 | as `sprites` |")
     rows.append("| your images, smaller | none |")
-    rows.append("| your signals [N, T] or [N, T, C] | " + ", ".join(
-        f"`--{key.replace('_', '-')} {value}`" for key, value in SIGNAL_DEFAULTS.items()) + " |")
+    rows.append(f"| your signals [N, T] or [N, T, C] | {flags(SIGNAL_DEFAULTS)} |")
     return "\n".join(rows)
 
 

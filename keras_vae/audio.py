@@ -22,6 +22,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
+from keras_vae.config import REPRESENTATIONS
 from keras_vae.errors import UserError
 
 MU_LAW_CLASSES = 256
@@ -39,6 +40,12 @@ def mu_law_encode(x, classes=MU_LAW_CLASSES):
     """The class in [0, classes) of each sample of a waveform x in [-1, 1] (int32, same shape)."""
     mu = float(classes - 1)
     return tf.cast(tf.floor((mu_law_compress(x, classes) + 1.0) / 2.0 * mu + 0.5), tf.int32)
+
+
+def mu_law_levels(x, classes=MU_LAW_CLASSES):
+    """A waveform in [-1, 1] as its μ-law class's level in [-1, 1] (2q/(classes − 1) − 1): the values a
+    categorical likelihood over `classes` evenly spaced levels scores."""
+    return 2.0 * tf.cast(mu_law_encode(x, classes), tf.float32) / float(classes - 1) - 1.0
 
 
 def mu_law_decode(q, classes=MU_LAW_CLASSES):
@@ -163,3 +170,63 @@ def fit_length(signal, length):
     mask = np.zeros(length, np.float32)
     mask[: len(kept)] = 1.0
     return np.pad(kept, padding), mask
+
+
+# ------------------------------------------------------------ representations
+@dataclasses.dataclass(frozen=True)
+class AudioFormat:
+    """How recordings become fixed-length examples [T, C] with a padding mask [T], and back to waveforms.
+
+    - "logmel": log-mel spectrograms [frames, num_mel_bins] (a Gaussian likelihood); back by Griffin-Lim.
+    - "waveform": the μ-law levels of the samples [samples, 1] (the 256-way categorical likelihood).
+
+    Clips are cut or zero-padded to `num_samples` samples; a spectrogram frame is padding when it starts
+    after the clip's last sample.
+    """
+
+    representation: str = "logmel"
+    sample_rate: int = 8000
+    num_samples: int = 8384  # 1.05 s at 8 kHz: 128 frames of 64 samples (99.5% of FSDD's clips fit)
+
+    def __post_init__(self):
+        if self.representation not in REPRESENTATIONS:
+            raise UserError(f"--representation must be one of {', '.join(REPRESENTATIONS)}. "
+                            f"Received: {self.representation!r}.")
+
+    @property
+    def spectrogram(self):
+        """The STFT and mel settings at this rate: 32 ms frames (a power of 2 samples), a quarter-frame hop,
+        64 mel bands from 60 Hz to 95% of the Nyquist frequency."""
+        frame = 2 ** int(round(np.log2(0.032 * self.sample_rate)))
+        return SpectrogramSettings(self.sample_rate, frame, frame // 4, frame, upper_hz=0.475 * self.sample_rate)
+
+    @property
+    def length(self):
+        """T, the steps of one example."""
+        if self.representation == "waveform":
+            return self.num_samples
+        return self.spectrogram.num_frames(self.num_samples)
+
+    def examples(self, waveforms):
+        """(x float32 [N, T, C], mask float32 [N, T]) of waveforms (each [T_i], any length)."""
+        clips, masks = zip(*(fit_length(w, self.num_samples) for w in waveforms))
+        clips, masks = np.stack(clips).astype(np.float32), np.stack(masks)
+        if self.representation == "waveform":
+            return mu_law_levels(clips).numpy()[..., None], masks
+        x = np.concatenate([log_mel_spectrogram(clips[i : i + 500], self.spectrogram).numpy()
+                            for i in range(0, len(clips), 500)])
+        lengths = masks.sum(axis=1)
+        starts = np.arange(self.length) * self.spectrogram.frame_step
+        return x, (starts[None, :] < lengths[:, None]).astype(np.float32)
+
+    def to_waveforms(self, x, iterations=60):
+        """Waveforms float32 [N, num_samples'] in [-1, 1] of examples x [N, T, C] (Griffin-Lim for spectrograms)."""
+        x = tf.convert_to_tensor(x, tf.float32)
+        if self.representation == "waveform":
+            return mu_law_decode(tf.round((x[..., 0] + 1.0) / 2.0 * (MU_LAW_CLASSES - 1))).numpy()
+        waveform = spectrogram_to_waveform(x, self.spectrogram, iterations)
+        peak = tf.reduce_max(tf.abs(waveform), axis=-1, keepdims=True)
+        return (waveform / tf.maximum(peak, 1.0)).numpy()  # louder than full scale: scaled down, not clipped
+
+    def to_dict(self):
+        return dataclasses.asdict(self)

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from keras_vae import distribute, runs
 from keras_vae.config import RUN_HYPERPARAMETERS
-from keras_vae.data.datasets import load_dataset
+from keras_vae.data.datasets import dataset_of
 from keras_vae.data.splits import batches, load_split
 from keras_vae.errors import UserError
 from keras_vae.export import export_saved_model, save_keras_model
@@ -70,7 +70,7 @@ def fit_prior(run_dir, epochs=20, batch_size=128, learning_rate=1e-3, export=Tru
                         f"Received: batch_size={batch_size}.")
     with strategy.scope():
         _, model = runs.load_run(run_dir)  # its variables under the run's strategy
-    dataset = load_dataset(config.dataset, config.data_dir, config.seed)
+    dataset = dataset_of(config)
     train_codes, test_codes = (code_maps(model, load_split(config, split, dataset)) for split in ("train", "test"))
     keras.utils.set_random_seed(config.seed)
     history = {}

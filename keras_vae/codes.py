@@ -13,17 +13,23 @@ def model_labels(model, data):
     """The labels a conditional model reads for `data` (a `Split`); None for the other models."""
     if not model.uses_labels:
         return None
-    if data.y is None:
+    labels = data.labels(model.label_name)
+    if labels is None:
         raise UserError(f"This {type(model).__name__} is conditional, but the {data.name} split has no labels.")
-    return data.y
+    return labels
 
 
-def labelled_batches(model, data, batch_size=BATCH):
-    """(x, y or None) batches of `data` as tensors, y only for a conditional model."""
+def labelled_batches(model, data, batch_size=BATCH, masks=False):
+    """(x, y or None) batches of `data` as tensors, y only for a conditional model; with `masks`,
+    (x, y, padding mask or None) (see `distributions.padding_mask`)."""
     labels = model_labels(model, data)
     for start, x in zip(range(0, len(data.x), batch_size), batches(data.x, batch_size)):
         y = None if labels is None else tf.constant(labels[start : start + batch_size], tf.int32)
-        yield tf.constant(x), y
+        if not masks:
+            yield tf.constant(x), y
+        else:
+            mask = None if data.mask is None else tf.constant(data.mask[start : start + batch_size])
+            yield tf.constant(x), y, mask
 
 
 def encode_means(model, data, batch_size=BATCH):

@@ -21,6 +21,7 @@ JIT_CHOICES = ("auto", "on", "off")
 LR_SCHEDULES = ("constant", "cosine")
 STRATEGIES = ("auto", "one", "mirrored", "multi-worker")
 MAX_SEED = 2**31 - 1
+REPRESENTATIONS = ("logmel", "waveform")  # what recordings become (`keras_vae.audio.AudioFormat`)
 
 # (section, hyperparameters): the settings of every run, whatever its model.
 RUN_SECTIONS = (
@@ -31,6 +32,8 @@ RUN_SECTIONS = (
           "KERAS_VAE_DATA_DIR.", nullable=True),
         H("binarize", str, "dynamic", "Binarization of the data: resampled every batch, drawn once, or none.",
           choices=BINARIZATIONS, reference="Salakhutdinov & Murray 2008"),
+        H("representation", str, "logmel", "What recordings (fsdd, a WAV folder) become: log-mel spectrograms "
+          "[frames, 64] or the μ-law waveform [samples, 1]; other data ignore it.", choices=REPRESENTATIONS),
         H("validation_split", float, 0.1, "Held-out fraction when the dataset has no test split.",
           minimum=0, maximum=1, open_minimum=True, open_maximum=True),
     )),
@@ -73,6 +76,15 @@ def model_class(name):
     from keras_vae.models import get_model_class  # the model registry imports TensorFlow: only when needed
 
     return get_model_class(RUN_HYPERPARAMETERS["model"].check(name))
+
+
+def condition_of(config):
+    """The labels the configured model is conditioned on: "label" (a cvae's y), a factor's name (`vq_vae
+    --condition speaker`), or None for an unconditional model."""
+    if model_class(config.model).uses_labels is True:
+        return "label"
+    condition = config.to_dict().get("condition", "none")
+    return None if condition == "none" else condition
 
 
 def users_of(name):

@@ -5,6 +5,8 @@ whatever the model's dtype policy is, so that under mixed precision the
 distribution parameters, log-probabilities and KL stay in float32.
 """
 
+import contextlib
+
 import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
@@ -26,6 +28,39 @@ def _exp_scale(raw):
 
 
 SCALE_FUNCTIONS = {"softplus": _softplus_scale, "exp": _exp_scale}
+
+_PADDING_MASKS = []  # the masks of the enclosing `padding_mask` blocks, innermost last (a trace-time stack)
+
+
+@contextlib.contextmanager
+def padding_mask(mask):
+    """Within the block, the likelihoods score only the real steps of fixed-length signals.
+
+    Args:
+        mask: [B, T], 1 where a clip has data and 0 in its padding, or None (nothing masked). A likelihood
+            over a batch of m·B examples (K importance samples, sample-major, as `tf.reshape` of [K, B, ...]
+            makes) repeats it m times.
+
+    Clips cut or padded to one length (`keras_vae.audio.fit_length`) keep their padding out of log p(x|z):
+    the padded steps add exactly 0 nats (`tfd.Masked`). The block is entered where the batch is unpacked, so
+    the models' own code does not change.
+    """
+    _PADDING_MASKS.append(None if mask is None else tf.cast(mask, tf.bool))
+    try:
+        yield
+    finally:
+        _PADDING_MASKS.pop()
+
+
+def independent(base, event_ndims):
+    """`tfd.Independent(base, event_ndims)` over an example's axes, less the padded steps (the first event axis)
+    when a `padding_mask` is active."""
+    mask = _PADDING_MASKS[-1] if _PADDING_MASKS else None
+    if mask is None:
+        return tfd.Independent(base, reinterpreted_batch_ndims=event_ndims)
+    per_step = tfd.Independent(base, reinterpreted_batch_ndims=event_ndims - 1)  # batch [m·B, T]
+    repeats = per_step.batch_shape_tensor()[0] // tf.shape(mask)[0]
+    return tfd.Independent(tfd.Masked(per_step, tf.tile(mask, [repeats, 1])), reinterpreted_batch_ndims=1)
 
 
 @keras.saving.register_keras_serializable(package="keras_vae")
@@ -97,11 +132,7 @@ class BernoulliLikelihood(keras.layers.Layer):
 
     def call(self, logits):
         logits = tf.cast(logits, tf.float32)
-        event_ndims = len(logits.shape) - 1
-        return tfd.Independent(
-            tfd.Bernoulli(logits=logits, dtype=tf.float32),
-            reinterpreted_batch_ndims=event_ndims,
-        )
+        return independent(tfd.Bernoulli(logits=logits, dtype=tf.float32), len(logits.shape) - 1)
 
     def mean(self, logits):
         """The decoder mean (pixel probabilities) without building a distribution."""
@@ -144,9 +175,8 @@ class GaussianLikelihood(keras.layers.Layer):
 
     def call(self, loc):
         loc = tf.cast(loc, tf.float32)
-        event_ndims = len(loc.shape) - 1
         scale = tf.broadcast_to(self.stddev(), tf.shape(loc))
-        return tfd.Independent(tfd.Normal(loc, scale), reinterpreted_batch_ndims=event_ndims)
+        return independent(tfd.Normal(loc, scale), len(loc.shape) - 1)
 
     def mean(self, loc):
         return tf.cast(loc, tf.float32)
@@ -154,6 +184,52 @@ class GaussianLikelihood(keras.layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(channels=self.channels, scale=self.scale)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="keras_vae")
+class CategoricalLikelihood(keras.layers.Layer):
+    """p(x|z) as an independent categorical per value over `classes` levels evenly spaced in [-1, 1]: the
+    softmax over 256 μ-law levels of a waveform (van den Oord et al. 2016), or any data quantized so.
+
+    Args:
+        channels: C, the data's channels.
+        classes: K, the levels.
+
+    Call arguments:
+        logits: float tensor [..., C·K] (the decoder's K logits per channel, channel-major).
+
+    Returns:
+        A `tfd.FiniteDiscrete` over the levels, independent over the example's axes: `log_prob(x)` scores
+        values x on the levels (as `keras_vae.audio.mu_law_levels` makes them) exactly.
+    """
+
+    def __init__(self, channels, classes=256, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.built = True  # no shape-dependent weights: Keras needs no symbolic call to build it
+        self.channels = channels
+        self.classes = classes
+
+    def levels(self):
+        return tf.linspace(-1.0, 1.0, self.classes)
+
+    def split(self, logits):
+        """[..., C·K] -> [..., C, K] float32."""
+        logits = tf.cast(logits, tf.float32)
+        return tf.reshape(logits, tf.concat([tf.shape(logits)[:-1], [self.channels, self.classes]], 0))
+
+    def call(self, logits):
+        logits = self.split(logits)
+        return independent(tfd.FiniteDiscrete(self.levels(), logits=logits), len(logits.shape) - 2)
+
+    def mean(self, logits):
+        """The expected level [..., C]."""
+        return tf.tensordot(tf.nn.softmax(self.split(logits)), self.levels(), 1)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(channels=self.channels, classes=self.classes)
         return config
 
 

@@ -16,9 +16,10 @@ from keras_vae import disentanglement as disentanglement_lib
 from keras_vae import losses, metrics
 from keras_vae import sample_quality as sample_quality_lib
 from keras_vae.codes import labelled_batches, model_labels, probe_features
-from keras_vae.data.datasets import load_dataset
+from keras_vae.data.datasets import dataset_of
 from keras_vae.data.pipeline import to_unit_float
 from keras_vae.data.splits import fixed_binarization, load_split
+from keras_vae.distributions import padding_mask
 from keras_vae.errors import UserError
 from keras_vae.feature_net import feature_network_for
 from keras_vae.runs import load_run
@@ -71,9 +72,16 @@ def evaluate_model(model, data, iw_samples=1000, batch_size=100, train_data=None
             f"batch_size={batch_size}."
         )
     chunk = max(1, min(iw_samples, MAX_DECODER_ROWS // batch_size))
-    log_weights = tf.function(lambda x, k, seed, y: model.importance_log_weights(x, k, seed, y)[0],
-                              reduce_retracing=True)
-    terms_fn = tf.function(model.compute_terms, reduce_retracing=True)
+    # The padding mask is an argument, entered inside the traced function: a mask read from outside would
+    # be captured once at tracing.
+    def masked(function):
+        def call(*args, mask=None):
+            with padding_mask(mask):
+                return function(*args)
+        return tf.function(call, reduce_retracing=True)
+
+    log_weights = masked(lambda x, k, seed, y: model.importance_log_weights(x, k, seed, y)[0])
+    terms_fn = masked(lambda x, y: model.compute_terms(x, False, y))
 
     totals = {"elbo": 0.0, "reconstruction_loss": 0.0, "kl": 0.0, "nll_iw": 0.0}
     nll_squares = 0.0  # Σ (−log p(x))², for the standard error of the mean
@@ -81,14 +89,15 @@ def evaluate_model(model, data, iw_samples=1000, batch_size=100, train_data=None
     means, levels, posteriors = [], None, []
     bar = keras.utils.Progbar(math.ceil(len(data.x) / batch_size), verbose=1 if progress else 0,
                               stateful_metrics=["nll_iw"])
-    for i, (x, y) in enumerate(labelled_batches(model, data, batch_size)):
-        terms = terms_fn(x, False, y)
+    for i, (x, y, mask) in enumerate(labelled_batches(model, data, batch_size, masks=True)):
+        terms = terms_fn(x, y, mask=mask)
         for name in ("elbo", "reconstruction_loss", "kl"):
             totals[name] += float(tf.reduce_sum(terms[name]))
         if terms.get("kl_per_dim") is not None:
             kl_per_dim = (0 if kl_per_dim is None else kl_per_dim) + tf.reduce_sum(terms["kl_per_dim"], axis=0).numpy()
         if model.has_elbo:
-            nll = importance_weighted_nll(lambda x, k, seed: log_weights(x, k, seed, y), x, iw_samples, chunk)
+            nll = importance_weighted_nll(lambda x, k, seed: log_weights(x, k, seed, y, mask=mask), x, iw_samples,
+                                          chunk)
             nll = nll.numpy().astype(np.float64)
             totals["nll_iw"] += float(nll.sum())
             nll_squares += float(np.square(nll).sum())
@@ -101,7 +110,9 @@ def evaluate_model(model, data, iw_samples=1000, batch_size=100, train_data=None
     count = len(data.x)
     means = np.concatenate(means)
     result = {name: value / count for name, value in totals.items()}
-    result["bits_per_dim"] = float(losses.bits_per_dim(result["nll_iw"], int(np.prod(data.x.shape[1:]))))
+    # Dimensions scored per example: the real steps of padded clips only.
+    steps = data.x.shape[1] if data.mask is None else float(data.mask.sum(axis=1).mean())
+    result["bits_per_dim"] = float(losses.bits_per_dim(result["nll_iw"], steps * int(np.prod(data.x.shape[2:]))))
     result["nll_iw_stderr"] = metrics.standard_error(result["nll_iw"], nll_squares / count, count)
     if not model.has_elbo:  # a plain autoencoder: no likelihood bound exists
         result.update(elbo=None, kl=None, nll_iw=None, nll_iw_stderr=None, bits_per_dim=None)
@@ -248,7 +259,7 @@ def evaluate_run(run_dir, split="test", iw_samples=1000, batch_size=100, progres
     factors). Keys not asked for are None.
     """
     config, model = load_run(run_dir)
-    dataset = load_dataset(config.dataset, config.data_dir, config.seed)
+    dataset = dataset_of(config)
     data = load_split(config, split, dataset)
     train_data = load_split(config, "train", dataset) if data.y is not None else None
     if disentanglement:  # the cheap checks before the long work

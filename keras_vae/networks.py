@@ -308,6 +308,49 @@ def conv1d(signal_shape, latent_dim, num_params, filters=(32, 64, 128), kernel_s
     return encoder, decoder
 
 
+def conv1d_code_networks(signal_shape, positions, vector_dim, output_channels, extra_channels=0, channels=128,
+                         residual_blocks=2):
+    """Fully convolutional 1-D networks whose code is a row of `positions` vectors along time (the VQ-VAE's
+    speech model, van den Oord et al. 2017, section 4.3): code t reads, and is decoded to, steps
+    [t·s, (t + 1)·s) of the signal, s = T / positions.
+
+    - encoder: [B, T, C] -> log2(s) stride-2 kernel-4 convolutions, a kernel-3 one, residual blocks
+      (ReLU, kernel-3, ReLU, 1×1, added), a 1×1 to D -> [B, positions, D];
+    - decoder: [B, positions, D + extra_channels] (a label's embedding at every position) -> the mirror
+      image (transposed convolutions) -> [B, T, output_channels].
+    """
+    if len(signal_shape) != 2:
+        raise UserError(f"conv1d code maps read signals [T, C]; the data are images {list(signal_shape)}.")
+    length, _ = signal_shape
+    stride = length // positions if positions and length % positions == 0 else 0
+    if stride < 2 or stride & (stride - 1):
+        raise UserError(f"A code row along time needs T / latent_dim to be a power of 2 (at least 2). Received: "
+                        f"T={length}, --latent-dim {positions}. Try --latent-dim {max(1, length // 4)} (T/4) or "
+                        f"{max(1, length // 8)} (T/8).")
+    downsamplings = stride.bit_length() - 1
+    Conv1D = keras.layers.Conv1D
+
+    def residual(h):
+        for _ in range(residual_blocks):
+            r = Conv1D(channels // 2, 3, padding="same", activation="relu")(keras.layers.ReLU()(h))
+            h = keras.layers.Add()([h, Conv1D(channels, 1)(r)])
+        return keras.layers.ReLU()(h)
+
+    x = keras.Input(signal_shape)
+    h = x
+    for _ in range(downsamplings):
+        h = Conv1D(channels, 4, strides=2, padding="same", activation="relu")(h)
+    h = residual(Conv1D(channels, 3, padding="same")(h))
+    encoder = keras.Model(x, Conv1D(vector_dim, 1, name="code_vectors")(h), name="encoder")
+
+    code = keras.Input((positions, vector_dim + extra_channels))
+    h = residual(Conv1D(channels, 3, padding="same")(code))
+    for _ in range(downsamplings):
+        h = keras.layers.Conv1DTranspose(channels, 4, strides=2, padding="same", activation="relu")(h)
+    decoder = keras.Model(code, Conv1D(output_channels, 3, padding="same")(h), name="decoder")
+    return encoder, decoder
+
+
 def condition_encoder(encoder, num_classes):
     """`encoder` with a one-hot label [B, K] joined to the image features where they are flattened.
 

@@ -137,42 +137,59 @@ def code_map_signatures(model, max_samples=None):
     | decode                        | the code maps (int32, range-checked) | x_mean                         |
     | sample                        | num_samples, seed                 | x_mean, the code maps (from the priors) |
     | score                         | x                                 | elbo, log_px_iw (equal: q is a point mass) |
+
+    A conditional model takes `y` besides (one label for `sample`).
     """
     image_shape = list(model.image_shape)
     x_spec = tf.TensorSpec([None] + image_shape, tf.float32, name="x")
     names = {level: model.code_name(level) for level in model.levels}
     code_specs = [tf.TensorSpec([None, *model.grids[level]], tf.int32, name=names[level]) for level in model.levels]
+    # A conditional model (`vq_vae --condition speaker`) takes labels: y int32 [B] beside x or the code maps
+    # (decode with another speaker's y converts the voice), one y for all of `sample`'s draws.
+    labels = [tf.TensorSpec([None], tf.int32, name="y")] if model.uses_labels else []
+    label = [tf.TensorSpec([], tf.int32, name="y")] if model.uses_labels else []
+
+    def split(args):
+        """(the other inputs, the checked labels or None)."""
+        if not model.uses_labels:
+            return args, None
+        return args[:-1], check_labels(args[-1], model.num_classes)
 
     def named(codes):
         return {names[level]: codes[level] for level in model.levels}
 
-    @tf.function(input_signature=[x_spec])
-    def reconstruct(x):
+    @tf.function(input_signature=[x_spec] + labels)
+    def reconstruct(*args):
+        (x,), y = split(args)
         codes = model.encode_indices(check_shape(x, image_shape, "x"))
-        return {"x_mean": model.decode_indices(codes), **named(codes)}
+        return {"x_mean": model.decode_indices(codes, y), **named(codes)}
 
     @tf.function(input_signature=[x_spec])
     def encode(x):
         return named(model.encode_indices(check_shape(x, image_shape, "x")))
 
-    @tf.function(input_signature=code_specs)
-    def decode(*maps):
+    @tf.function(input_signature=code_specs + labels)
+    def decode(*args):
+        maps, y = split(args)
         codes = {}
         for level, indices in zip(model.levels, maps):
             indices = check_shape(indices, model.grids[level], names[level], "int32")
             codes[level] = check_labels(indices, model.num_codes, names[level], "code indices")
-        return {"x_mean": model.decode_indices(codes)}
+        return {"x_mean": model.decode_indices(codes, y)}
 
     @tf.function(input_signature=[tf.TensorSpec([], tf.int32, name="num_samples"),
-                                  tf.TensorSpec([], tf.int32, name="seed")])
-    def sample(num_samples, seed):
+                                  tf.TensorSpec([], tf.int32, name="seed")] + label)
+    def sample(*args):
+        (num_samples, seed), y = split(args)
         num_samples = check_count(num_samples, max_samples)
-        x_mean, codes = model.sample(num_samples, seed=seed)
+        x_mean, codes = model.sample(num_samples, seed=seed, y=None if y is None else tf.fill([num_samples], y))
         return {"x_mean": x_mean, **named(codes)}
 
-    @tf.function(input_signature=[x_spec])
-    def score(x):
-        _, elbo = model.importance_log_weights(check_shape(check_score_batch(x), image_shape, "x"), 1, seed=_SCORE_SEED)
+    @tf.function(input_signature=[x_spec] + labels)
+    def score(*args):
+        (x,), y = split(args)
+        x = check_shape(check_score_batch(x), image_shape, "x")
+        _, elbo = model.importance_log_weights(x, 1, seed=_SCORE_SEED, y=y)
         return {"elbo": elbo, "log_px_iw": elbo}
 
     return {"serving_default": reconstruct, "reconstruct": reconstruct, "encode": encode, "decode": decode,

@@ -10,11 +10,11 @@ import tensorflow as tf
 
 from keras_vae import callbacks as kv_callbacks
 from keras_vae import distribute, runs
-from keras_vae.config import FitConfig, model_class
+from keras_vae.config import FitConfig, condition_of, model_class
 from keras_vae.data import pipeline
-from keras_vae.data.datasets import load_dataset
+from keras_vae.data.datasets import dataset_of
 from keras_vae.data.defaults import defaults_for
-from keras_vae.data.splits import fixed_binarization, held_out_name, train_and_held_out
+from keras_vae.data.splits import fixed_binarization, held_out_name, labels_named, train_and_held_out
 from keras_vae.errors import TrainingDiverged, UserError
 from keras_vae.export import check_name, export_saved_model, save_keras_model
 from keras_vae.models import build_model
@@ -42,43 +42,61 @@ def prepare_data(config, dataset, replicas=1):
     number: Keras averages the first batch over replicas before evaluating,
     which needs equal shards.
     """
-    (x_train, y_train, _), (x_val, y_val, _) = train_and_held_out(config, dataset)
+    condition = condition_of(config)
+    (x_train, y_train, f_train, m_train), (x_val, y_val, f_val, m_val) = train_and_held_out(config, dataset)
+    if condition:  # the labels the model reads
+        y_train, y_val = (labels_named(condition, y, f, dataset.factor_names, f"dataset {config.dataset!r}")
+                          for y, f in ((y_train, f_train), (y_val, f_val)))
     keep = len(x_val) - len(x_val) % replicas
-    x_val, y_val = fixed_binarization(config, x_val[:keep]), (y_val[:keep] if y_val is not None else None)
+    cut = (lambda a: None if a is None else a[:keep])
+    x_val, y_val, m_val = fixed_binarization(config, x_val[:keep]), cut(y_val), cut(m_val)
     if config.binarize == "static":
         x_train = pipeline.binarize_once(x_train, config.seed)
-    with_labels = model_class(config.model).uses_labels
-    if with_labels and (y_train is None or y_val is None):
+    if condition and (y_train is None or y_val is None):
         raise UserError(
             f"--model {config.model} is conditional and needs labels, but the dataset {config.dataset!r} has none. "
-            "Use a labelled dataset (mnist, fashion_mnist, sprites, a .npz with y, or an image folder with "
-            "one sub-folder per class)."
+            "Use a labelled dataset (mnist, fashion_mnist, sprites, fsdd, a .npz with y, or an image or WAV folder "
+            "with one sub-folder per class)."
         )
     # Whole batches only (the remainder changes with every reshuffle): one batch
     # shape, so XLA compiles the step once instead of again for a ragged last batch.
     train = pipeline.make_pipeline(
-        x_train, config.batch_size, y=y_train if with_labels else None,
+        x_train, config.batch_size, y=y_train if condition else None,
         dynamic_binarization=config.binarize == "dynamic", shuffle=True, seed=config.seed,
-        drop_remainder=len(x_train) >= config.batch_size,
+        drop_remainder=len(x_train) >= config.batch_size, mask=m_train,
     )
-    val = pipeline.make_pipeline(x_val, config.batch_size, y=y_val if with_labels else None)
+    val = pipeline.make_pipeline(x_val, config.batch_size, y=y_val if condition else None, mask=m_val)
     summary = (pipeline.to_unit_float(x_val[:NUM_SUMMARY_IMAGES]),
-               y_val[:NUM_SUMMARY_IMAGES] if with_labels else None)
+               y_val[:NUM_SUMMARY_IMAGES] if condition else None)
     return train, val, summary, len(x_train)
+
+
+def condition_classes(config, dataset):
+    """How many values the labels of a conditional model take (0 for the others)."""
+    condition = condition_of(config)
+    if not condition or condition == "label":
+        return dataset.num_classes
+    labels = labels_named(condition, dataset.y_train, dataset.factors_train, dataset.factor_names,
+                          f"dataset {config.dataset!r}")
+    return int(labels.max()) + 1
 
 
 def check_signal_settings(config, dataset):
     """UserError when settings made for images meet 1-D signals [N, T, C] (real values, no pixels)."""
-    if not dataset.is_signal:
-        return
     values = config.to_dict()
+    if not dataset.is_signal:
+        if values.get("likelihood") == "categorical":
+            raise UserError(f"--likelihood categorical scores values on 256 levels in [-1, 1] (μ-law waveforms); the "
+                            f"dataset {config.dataset!r} holds images in [0, 1]: use bernoulli or gaussian.")
+        return
     problems = []
     if not model_class(config.model).reads_signals:
         problems.append(f"--model {config.model} reads images only")
     if values["binarize"] != "none":
         problems.append(f"--binarize {values['binarize']} needs pixel intensities (use none)")
-    if values.get("likelihood", "gaussian") != "gaussian":
-        problems.append(f"--likelihood {values['likelihood']} models binary pixels (use gaussian)")
+    if values.get("likelihood", "gaussian") == "bernoulli":
+        problems.append("--likelihood bernoulli models binary pixels (use gaussian, or categorical for values on "
+                        "256 levels in [-1, 1] such as μ-law waveforms)")
     if values.get("decoder", "factorized") != "factorized":
         problems.append(f"--decoder {values['decoder']} draws image pixels in raster order")
     if values.get("dequantize", "none") != "none":
@@ -90,7 +108,8 @@ def check_signal_settings(config, dataset):
 
 def with_data_defaults(config, dataset):
     """`config` with the data's defaults (`keras_vae.data.defaults`) for the settings it was not given."""
-    return config.with_defaults(defaults_for(config.dataset, dataset.image_shape))
+    representation = dataset.audio.representation if dataset.audio is not None else None
+    return config.with_defaults(defaults_for(config.dataset, dataset.image_shape, representation))
 
 
 def native_bfloat16():
@@ -178,7 +197,7 @@ def finish_export(config, state, log):
 def build_compiled_model(config, dataset, strategy, total_steps):
     """The model `config` describes, built and compiled in the strategy's scope and dtype policy."""
     with dtype_policy(config.precision), strategy.scope():
-        model = build_model(config, dataset.image_shape, dataset.num_classes, total_steps)
+        model = build_model(config, dataset.image_shape, condition_classes(config, dataset), total_steps)
         model.compile(
             optimizer=keras.optimizers.Adam(learning_rate(config, total_steps)),
             steps_per_execution=config.steps_per_execution,
@@ -263,7 +282,7 @@ def fit(config, verbose="auto", force=False, log=print, extra_callbacks=()):
         check_name(runs.export_name(config, run_dir))  # before any work, not after training
     stopwatch = kv_callbacks.Stopwatch()
     with stopwatch("data"):
-        dataset = load_dataset(config.dataset, config.data_dir, config.seed)
+        dataset = dataset_of(config)
     config = resolve_precision(with_data_defaults(config, dataset))
     check_signal_settings(config, dataset)
     state, complete = resume_point(config, run_dir, force, log)

@@ -278,11 +278,11 @@ def train_reference(job):
     import tensorflow as tf
 
     from keras_vae.config import FitConfig
-    from keras_vae.data.datasets import load_dataset
+    from keras_vae.data.datasets import dataset_of
 
     config = FitConfig(**job["config"])
     keras.utils.set_random_seed(config.seed)
-    dataset = load_dataset(config.dataset, config.data_dir, config.seed)
+    dataset = dataset_of(config)
     x_train = dataset.x_train.astype(np.float32) / 255.0
     train = (
         tf.data.Dataset.from_tensor_slices(x_train)

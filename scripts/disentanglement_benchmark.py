@@ -47,7 +47,7 @@ COLUMNS = ("beta_vae_score", "factor_vae_score", "dsprites_mig", "sap", "dci_dis
 
 def measure(name, args):
     from keras_vae.config import FitConfig
-    from keras_vae.data.datasets import load_dataset
+    from keras_vae.data.datasets import dataset_of
     from keras_vae.data.splits import load_split
     from keras_vae.evaluate import disentanglement_scores, evaluate_model
     from keras_vae.runs import load_run
@@ -56,7 +56,7 @@ def measure(name, args):
     config = FitConfig(**COMMON, **PRESETS[name], epochs=args.epochs, data_dir=args.data_dir, run_dir=run_dir)
     times = timed_fit(config)  # a finished run of the same configuration is reused
     config, model = load_run(run_dir)
-    dataset = load_dataset(config.dataset, config.data_dir, config.seed)
+    dataset = dataset_of(config)
     test = load_split(config, "test", dataset)
     start = time.time()
     scores = disentanglement_scores(model, dataset, config, args.points, seed=config.seed)

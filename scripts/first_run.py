@@ -53,13 +53,13 @@ def score(run_dir, num_samples=1000, iw_samples=100):
     import numpy as np
 
     from keras_vae import judge
-    from keras_vae.data.datasets import load_dataset
+    from keras_vae.data.datasets import dataset_of
     from keras_vae.data.splits import load_split
     from keras_vae.evaluate import evaluate_model
     from keras_vae.runs import load_run
 
     config, model = load_run(run_dir)
-    dataset = load_dataset(config.dataset, config.data_dir, config.seed)
+    dataset = dataset_of(config)
     data, train_data = load_split(config, "test", dataset), load_split(config, "train", dataset)
     evaluation = evaluate_model(model, data, iw_samples, train_data=train_data, progress=False)
     critic = judge.load_judge()

@@ -50,7 +50,7 @@ def measure(name, settings, priors, args, out_dir):
     from keras_vae import explore
     from keras_vae.code_prior import code_maps, fit_prior
     from keras_vae.config import FitConfig
-    from keras_vae.data.datasets import load_dataset
+    from keras_vae.data.datasets import dataset_of
     from keras_vae.data.pipeline import to_unit_float
     from keras_vae.data.splits import load_split, train_and_held_out
     from keras_vae.evaluate import evaluate_model
@@ -72,7 +72,7 @@ def measure(name, settings, priors, args, out_dir):
             times["prior"] = time.time() - start
     write_times(run_dir, times)
     config, model = load_run(run_dir)
-    dataset = load_dataset(config.dataset, config.data_dir, config.seed)
+    dataset = dataset_of(config)
     test = load_split(config, "test", dataset)
     result = evaluate_model(model, test, iw_samples=1, progress=False)
     grey = to_unit_float(train_and_held_out(config, dataset)[1][0])

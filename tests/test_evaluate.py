@@ -381,7 +381,7 @@ def test_disentanglement_scores_read_the_model_code_of_the_factor_images():
 
 def test_disentanglement_from_the_cli_scores_the_runs_posterior_means(run_dir):
     from keras_vae.codes import encode_means
-    from keras_vae.data.datasets import load_dataset
+    from keras_vae.data.datasets import dataset_of
     from keras_vae.data.splits import load_split
     from keras_vae.evaluate import code_representation
     from keras_vae.runs import load_run
@@ -391,7 +391,7 @@ def test_disentanglement_from_the_cli_scores_the_runs_posterior_means(run_dir):
     assert result.exit_code == 0, result.output
     assert "BetaVAE score" in result.output and "DCI disentanglement" in result.output
     config, model = load_run(run_dir)
-    dataset = load_dataset(config.dataset, config.data_dir, config.seed)
+    dataset = dataset_of(config)
     data = load_split(config, "test", dataset)
     factors = data.factors[:300]
     images = dataset.ground_truth.observations(factors)

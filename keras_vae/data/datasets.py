@@ -1,7 +1,7 @@
 """The dataset registry: built-in datasets by name, and the user's own files by path.
 
-`load_dataset(name_or_path, data_dir=None, seed=0)` returns a `Dataset` of
-numpy arrays; `keras_vae.data.pipeline` turns those into tf.data pipelines.
+`load_dataset(name_or_path, data_dir=None, seed=0, representation="logmel")`
+returns a `Dataset` of numpy arrays (`dataset_of(config)` for a run's); `keras_vae.data.pipeline` turns those into tf.data pipelines.
 """
 
 import dataclasses
@@ -44,6 +44,9 @@ class Dataset:
     factor_names: Tuple[str, ...] = ()
     num_classes: int = 0
     ground_truth: Optional[dsprites.FactorImages] = None  # every factor combination and its image
+    mask_train: Optional[np.ndarray] = None  # float32 [N, T]: 1 on a clip's real steps, 0 on its padding
+    mask_test: Optional[np.ndarray] = None
+    audio: Optional[object] = None  # the `keras_vae.audio.AudioFormat` of recordings, to listen to examples
 
     @property
     def image_shape(self):
@@ -55,19 +58,27 @@ class Dataset:
         return self.x_train.ndim == 3
 
 
-def load_dataset(name, data_dir=None, seed=0):
-    """Loads a registered dataset by name, or the user's `.npz` file or image folder by path."""
+def load_dataset(name, data_dir=None, seed=0, representation="logmel"):
+    """Loads a registered dataset by name, or the user's `.npz` file, image folder or WAV folder by path;
+    recordings become examples as `representation` says (`keras_vae.audio.REPRESENTATIONS`)."""
     if name in DATASETS:
-        dataset = DATASETS.get(name)(data_dir=data_dir, seed=seed)
+        loader = DATASETS.get(name)
+        options = {"representation": representation} if getattr(loader, "recordings", False) else {}
+        dataset = loader(data_dir=data_dir, seed=seed, **options)
     elif _looks_like_path(name):
-        dataset = load_path(name)
+        dataset = load_path(name, representation, seed)
     else:
         raise UserError(
             f"Unknown dataset {name!r}. Valid datasets: {', '.join(DATASETS.names())}, "
             "or a path to a .npz file with an `x` array (images, or signals [N, T] / [N, T, C] with "
-            "kind='signal') or a folder of PNG/JPEG images."
+            "kind='signal'), a folder of PNG/JPEG images or a folder of WAV files."
         )
     return check_dataset(dataset)
+
+
+def dataset_of(config):
+    """The dataset a run's configuration names, as it trains on it."""
+    return load_dataset(config.dataset, config.data_dir, config.seed, config.representation)
 
 
 def _looks_like_path(name):
@@ -245,10 +256,56 @@ def load_dsprites(data_dir=None, seed=0, factor_sizes=dsprites.FACTOR_SIZES, num
                    num_classes=len(sprites.SHAPES), ground_truth=grid)
 
 
+# ----------------------------------------------------------------- recordings
+def recordings_dataset(name, recordings, representation):
+    """A `Dataset` of `keras_vae.data.recordings.Recordings`: fixed-length examples with padding masks, the
+    first label as `y` and every label as a factor (so `--condition speaker` and the probes find them)."""
+    from keras_vae.audio import AudioFormat
+
+    audio = AudioFormat(representation, recordings.sample_rate,
+                        int(round(AudioFormat().num_samples * recordings.sample_rate / AudioFormat().sample_rate)))
+    x, mask = audio.examples(recordings.waveforms)
+    names = tuple(recordings.labels)
+    factors = np.stack([recordings.labels[n] for n in names], axis=1).astype(np.int32) if names else None
+    test = recordings.test
+    pick = (lambda a, rows: None if a is None else a[rows])
+    return Dataset(name=name, x_train=x[~test], x_test=x[test], mask_train=mask[~test], mask_test=mask[test],
+                   y_train=pick(factors, ~test)[:, 0] if names else None,
+                   y_test=pick(factors, test)[:, 0] if names else None,
+                   factors_train=pick(factors, ~test), factors_test=pick(factors, test), factor_names=names,
+                   num_classes=int(factors[:, 0].max()) + 1 if names else 0, audio=audio)
+
+
+def recordings_loader(function):
+    """Marks a registered loader as one of recordings: `load_dataset` passes it the representation."""
+    function.recordings = True
+    return function
+
+
+@DATASETS.register("fsdd")
+@recordings_loader
+def load_fsdd(data_dir=None, seed=0, representation="logmel"):
+    """The Free Spoken Digit Dataset (3,000 recordings, 6 speakers, 8 kHz; --data-dir: its folder), labels
+    digit (y) and speaker, the dataset's own test split (indices 0-4)."""
+    from keras_vae.data import recordings
+
+    folder = data_dir or os.environ.get(DATA_DIR_ENV)
+    if not folder:
+        raise UserError("Dataset 'fsdd' needs its folder: pass --data-dir DIR (the folder holding recordings/, "
+                        "e.g. ../shared/data/fsdd) or set KERAS_VAE_DATA_DIR.")
+    return recordings_dataset("fsdd", recordings.load_fsdd(folder), representation)
+
+
 # ------------------------------------------------------------ the user's files
-def load_path(path):
-    """A `.npz` with an `x` array (optional `y`, `x_test`, `y_test`) or a folder of images."""
+def load_path(path, representation="logmel", seed=0):
+    """A `.npz` with an `x` array (optional `y`, `x_test`, `y_test`), a folder of images or a folder of WAV
+    files (sub-folders are labels)."""
     if os.path.isdir(path):
+        if _holds_wav(path):
+            from keras_vae.data import recordings
+
+            return recordings_dataset(os.path.basename(os.path.normpath(path)),
+                                      recordings.load_wav_folder(path, seed=seed), representation)
         return _load_image_folder(path)
     if not os.path.exists(path):
         raise UserError(f"Dataset path {path} does not exist.")
@@ -276,6 +333,10 @@ def load_path(path):
             num_classes=int(max(y.max(), y_test.max() if y_test is not None else 0)) + 1 if y is not None else 0,
         )
     raise UserError(f"Dataset path {path} is neither a .npz file nor a folder of images.")
+
+
+def _holds_wav(folder):
+    return any(n.lower().endswith(".wav") for _, _, names in os.walk(folder) for n in names)
 
 
 def _labels(path, name, y, x):

@@ -24,11 +24,19 @@ DATASET_DEFAULTS = {
 }
 DATASET_DEFAULTS["dsprites"] = DATASET_DEFAULTS["sprites"]  # the same images, drawn from the whole grid
 SIGNAL_DEFAULTS = {"likelihood": "gaussian", "binarize": "none"}  # the user's 1-D signals [N, T, C]
+# Recordings (fsdd, a WAV folder), by representation: spectrograms are real values, waveforms μ-law levels.
+RECORDING_DEFAULTS = {
+    "logmel": {**SIGNAL_DEFAULTS, "architecture": "conv1d", "batch_size": 32},
+    "waveform": {**SIGNAL_DEFAULTS, "likelihood": "categorical", "architecture": "conv1d", "batch_size": 32},
+}
 LARGE_IMAGE = 48  # pixels per side from which the user's images take `sprites`' defaults
 
 
-def defaults_for(name, image_shape):
-    """{setting: value} for a dataset: its own row when it is registered, else by image size."""
+def defaults_for(name, image_shape, representation=None):
+    """{setting: value} for a dataset: recordings' by `representation` (None: not recordings), a registered
+    dataset's own row, else by image size."""
+    if representation is not None:
+        return dict(RECORDING_DEFAULTS[representation])
     if name in DATASETS:
         return dict(DATASET_DEFAULTS.get(name, {}))
     if len(image_shape) == 2:  # signals [T, C]: real values
@@ -50,6 +58,8 @@ def defaults_table():
     rows.append(f"| your images, at least {LARGE_IMAGE}×{LARGE_IMAGE} and sides divisible by 16 | as `sprites` |")
     rows.append("| your images, smaller | none |")
     rows.append(f"| your signals [N, T] or [N, T, C] | {flags(SIGNAL_DEFAULTS)} |")
+    for representation, values in RECORDING_DEFAULTS.items():
+        rows.append(f"| recordings (fsdd, a WAV folder), `--representation {representation}` | {flags(values)} |")
     return "\n".join(rows)
 
 

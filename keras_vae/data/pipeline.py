@@ -25,25 +25,32 @@ def to_unit_float(x):
     return x.astype(np.float32)
 
 
+def validation_order(size, fraction, seed):
+    """(training rows, validation rows) of a dataset of `size` examples: a seeded `fraction` held out."""
+    order = np.random.default_rng(seed).permutation(size)
+    count = max(1, int(round(size * fraction)))
+    if count >= size:
+        raise UserError(f"The dataset has {size} examples: too few to hold out a validation split.")
+    return order[count:], order[:count]
+
+
 def split_validation(x, y, fraction, seed):
     """Holds out a seeded `fraction` of (x, y) for validation: returns (x_tr, y_tr, x_val, y_val)."""
-    order = np.random.default_rng(seed).permutation(len(x))
-    count = max(1, int(round(len(x) * fraction)))
-    if count >= len(x):
-        raise UserError(f"The dataset has {len(x)} images: too few to hold out a validation split.")
-    val, train = order[:count], order[count:]
+    train, val = validation_order(len(x), fraction, seed)
     pick = (lambda a, i: a[i] if a is not None else None)
     return x[train], pick(y, train), x[val], pick(y, val)
 
 
 def make_pipeline(x, batch_size, y=None, dynamic_binarization=False, shuffle=False, seed=0,
-                  drop_remainder=False):
+                  drop_remainder=False, mask=None):
     """A tf.data pipeline of float32 batches [B, H, W, C] in [0, 1] (and int32 labels [B]).
 
     Args:
-        x: uint8 or float32 images [N, H, W, C].
+        x: uint8 or float32 images [N, H, W, C] (or float32 signals [N, T, C]).
         batch_size: the global batch size.
         y: optional labels [N]; batches are then (x, y) pairs.
+        mask: optional padding masks [N, T] of fixed-length signals; batches are then dicts with `x`,
+            `mask` and (given labels) `y`.
         dynamic_binarization: resample x ~ Bernoulli(intensity) for every batch
             of every epoch (seeded, vectorized on the batch).
         shuffle: reshuffle the order every epoch (seeded).
@@ -51,6 +58,7 @@ def make_pipeline(x, batch_size, y=None, dynamic_binarization=False, shuffle=Fal
     """
     images = tf.constant(x)
     labels = tf.constant(y, tf.int32) if y is not None else None
+    masks = tf.constant(mask, tf.float32) if mask is not None else None
     scale = 1.0 / 255.0 if x.dtype == np.uint8 else 1.0
 
     indices = tf.data.Dataset.range(len(x))
@@ -65,6 +73,11 @@ def make_pipeline(x, batch_size, y=None, dynamic_binarization=False, shuffle=Fal
         if dynamic_binarization:
             uniform = tf.random.stateless_uniform(tf.shape(batch), seed=tf.stack([noise_seed, 0]))
             batch = tf.cast(uniform < batch, tf.float32)
+        if masks is not None:
+            batch = {"x": batch, "mask": tf.gather(masks, batch_indices)}
+            if labels is not None:
+                batch["y"] = tf.gather(labels, batch_indices)
+            return batch
         if labels is None:
             return batch
         return batch, tf.gather(labels, batch_indices)

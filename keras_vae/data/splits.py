@@ -13,7 +13,7 @@ from typing import Optional
 import numpy as np
 
 from keras_vae.data import pipeline
-from keras_vae.data.datasets import load_dataset
+from keras_vae.data.datasets import dataset_of
 from keras_vae.errors import UserError
 
 
@@ -22,24 +22,41 @@ class Split:
     """The images of one split as the model is measured on them (binarized the same way)."""
 
     name: str
-    x: np.ndarray  # float32 [N, H, W, C] in [0, 1]
+    x: np.ndarray  # float32 [N, H, W, C] in [0, 1], or signals [N, T, C]
     y: Optional[np.ndarray] = None
     factors: Optional[np.ndarray] = None
+    mask: Optional[np.ndarray] = None  # float32 [N, T]: the real steps of fixed-length clips
+    factor_names: tuple = ()
 
     def head(self, count):
-        """The first `count` examples, with their labels and factors."""
+        """The first `count` examples, with their labels, factors and masks."""
         cut = (lambda a: None if a is None else a[:count])
-        return Split(self.name, self.x[:count], cut(self.y), cut(self.factors))
+        return Split(self.name, self.x[:count], cut(self.y), cut(self.factors), cut(self.mask), self.factor_names)
+
+    def labels(self, name="label"):
+        """The labels [N] called `name`: "label" is `y`, any other name a factor (e.g. "speaker")."""
+        return labels_named(name, self.y, self.factors, self.factor_names, self.name)
+
+
+def labels_named(name, y, factors, factor_names, where="dataset"):
+    """`y` for "label", else the factor column called `name`; a UserError naming the labels there are."""
+    if name == "label":
+        return y
+    if name not in factor_names:
+        raise UserError(f"The {where} has no labels called {name!r}; it has: "
+                        + ", ".join(("label",) + tuple(factor_names)) + ".")
+    return factors[:, list(factor_names).index(name)]
 
 
 def train_and_held_out(config, dataset):
-    """((x, y, factors) to train on, (x, y, factors) held out), as stored (before binarization)."""
+    """((x, y, factors, mask) to train on, the same held out), as stored (before binarization)."""
     if dataset.x_test is not None:
-        return ((dataset.x_train, dataset.y_train, dataset.factors_train),
-                (dataset.x_test, dataset.y_test, dataset.factors_test))
-    x_train, y_train, x_val, y_val = pipeline.split_validation(
-        dataset.x_train, dataset.y_train, config.validation_split, config.seed)
-    return (x_train, y_train, None), (x_val, y_val, None)
+        return ((dataset.x_train, dataset.y_train, dataset.factors_train, dataset.mask_train),
+                (dataset.x_test, dataset.y_test, dataset.factors_test, dataset.mask_test))
+    order = pipeline.validation_order(len(dataset.x_train), config.validation_split, config.seed)
+    return tuple(tuple(None if a is None else a[rows] for a in (dataset.x_train, dataset.y_train,
+                                                                 dataset.factors_train, dataset.mask_train))
+                 for rows in order)
 
 
 def fixed_binarization(config, x):
@@ -55,10 +72,11 @@ def load_split(config, split="test", dataset=None):
     """The `split` ("test": the held-out images, or "train") of a run's dataset, as it is measured."""
     if split not in ("test", "train"):
         raise UserError(f"--split must be test or train. Received: split={split!r}.")
-    dataset = dataset or load_dataset(config.dataset, config.data_dir, config.seed)
+    dataset = dataset or dataset_of(config)
     train, held_out = train_and_held_out(config, dataset)
-    x, y, factors = held_out if split == "test" else train
-    return Split(split, pipeline.to_unit_float(fixed_binarization(config, x)), y, factors)
+    x, y, factors, mask = held_out if split == "test" else train
+    return Split(split, pipeline.to_unit_float(fixed_binarization(config, x)), y, factors, mask,
+                 dataset.factor_names)
 
 
 def batches(array, batch_size):

@@ -31,13 +31,14 @@ import keras
 import tensorflow as tf
 
 from keras_vae.distribute import replica_id
-from keras_vae.distributions import BernoulliLikelihood, GaussianLikelihood
+from keras_vae.distributions import BernoulliLikelihood, CategoricalLikelihood, GaussianLikelihood, padding_mask
 from keras_vae.errors import UserError
 from keras_vae.hparams import Hyperparameter as H
 from keras_vae.networks import build_networks
 from keras_vae.pixel_decoder import CONDITION_CHANNELS, PixelCNNLikelihood
 
-LIKELIHOODS = ("bernoulli", "gaussian")
+LIKELIHOODS = ("bernoulli", "gaussian", "categorical")
+CATEGORICAL_CLASSES = 256  # the levels of a categorical likelihood (8-bit μ-law audio)
 DECODERS = ("factorized", "pixelcnn")
 PHASES = ("joint", "inference", "generative")  # what a training step may update (`phase_variables`)
 
@@ -82,7 +83,9 @@ class Autoencoder(keras.Model):
     hyperparameters = (
         H("latent_dim", int, 16, "Size of the latent code (for vq_vae: code positions).", minimum=1),
         H("architecture", str, "mlp", "Encoder/decoder design: mlp, mlp-200-tanh (Burda et al. 2016), mlp-gated (Tomczak & Welling 2018), conv, conv-small, conv-64; conv1d for signals [T, C]."),
-        H("likelihood", str, "bernoulli", "p(x|z).", choices=LIKELIHOODS, attribute="likelihood_name"),
+        H("likelihood", str, "bernoulli", "p(x|z): bernoulli (binary pixels), gaussian, or categorical over 256 "
+          "levels in [-1, 1] (μ-law waveforms).", choices=LIKELIHOODS, attribute="likelihood_name",
+          reference="van den Oord et al. 2016"),
         H("likelihood_scale", float, None, "Fixed std of a Gaussian likelihood (default: learned per channel).",
           minimum=0, open_minimum=True, nullable=True),
         H("decoder", str, "factorized", "The likelihood's form: factorized over the pixels (the architecture's "
@@ -100,6 +103,7 @@ class Autoencoder(keras.Model):
 
     has_elbo = True  # False for the plain autoencoders: no likelihood bound to evaluate
     uses_labels = False  # True for conditional models: batches are (x, y) and y reaches the networks
+    label_name = "label"  # which labels a conditional model reads: the dataset's y, or a factor such as "speaker"
     continuous_code = True  # False for a discrete code (VQ-VAE): no traversals or manifolds
     reads_signals = True  # False for models whose networks need images [H, W, C], not signals [T, C]
 
@@ -158,8 +162,13 @@ class Autoencoder(keras.Model):
         return self.latent_dim
 
     def decoder_channels(self):
-        """The channels per pixel the decoder network outputs: the image's, or a pixelcnn's condition."""
-        return CONDITION_CHANNELS if self.decoder_name == "pixelcnn" else self.image_shape[-1]
+        """The channels per pixel the decoder network outputs: the image's, a pixelcnn's condition, or
+        a categorical likelihood's logits (K per channel)."""
+        if self.decoder_name == "pixelcnn":
+            return CONDITION_CHANNELS
+        if self.likelihood_name == "categorical":
+            return self.image_shape[-1] * CATEGORICAL_CLASSES
+        return self.image_shape[-1]
 
     def build_networks(self):
         """(encoder, decoder) of the chosen architecture."""
@@ -175,6 +184,8 @@ class Autoencoder(keras.Model):
                                       self.decoder_dropout, self.seed, name="likelihood")
         if self.likelihood_name == "bernoulli":
             return BernoulliLikelihood(name="likelihood")
+        if self.likelihood_name == "categorical":
+            return CategoricalLikelihood(self.image_shape[-1], CATEGORICAL_CLASSES, name="likelihood")
         return GaussianLikelihood(self.image_shape[-1], self.likelihood_scale, name="likelihood")
 
     def encoder_inputs(self, x, y=None):
@@ -272,14 +283,18 @@ class Autoencoder(keras.Model):
     # ------------------------------------------------------ training loop
     @staticmethod
     def unpack(data):
-        """(images, labels or None) from a batch given as x, (x,) or (x, y)."""
+        """(examples, labels or None, padding mask or None) from a batch given as x, (x,), (x, y) or a dict
+        with `x` and optionally `y` and `mask` (fixed-length signals, see `distributions.padding_mask`)."""
+        if isinstance(data, dict):
+            return data["x"], data.get("y"), data.get("mask")
         if isinstance(data, (tuple, list)):
-            return data[0], (data[1] if len(data) > 1 else None)
-        return data, None
+            return data[0], (data[1] if len(data) > 1 else None), None
+        return data, None, None
 
     def losses_and_terms(self, data, training):
-        x, y = self.unpack(data)
-        terms = self.compute_terms(x, training=training, y=y if self.uses_labels else None)
+        x, y, mask = self.unpack(data)
+        with padding_mask(mask):
+            terms = self.compute_terms(x, training=training, y=y if self.uses_labels else None)
         beta = self.current_beta()
         return self.objective(terms, beta), terms, beta
 

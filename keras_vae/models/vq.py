@@ -32,7 +32,8 @@ from keras_vae import pixelcnn
 from keras_vae.hparams import Hyperparameter as H
 from keras_vae.models import register_model
 from keras_vae.models.base import Autoencoder, elbo_terms
-from keras_vae.networks import build_networks
+from keras_vae.errors import UserError
+from keras_vae.networks import build_networks, conv1d_code_networks
 from keras_vae.quantizers import FiniteScalarQuantizer, VectorQuantizer, parse_levels, perplexity, used_codes
 
 QUANTIZERS = ("vq", "fsq")
@@ -75,7 +76,6 @@ class CodeMapAutoencoder(Autoencoder):
     # Its decoder reads quantized code maps: the pixelcnn decoder is not offered here.
     unused_hyperparameters = ("latent_dim", "decoder", "decoder_layers", "decoder_filters", "decoder_dropout")
     continuous_code = False
-    reads_signals = False  # code maps are 2-D grids (a 1-D VQ-VAE for audio is issue 17's next step)
     levels = ("",)
 
     def __init__(self, image_shape, **kwargs):
@@ -145,18 +145,20 @@ class CodeMapAutoencoder(Autoencoder):
         plus `vectors`, the encoder's z_e [B, h, w, D] in float32}."""
         raise NotImplementedError
 
-    def decode_quantized(self, quantized, training=False):
-        """The decoder's raw output for {level: quantized vectors [B, h, w, D]}."""
+    def decode_quantized(self, quantized, training=False, y=None):
+        """The decoder's raw output for {level: quantized vectors [B, h, w, D]} (and labels y [B] of a
+        conditional model)."""
         raise NotImplementedError
 
     def encode_indices(self, x):
         """{level: int32 code maps [B, h, w]}."""
         return {level: out["indices"] for level, out in self.quantize_levels(x).items()}
 
-    def decode_indices(self, codes):
-        """The decoder mean [B, H, W, C] for {level: code maps [B, h, w]}."""
+    def decode_indices(self, codes, y=None):
+        """The decoder mean [B, H, W, C] for {level: code maps [B, h, w]} (for a conditional model: as
+        labels y [B] say, e.g. in another speaker's voice)."""
         quantized = {level: self.quantizer_of(level).lookup(codes[level]) for level in self.levels}
-        return self.likelihood_layer.mean(self.decode_quantized(quantized))
+        return self.likelihood_layer.mean(self.decode_quantized(quantized, y=y))
 
     def encode(self, x, y=None):
         """The encoder's continuous output z_e of every level, flattened [B, code_dim], and zero spread."""
@@ -179,7 +181,7 @@ class CodeMapAutoencoder(Autoencoder):
             vectors = tf.reshape(z[:, start : start + size], [-1, h, w, self.vector_dim])
             quantized[level] = self.quantizer_of(level)(vectors)["quantized"]
             start += size
-        return self.likelihood_layer.mean(self.decode_quantized(quantized))
+        return self.likelihood_layer.mean(self.decode_quantized(quantized, y=y))
 
     # ------------------------------------------------------------- the prior
     def level_log_priors(self, codes):
@@ -227,12 +229,14 @@ class CodeMapAutoencoder(Autoencoder):
     def sample(self, num_samples, seed=0, temperature=1.0, y=None):
         """(x_mean [N, H, W, C], {level: code maps [N, h, w]}) drawn from the code prior."""
         codes = self.sample_indices(num_samples, seed, temperature)
-        return self.decode_indices(codes), codes
+        if self.uses_labels and y is None:
+            y = tf.range(num_samples) % self.num_classes  # every label in turn
+        return self.decode_indices(codes, y), codes
 
     # ---------------------------------------------------------- objective
     def compute_terms(self, x, training=False, y=None):
         outputs = self.quantize_levels(self.corrupt(x, training), training, self.noise_seed() if training else None)
-        decoded = self.decode_quantized({level: out["quantized"] for level, out in outputs.items()}, training)
+        decoded = self.decode_quantized({level: out["quantized"] for level, out in outputs.items()}, training, y)
         reconstruction_loss = -self.likelihood_layer(decoded).log_prob(x)
         vq_loss = tf.add_n([tf.reduce_sum(out["loss"], axis=[1, 2]) for out in outputs.values()])  # (B,)
         kl = -self.code_log_prior({level: out["indices"] for level, out in outputs.items()})
@@ -250,7 +254,8 @@ class CodeMapAutoencoder(Autoencoder):
         """A point-mass posterior: every 'sample' has log weight log p(x | z_q) + log p(c) = the ELBO."""
         codes = self.encode_indices(x)
         quantized = {level: self.quantizer_of(level).lookup(codes[level]) for level in self.levels}
-        log_weight = self.likelihood_layer(self.decode_quantized(quantized)).log_prob(x) + self.code_log_prior(codes)
+        log_weight = (self.likelihood_layer(self.decode_quantized(quantized, y=y)).log_prob(x)
+                      + self.code_log_prior(codes))
         return tf.tile(log_weight[None], [num_samples, 1]), log_weight
 
     def serving_signatures(self, max_samples=None):
@@ -264,26 +269,74 @@ class CodeMapAutoencoder(Autoencoder):
 class VQVAE(CodeMapAutoencoder):
     """The VQ-VAE: a grid of `latent_dim` discrete codes, through the `architecture`'s networks.
 
-    Args (besides `Autoencoder`'s): the quantizer's, see `CodeMapAutoencoder`.
+    On signals [T, C] with `--architecture conv1d` the code map is one row of `latent_dim` codes along time,
+    each read from (and decoded to) T / latent_dim steps by fully convolutional networks, as the paper's
+    speech model (section 4.3). With `condition` the decoder also reads a learned embedding of a label
+    (`--condition speaker`), so the codes need not carry it and decoding them with another label converts
+    (e.g. the voice).
+
+    Args (besides `CodeMapAutoencoder`'s):
+        num_classes: the values the condition's labels take (from the dataset), when conditional.
     """
 
     hyperparameters = (
         # Its own declaration: a count of code positions, not a latent size, so no dataset default applies.
-        H("latent_dim", int, 16, "Code positions h·w of the code map (as square a grid as h·w allows).",
-          minimum=1),
+        H("latent_dim", int, 16, "Code positions h·w of the code map (as square a grid as h·w allows; on signals "
+          "with conv1d, codes along time).", minimum=1),
+        H("condition", str, "none", "Labels the decoder reads besides the codes: none, label (the dataset's y) or "
+          "a factor's name (fsdd: speaker, digit).", reference="van den Oord et al. 2017"),
+        H("condition_dim", int, 64, "Size of the learned embedding of the condition's label.", minimum=1),
     )
 
+    def __init__(self, image_shape, num_classes=0, **kwargs):
+        condition = kwargs.get("condition", "none")
+        self.uses_labels = condition != "none"  # an instance attribute: whether depends on the configuration
+        self.label_name = condition
+        self.num_classes = int(num_classes)
+        if self.uses_labels and self.num_classes < 2:
+            raise UserError(f"vq_vae --condition {condition} needs labels of at least 2 values; the dataset's "
+                            f"{condition!r} labels have {self.num_classes}.")
+        super().__init__(image_shape, **kwargs)
+        if self.uses_labels:
+            self.label_embedding = keras.layers.Embedding(self.num_classes, self.condition_dim, name="label_embedding")
+
+    @classmethod
+    def from_fit_config(cls, config, image_shape, num_classes=0, total_steps=None):
+        values = cls.resolve_hyperparameters(config.model_hyperparameters(), total_steps)
+        return cls(image_shape=image_shape, seed=config.seed, num_classes=num_classes, **values)
+
+    @property
+    def along_time(self):
+        """Whether the code map is a row of codes along the time of a signal."""
+        return len(self.image_shape) == 2 and self.architecture == "conv1d"
+
     def code_grids(self):
-        return {"": code_grid(self.latent_dim)}
+        return {"": (1, self.latent_dim) if self.along_time else code_grid(self.latent_dim)}
 
     def build_networks(self):
+        extra = self.condition_dim if self.uses_labels else 0
+        if self.along_time:
+            return conv1d_code_networks(self.image_shape, self.latent_dim, self.vector_dim, self.decoder_channels(),
+                                        extra)
         size = self.latent_dim * self.vector_dim  # h·w vectors of D numbers, flattened
-        return build_networks(self.architecture, self.image_shape, size, size)
+        return build_networks(self.architecture, self.image_shape, size + extra, size, self.decoder_channels())
 
     def quantize_levels(self, x, training=False, seed=None):
         vectors = tf.reshape(tf.cast(self.encoder(x, training=training), tf.float32),
                              [-1, *self.grids[""], self.vector_dim])
         return {"": dict(self.quantizer(vectors, training=training, seed=seed), vectors=vectors)}
 
-    def decode_quantized(self, quantized, training=False):
-        return self.decoder(tf.reshape(quantized[""], [-1, self.latent_dim * self.vector_dim]), training=training)
+    def decode_quantized(self, quantized, training=False, y=None):
+        shape = [self.latent_dim, self.vector_dim] if self.along_time else [self.latent_dim * self.vector_dim]
+        h = tf.reshape(quantized[""], [-1, *shape])
+        if self.uses_labels:
+            if y is None:
+                raise UserError(f"This vq_vae is conditioned on {self.label_name!r}: give its labels y.")
+            embedding = tf.cast(self.label_embedding(tf.cast(y, tf.int32)), h.dtype)  # (B, E)
+            if self.along_time:  # the same embedding at every code position
+                embedding = tf.tile(embedding[:, None, :], [1, self.latent_dim, 1])
+            h = tf.concat([h, embedding], axis=-1)
+        return self.decoder(h, training=training)
+
+    def get_config(self):
+        return dict(super().get_config(), num_classes=self.num_classes)

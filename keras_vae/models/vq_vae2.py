@@ -137,5 +137,7 @@ class VQVAE2(CodeMapAutoencoder):
         bottom = dict(self.quantizer_bottom(z_bottom, training=training, seed=seeds[1]), vectors=z_bottom)
         return {"top": top, "bottom": bottom}
 
-    def decode_quantized(self, quantized, training=False):
+    reads_signals = False  # its networks are 2-D
+
+    def decode_quantized(self, quantized, training=False, y=None):
         return self.decoder([quantized["top"], quantized["bottom"]], training=training)

@@ -240,7 +240,16 @@ def _write(out, grid, run_dir, tag):
 
 
 _run_arg = click.argument("run_dir")
-_out_opt = click.option("--out", required=True, help="The PNG file to write.")
+_out_opt = click.option("--out", required=True, help="The PNG file to write (for a run on recordings: the folder "
+                        "for its WAV files and spectrogram picture).")
+
+
+def _wrote_audio(paths):
+    click.echo(f"Wrote {len(paths)} files to {os.path.dirname(paths[0])}: " + ", ".join(os.path.basename(p) for p in paths))
+
+
+def _on_signals(model):
+    return len(model.image_shape) == 2
 
 
 @cli.command()
@@ -256,8 +265,12 @@ def sample(run_dir, out, num, temperature, seed, label):
     from keras_vae.runs import load_run
 
     check_positive(num=num, temperature=temperature)
-    _, model = load_run(run_dir)
+    config, model = load_run(run_dir)
     label = check_label(model, label)
+    if _on_signals(model):
+        from keras_vae.listen import sample_audio
+
+        return _wrote_audio(sample_audio(model, config, out, num, temperature, seed, label))
     _write(out, sample_grid(model, num, temperature, seed, y=label), run_dir,
            "samples" if label is None else f"samples_{label}")
 
@@ -270,8 +283,28 @@ def reconstruct(run_dir, out, num):
     """Test images (rows) above their reconstructions."""
     from keras_vae.explore import open_run, reconstruction_picture
 
-    _, model, data = open_run(run_dir)  # the picture takes its first `num` images itself
+    config, model, data = open_run(run_dir)  # the picture takes its first `num` images itself
+    if _on_signals(model):
+        from keras_vae.listen import reconstruct_audio
+
+        return _wrote_audio(reconstruct_audio(model, config, data, out, num))
     _write(out, reconstruction_picture(model, data, num), run_dir, "reconstructions")
+
+
+@cli.command()
+@_run_arg
+@click.option("--input", "input_path", required=True, type=click.Path(), help="A WAV file at the run's sample rate.")
+@click.option("--speaker", required=True, help="The voice to speak in: a speaker's name (fsdd: george, jackson, "
+              "lucas, nicolas, theo, yweweler) or index, among the labels the model is conditioned on.")
+@click.option("--out", required=True, help="The WAV file to write.")
+def convert(run_dir, input_path, speaker, out):
+    """Voice conversion: the recording's codes decoded in another speaker's voice (vq_vae --condition speaker)."""
+    from keras_vae.listen import convert as convert_recording
+
+    if not os.path.isfile(input_path):
+        raise UserError(f"--input {input_path} does not exist.")
+    index = convert_recording(run_dir, input_path, speaker, out)
+    click.echo(f"Wrote {out} ({speaker!r}, label {index}).")
 
 
 @cli.command("swap-levels")

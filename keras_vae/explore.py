@@ -163,7 +163,7 @@ def check_label(model, label):
     if label is None:
         return None
     if not model.uses_labels:
-        raise UserError(f"--label applies to conditional models (cvae) only; this run's model is {type(model).__name__}.")
+        raise UserError(f"--label applies to conditional models (cvae, vq_vae --condition) only; this run's model is {type(model).__name__}.")
     if not 0 <= label < model.num_classes:
         raise UserError(f"--label must lie in 0..{model.num_classes - 1}. Received: label={label}.")
     return label

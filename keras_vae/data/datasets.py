@@ -47,6 +47,7 @@ class Dataset:
     mask_train: Optional[np.ndarray] = None  # float32 [N, T]: 1 on a clip's real steps, 0 on its padding
     mask_test: Optional[np.ndarray] = None
     audio: Optional[object] = None  # the `keras_vae.audio.AudioFormat` of recordings, to listen to examples
+    factor_values: dict = dataclasses.field(default_factory=dict)  # {factor: names of its values}, where named
 
     @property
     def image_shape(self):
@@ -273,7 +274,8 @@ def recordings_dataset(name, recordings, representation):
                    y_train=pick(factors, ~test)[:, 0] if names else None,
                    y_test=pick(factors, test)[:, 0] if names else None,
                    factors_train=pick(factors, ~test), factors_test=pick(factors, test), factor_names=names,
-                   num_classes=int(factors[:, 0].max()) + 1 if names else 0, audio=audio)
+                   num_classes=int(factors[:, 0].max()) + 1 if names else 0, audio=audio,
+                   factor_values=dict(recordings.label_names))
 
 
 def recordings_loader(function):

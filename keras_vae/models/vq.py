@@ -299,6 +299,7 @@ class VQVAE(CodeMapAutoencoder):
         super().__init__(image_shape, **kwargs)
         if self.uses_labels:
             self.label_embedding = keras.layers.Embedding(self.num_classes, self.condition_dim, name="label_embedding")
+            self.label_embedding.build((None,))  # its weights exist before an optimizer or a checkpoint meets them
 
     @classmethod
     def from_fit_config(cls, config, image_shape, num_classes=0, total_steps=None):

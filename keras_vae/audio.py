@@ -14,6 +14,7 @@ ops, so they run inside an input pipeline or an exported graph):
 References:
     ITU-T Recommendation G.711 (1988): μ-law companding.
     Griffin & Lim (1984). Signal estimation from modified short-time Fourier transform. IEEE TASSP.
+    Lee & Seung (2001). Algorithms for non-negative matrix factorization. NeurIPS.
     van den Oord et al. (2017). Neural Discrete Representation Learning. NeurIPS, section 4.3.
 """
 
@@ -109,12 +110,21 @@ def log_mel_spectrogram(waveform, settings=SpectrogramSettings()):
     return tf.math.log(tf.tensordot(magnitude, settings.mel_matrix(), 1) + settings.floor)
 
 
-def mel_to_magnitude(log_mel, settings=SpectrogramSettings()):
-    """Linear-frequency magnitudes [..., frames, bins] from a log-mel spectrogram: the non-negative
-    least-squares-like inverse of the mel filter bank (its pseudo-inverse, clipped at 0)."""
+def mel_to_magnitude(log_mel, settings=SpectrogramSettings(), iterations=100):
+    """Linear-frequency magnitudes [..., frames, bins] from a log-mel spectrogram: the non-negative least-squares
+    inverse of the mel filter bank, by multiplicative updates (Lee & Seung 2001) from its transpose.
+
+    The pseudo-inverse is not used: where mel bands are narrower than an FFT bin (the low bands of a short FFT)
+    it amplifies any inconsistency between neighbouring bands, e.g. in a decoder's smoothed spectrogram, into
+    loud low-frequency hum."""
     mel = tf.nn.relu(tf.exp(tf.convert_to_tensor(log_mel, tf.float32)) - settings.floor)
-    inverse = tf.linalg.pinv(settings.mel_matrix())  # [mel, bins]
-    return tf.nn.relu(tf.tensordot(mel, inverse, 1))
+    weights = settings.mel_matrix()  # [bins, mel]
+    gram = tf.matmul(weights, weights, transpose_b=True)  # [bins, bins]
+    target = tf.tensordot(mel, tf.transpose(weights), 1)  # mel W^T: [..., frames, bins]
+    magnitude = target / (tf.reduce_sum(weights, axis=1) + 1e-8)
+    for _ in range(iterations):
+        magnitude = magnitude * target / (tf.tensordot(magnitude, gram, 1) + 1e-10)
+    return magnitude
 
 
 def griffin_lim(magnitude, settings=SpectrogramSettings(), iterations=60, seed=0):

@@ -232,10 +232,16 @@ class Summaries(keras.callbacks.Callback):
         images: validation images [N, H, W, C] in [0, 1] (the code statistics read all, the grids the first few).
         labels: their labels [N] for a conditional model, else None.
         metric_names: the scalar tags to write.
+        audio: for recordings, their `keras_vae.audio.AudioFormat`: the Audio tab then gets `reconstructions`
+            (each input, then its reconstruction) and `samples` as sound, and `spectrograms` their pictures;
+            `masks` [N, T] silence the inputs' padding.
     """
 
-    def __init__(self, log_dir, images, labels, metric_names, seed=0, stopwatch=None, grid_size=8):
+    def __init__(self, log_dir, images, labels, metric_names, seed=0, stopwatch=None, grid_size=8, audio=None,
+                 masks=None):
         super().__init__()
+        self.audio = audio  # recordings: their `AudioFormat`, for the Audio tab
+        self.masks = None if masks is None else np.asarray(masks)[:grid_size]
         self.stopwatch = stopwatch or Stopwatch()
         self.train_writer = tf.summary.create_file_writer(os.path.join(log_dir, "train"))
         self.val_writer = tf.summary.create_file_writer(os.path.join(log_dir, "validation"))
@@ -264,8 +270,24 @@ class Summaries(keras.callbacks.Callback):
                 tf.summary.image("reconstructions",
                                  make_grid(np.concatenate([self.images, reconstructions]), columns)[None])
                 tf.summary.image("samples", make_grid(samples, columns)[None])
+            elif self.audio is not None:
+                self.write_audio()
         self.train_writer.flush()
         self.val_writer.flush()
+
+    def write_audio(self):
+        """The Audio tab: inputs interleaved with their reconstructions, and samples; their spectrograms."""
+        from keras_vae.listen import silence_padding, spectrogram_picture
+
+        reconstructions, samples = self.pictures()
+        inputs = silence_padding(self.images, self.masks, self.audio)
+        reconstructions = silence_padding(reconstructions, self.masks, self.audio)
+        pairs = np.stack([inputs, reconstructions], axis=1).reshape(-1, *inputs.shape[1:])  # a0, â0, a1, â1, ...
+        for tag, clips in (("reconstructions", pairs), ("samples", samples)):
+            waveforms = self.audio.to_waveforms(clips, iterations=30)
+            tf.summary.audio(tag, waveforms[..., None], self.audio.sample_rate, max_outputs=len(waveforms))
+        picture = spectrogram_picture(np.concatenate([inputs, reconstructions, samples]), self.audio, len(inputs))
+        tf.summary.image("spectrograms", picture[None])
 
     def code_statistics(self):
         """{mutual_information, active_units} of the images' posteriors; {} for models without one."""

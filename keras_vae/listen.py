@@ -43,21 +43,22 @@ def silence_padding(x, mask, audio):
 
 
 def real_samples(mask, audio):
-    """The waveform samples [N] that the real steps of each example cover."""
+    """The length [N] of each example's clip, from its mask: exact for waveforms; for spectrograms, whose
+    real frames are those that start inside the clip, within one hop above it."""
     steps = np.asarray(mask).sum(axis=1)
     if audio.representation == "waveform":
         return steps.astype(int)
-    settings = audio.spectrogram
-    return np.minimum(audio.num_samples, (steps - 1) * settings.frame_step + settings.frame_length).astype(int)
+    return np.minimum(audio.num_samples, steps * audio.spectrogram.frame_step).astype(int)
 
 
-def write_clips(folder, names, x, audio, mask=None):
-    """Writes examples x [N, T, C] as `folder/<name>.wav` (cut to their real length when a mask is given);
-    returns the paths."""
+def write_clips(folder, names, x, audio, mask=None, lengths=None):
+    """Writes examples x [N, T, C] as `folder/<name>.wav`, cut to `lengths` samples (default: as their masks
+    say, else whole); returns the paths."""
     if not os.path.isdir(folder):
         raise UserError(f"Cannot write WAV files to {folder}: the folder does not exist.")
     waveforms = audio.to_waveforms(silence_padding(x, mask, audio), GRIFFIN_LIM_ITERATIONS)
-    lengths = real_samples(mask, audio) if mask is not None else [waveforms.shape[1]] * len(waveforms)
+    if lengths is None:
+        lengths = real_samples(mask, audio) if mask is not None else [waveforms.shape[1]] * len(waveforms)
     paths = []
     for name, waveform, length in zip(names, waveforms, lengths):
         paths.append(os.path.join(folder, f"{name}.wav"))
@@ -148,6 +149,6 @@ def convert(run_dir, input_path, target, out_path):
     waveform, _ = read_mono(input_path, audio.sample_rate)
     x, mask = audio.examples([waveform])
     converted = convert_examples(model, x, [target])
-    written = write_clips(directory, ["converted"], converted, audio, mask)[0]
+    written = write_clips(directory, ["converted"], converted, audio, mask, [min(len(waveform), audio.num_samples)])[0]
     os.replace(written, out_path)
     return target

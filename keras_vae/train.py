@@ -35,8 +35,8 @@ def dtype_policy(precision):
 
 
 def prepare_data(config, dataset, replicas=1):
-    """(train pipeline, validation pipeline, (a few validation images, their labels or None),
-    training-set size).
+    """(train pipeline, validation pipeline, (a few validation images, their labels or None, their padding
+    masks or None), training-set size).
 
     With several replicas the validation set is cut to a multiple of their
     number: Keras averages the first batch over replicas before evaluating,
@@ -67,7 +67,7 @@ def prepare_data(config, dataset, replicas=1):
     )
     val = pipeline.make_pipeline(x_val, config.batch_size, y=y_val if condition else None, mask=m_val)
     summary = (pipeline.to_unit_float(x_val[:NUM_SUMMARY_IMAGES]),
-               y_val[:NUM_SUMMARY_IMAGES] if condition else None)
+               y_val[:NUM_SUMMARY_IMAGES] if condition else None, cut(m_val))
     return train, val, summary, len(x_train)
 
 
@@ -310,12 +310,13 @@ def fit(config, verbose="auto", force=False, log=print, extra_callbacks=()):
     checkpointer = kv_callbacks.EpochCheckpoint(own_checkpoint_dir, config.to_dict(), history,
                                                 extra_state={"schedule_steps": schedule_steps}, stopwatch=stopwatch)
     # The NaN guard reads each step's loss, which waits for the step to finish: the timer comes after it.
-    phases = [kv_callbacks.AggressiveEncoder(*summary_images)] if getattr(model, "aggressive_encoder", False) else []
+    phases = [kv_callbacks.AggressiveEncoder(*summary_images[:2])] if getattr(model, "aggressive_encoder", False) else []
     callbacks = [kv_callbacks.StopOnNaN(checkpoint_dir), kv_callbacks.PhaseTimer(stopwatch), *phases, checkpointer,
                  *extra_callbacks]
     if chief:
-        callbacks.append(kv_callbacks.Summaries(os.path.join(run_dir, runs.LOG_DIR), *summary_images,
-                                                model.metric_names(), config.seed, stopwatch=stopwatch))
+        callbacks.append(kv_callbacks.Summaries(os.path.join(run_dir, runs.LOG_DIR), *summary_images[:2],
+                                                model.metric_names(), config.seed, stopwatch=stopwatch,
+                                                audio=dataset.audio, masks=summary_images[2]))
     if verbose == "auto":  # off a terminal, one line per epoch instead of a bar redrawn every step
         verbose = 1 if sys.stdout.isatty() else 2
     if initial_epoch < config.epochs:

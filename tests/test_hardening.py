@@ -100,7 +100,8 @@ def signature_feeds(info, batch=2):
 def test_every_model_loads_and_answers_in_a_v1_session_without_tensorflow_probability(tmp_path):
     variants = [(name, {}) for name in model_names()] + [("vae", {"prior": "mog"}), ("vae", {"prior": "vamp"}),
                                                          ("vae", {"decoder": "pixelcnn", "decoder_layers": 2,
-                                                                  "aggressive_encoder": True})]
+                                                                  "aggressive_encoder": True}),
+                                                         ("vq_vae", {"condition": "label"})]
     paths = []
     for i, (name, extra) in enumerate(variants):
         model = tiny_model(name, **extra)

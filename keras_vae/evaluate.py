@@ -58,6 +58,21 @@ def importance_weighted_nll(log_weights_fn, x, num_samples, chunk):
     return -metrics.chunked_log_mean_exp(chunks, num_samples)
 
 
+def masked(function):
+    """`function` traced, with a `mask` argument (padding masks [B, T] or None) in force inside it (see
+    `distributions.padding_mask`): a mask read from outside would be captured once, at tracing."""
+    def call(*args, mask=None):
+        with padding_mask(mask):
+            return function(*args)
+    return tf.function(call, reduce_retracing=True)
+
+
+def scored_dimensions(data):
+    """The values a likelihood scores per example: the real steps of padded clips only."""
+    steps = data.x.shape[1] if data.mask is None else float(data.mask.sum(axis=1).mean())
+    return steps * int(np.prod(data.x.shape[2:]))
+
+
 def evaluate_model(model, data, iw_samples=1000, batch_size=100, train_data=None, progress=True):
     """The evaluation numbers for `model` on `data` (a `Split`).
 
@@ -72,14 +87,6 @@ def evaluate_model(model, data, iw_samples=1000, batch_size=100, train_data=None
             f"batch_size={batch_size}."
         )
     chunk = max(1, min(iw_samples, MAX_DECODER_ROWS // batch_size))
-    # The padding mask is an argument, entered inside the traced function: a mask read from outside would
-    # be captured once at tracing.
-    def masked(function):
-        def call(*args, mask=None):
-            with padding_mask(mask):
-                return function(*args)
-        return tf.function(call, reduce_retracing=True)
-
     log_weights = masked(lambda x, k, seed, y: model.importance_log_weights(x, k, seed, y)[0])
     terms_fn = masked(lambda x, y: model.compute_terms(x, False, y))
 
@@ -110,9 +117,7 @@ def evaluate_model(model, data, iw_samples=1000, batch_size=100, train_data=None
     count = len(data.x)
     means = np.concatenate(means)
     result = {name: value / count for name, value in totals.items()}
-    # Dimensions scored per example: the real steps of padded clips only.
-    steps = data.x.shape[1] if data.mask is None else float(data.mask.sum(axis=1).mean())
-    result["bits_per_dim"] = float(losses.bits_per_dim(result["nll_iw"], steps * int(np.prod(data.x.shape[2:]))))
+    result["bits_per_dim"] = float(losses.bits_per_dim(result["nll_iw"], scored_dimensions(data)))
     result["nll_iw_stderr"] = metrics.standard_error(result["nll_iw"], nll_squares / count, count)
     if not model.has_elbo:  # a plain autoencoder: no likelihood bound exists
         result.update(elbo=None, kl=None, nll_iw=None, nll_iw_stderr=None, bits_per_dim=None)

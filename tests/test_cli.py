@@ -72,7 +72,7 @@ def test_registries_are_listed():
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--dataset", "cifar"], "Unknown dataset 'cifar'. Valid datasets: dsprites, fashion_mnist, mnist, sprites, sprites28"),
+        (["--dataset", "cifar"], "Unknown dataset 'cifar'. Valid datasets: dsprites, fashion_mnist, fsdd, mnist, sprites, sprites28"),
         (["--model", "gan"], "Unknown model 'gan'. Valid models: "),
         (["--latent-dim", "0"], "--latent-dim must be a positive integer. Received: latent_dim=0"),
         (["--epochs", "0"], "--epochs must be a positive integer. Received: epochs=0"),

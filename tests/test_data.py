@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import tiny_images
+from conftest import REPO, tiny_images
 from keras_vae.data import datasets, dsprites, idx, pipeline, sprites
 from keras_vae.data.datasets import load_dataset
 from keras_vae.errors import UserError
@@ -161,7 +161,7 @@ def test_dsprites_reads_the_original_npz_from_the_data_dir(tmp_path):
 
 
 def test_unknown_dataset_lists_the_valid_names():
-    with pytest.raises(UserError, match="Unknown dataset 'cifar'.*fashion_mnist, mnist, sprites"):
+    with pytest.raises(UserError, match="Unknown dataset .cifar.*fashion_mnist, fsdd, mnist, sprites"):
         load_dataset("cifar")
 
 
@@ -257,6 +257,11 @@ def registered_dataset_dir(name, tmp_path):
         if not os.path.exists(os.path.join(SHARED_FASHION, "train-images-idx3-ubyte.gz")):
             pytest.skip(f"real Fashion-MNIST not found at {SHARED_FASHION}")
         return SHARED_FASHION
+    if name == "fsdd":
+        folder = os.path.join(REPO, "..", "shared", "data", "fsdd")
+        if not os.path.isdir(os.path.join(folder, "recordings")):
+            pytest.skip(f"the Free Spoken Digit Dataset not found at {folder}")
+        return folder
     return None
 
 
@@ -268,15 +273,23 @@ def test_every_registered_dataset_loads_and_evaluation_sees_what_validation_saw(
 
     data_dir = registered_dataset_dir(name, tmp_path)
     dataset = load_dataset(name, data_dir)
-    assert dataset.x_train.ndim == 4 and dataset.x_train.shape[1:] == dataset.image_shape
-    assert dataset.x_train.dtype == np.uint8 and dataset.x_train.max() > 0
+    assert dataset.x_train.shape[1:] == dataset.image_shape
+    if dataset.is_signal:  # recordings: real-valued clips with padding masks
+        assert dataset.x_train.dtype == np.float32 and dataset.mask_train.shape == dataset.x_train.shape[:2]
+    else:
+        assert dataset.x_train.ndim == 4 and dataset.x_train.dtype == np.uint8 and dataset.x_train.max() > 0
     assert dataset.y_train is None or (len(dataset.y_train) == len(dataset.x_train)
                                        and 0 <= dataset.y_train.min() and dataset.y_train.max() < dataset.num_classes)
-    config = FitConfig(dataset=name, data_dir=data_dir, batch_size=4)
+    config = FitConfig(dataset=name, data_dir=data_dir, batch_size=4,
+                       binarize="none" if dataset.is_signal else "dynamic")
     _, val, _, num_train = prepare_data(config, dataset)
-    validation = np.concatenate([batch.numpy() for batch in val])
+    batches = list(val)
+    validation = np.concatenate([(b["x"] if isinstance(b, dict) else b).numpy() for b in batches])
     held_out = load_split(config, "test", dataset)
     # The one rule: evaluation measures exactly the images (and binarization) that validation measured.
     np.testing.assert_array_equal(held_out.x, validation)
-    assert set(np.unique(validation)) <= {0.0, 1.0}
+    if dataset.is_signal:  # and the same padding
+        np.testing.assert_array_equal(held_out.mask, np.concatenate([b["mask"].numpy() for b in batches]))
+    else:
+        assert set(np.unique(validation)) <= {0.0, 1.0}
     assert num_train == len(load_split(config, "train", dataset).x)

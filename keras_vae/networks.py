@@ -316,8 +316,8 @@ def conv1d_code_networks(signal_shape, positions, vector_dim, output_channels, e
 
     - encoder: [B, T, C] -> log2(s) stride-2 kernel-4 convolutions, a kernel-3 one, residual blocks
       (ReLU, kernel-3, ReLU, 1×1, added), a 1×1 to D -> [B, positions, D];
-    - decoder: [B, positions, D + extra_channels] (a label's embedding at every position) -> the mirror
-      image (transposed convolutions) -> [B, T, output_channels].
+    - decoder: [B, positions, D + extra_channels] (a label's embedding at every position, joined again after
+      every upsampling) -> the mirror image (transposed convolutions) -> [B, T, output_channels].
     """
     if len(signal_shape) != 2:
         raise UserError(f"conv1d code maps read signals [T, C]; the data are images {list(signal_shape)}.")
@@ -344,9 +344,14 @@ def conv1d_code_networks(signal_shape, positions, vector_dim, output_channels, e
     encoder = keras.Model(x, Conv1D(vector_dim, 1, name="code_vectors")(h), name="encoder")
 
     code = keras.Input((positions, vector_dim + extra_channels))
+    # The extra channels (a speaker's embedding, the same at every position) join every upsampling stage too,
+    # so the decoder's later layers read the voice directly.
+    extra = keras.layers.Lambda(lambda c: c[..., vector_dim:])(code) if extra_channels else None
     h = residual(Conv1D(channels, 3, padding="same")(code))
-    for _ in range(downsamplings):
+    for stage in range(downsamplings):
         h = keras.layers.Conv1DTranspose(channels, 4, strides=2, padding="same", activation="relu")(h)
+        if extra is not None:
+            h = keras.layers.Concatenate()([h, keras.layers.UpSampling1D(2 ** (stage + 1))(extra)])
     decoder = keras.Model(code, Conv1D(output_channels, 3, padding="same")(h), name="decoder")
     return encoder, decoder
 

@@ -274,3 +274,20 @@ def test_the_keras_format_round_trip_keeps_the_logits(tmp_path, conditional):
     keras.saving.save_model(network, path)
     loaded = keras.saving.load_model(path)
     np.testing.assert_array_equal(loaded(inputs).numpy(), network(inputs).numpy())
+
+
+def test_a_row_of_codes_along_time_gets_a_causal_prior_that_reads_its_stated_context():
+    """A code row [1, w] (speech codes along time): kernel 7, 3·layers + 1 codes back, at most 12 layers (37
+    codes). Shown with 3 layers: position i reads exactly codes i - 10 .. i - 1."""
+    from keras_vae.models.vq import prior_shape
+
+    assert prior_shape((1, 48)) == (7, 12) and prior_shape((1, 10)) == (7, 3) and prior_shape((4, 4)) == (3, 4)
+    grid = (1, 16)
+    network = random_network(grid=grid, num_layers=3, kernel_size=7)
+    codes = np.random.default_rng(4).integers(0, CODES, grid).astype(np.int32)
+    change = influence(network(one_change_each(codes, CODES)))  # [changed, read]
+    changed, read = np.indices(change.shape)
+    noise = 1e-6  # float rounding of the batched convolutions; a real influence is orders above it
+    assert np.all(change[read <= changed] < noise)  # causal
+    assert np.all(change[(read > changed) & (read - changed <= 10)] > 1e-4)
+    assert np.all(change[read - changed > 10] < noise)

@@ -78,15 +78,15 @@ def test_audio_format_makes_fixed_length_examples_with_masks_of_the_real_steps()
     np.testing.assert_allclose(waves.to_waveforms(x)[0, :3000], clip, atol=0.05)
 
 
-def tone_folder(root, speakers=("ann", "bob"), per_speaker=10):
+def tone_folder(root, speakers=("ann", "bob"), per_speaker=10, rate=RATE):
     """WAV files of two 'speakers' (a low and a high voice, glides of random length) in sub-folders."""
     rng = np.random.default_rng(0)
     for index, speaker in enumerate(speakers):
         os.makedirs(os.path.join(root, speaker))
         for i in range(per_speaker):
-            t = np.arange(int(rng.uniform(0.2, 0.6) * RATE)) / RATE
+            t = np.arange(int(rng.uniform(0.2, 0.6) * rate)) / rate
             pitch = (150 if index == 0 else 400) * (1 + 0.5 * t)
-            write_wav(os.path.join(root, speaker, f"{i}.wav"), 0.5 * np.sin(2 * np.pi * pitch * t), RATE)
+            write_wav(os.path.join(root, speaker, f"{i}.wav"), 0.5 * np.sin(2 * np.pi * pitch * t), rate)
     return root
 
 
@@ -219,3 +219,25 @@ def test_models_without_a_speaker_condition_cannot_convert(tmp_path):
 
     with pytest.raises(UserError, match="needs a discrete-code model conditioned on the speaker"):
         check_converter(vq_model())
+
+
+def test_waveforms_train_under_the_categorical_likelihood_and_play_back_at_their_length(tmp_path):
+    folder = tone_folder(str(tmp_path / "voices"), per_speaker=5, rate=2000)  # clips of 1.05 s: 2,096 samples
+    run_dir = str(tmp_path / "run")
+    result = CliRunner().invoke(cli, ["fit", "--dataset", folder, "--representation", "waveform", "--model", "vq_vae",
+                                      "--latent-dim", "131", "--codebook-size", "16", "--epochs", "1", "--run-dir",
+                                      run_dir, "--no-export"])
+    assert result.exit_code == 0, result.output
+    from keras_vae.runs import load_run
+
+    config, model = load_run(run_dir)
+    assert config.likelihood == "categorical" and model.grids[""] == (1, 131)  # 16 samples per code
+    data = load_dataset(folder, representation="waveform")
+    levels = np.linspace(-1, 1, 256)
+    assert data.image_shape == (2096, 1) and np.abs(np.unique(data.x_train)[:, None] - levels).min(1).max() < 1e-6
+    out = tmp_path / "out"
+    out.mkdir()
+    result = CliRunner().invoke(cli, ["reconstruct", run_dir, "--out", str(out), "--num", "1"])
+    assert result.exit_code == 0, result.output
+    original, _ = read_wav(str(out / "original_0.wav"))
+    assert len(original) == int(data.mask_test[0].sum())  # exactly the clip's samples

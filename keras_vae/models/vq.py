@@ -38,12 +38,23 @@ from keras_vae.quantizers import FiniteScalarQuantizer, VectorQuantizer, parse_l
 
 QUANTIZERS = ("vq", "fsq")
 PRIOR_MIN_LAYERS = 4
+ROW_PRIOR_KERNEL = 7  # a row of codes along time: the first layer reads 1 code back, each next one 3 more
+ROW_PRIOR_LAYERS = 12  # ... up to 37 codes back, the default context of a row's prior
 
 
 def code_grid(positions):
     """[h, w] with h·w = positions, as square as possible (h ≤ w)."""
     height = max(d for d in range(1, int(math.isqrt(positions)) + 1) if positions % d == 0)
     return height, positions // height
+
+
+def prior_shape(grid, layers=None):
+    """(kernel size, gated layers) of the PixelCNN prior over an [h, w] code map: kernel 3 and enough layers for
+    every position to see all earlier ones (at least 4); a row of codes along time (h = 1, often hundreds of
+    codes) gets kernel 7 and at most 12 layers, a context of 3·layers + 1 = 37 codes. `layers` overrides the count."""
+    if grid[0] == 1:
+        return ROW_PRIOR_KERNEL, layers or max(1, min(ROW_PRIOR_LAYERS, math.ceil((grid[1] - 2) / 3)))
+    return 3, layers or max(PRIOR_MIN_LAYERS, pixelcnn.covering_depth(grid))
 
 
 def keyed(name, level):
@@ -71,7 +82,8 @@ class CodeMapAutoencoder(Autoencoder):
           "K = their product.", parse=parse_levels),
         H("prior_filters", int, 64, "Channels of each gated PixelCNN prior (trained by fit-prior).", minimum=1),
         H("prior_layers", int, None, "Gated layers of each PixelCNN prior (default: enough for every position to "
-          "see all earlier ones, max(4, h − 3, w − 2)).", minimum=1, nullable=True),
+          "see all earlier ones, max(4, h − 3, w − 2); on a row of codes along time, kernel 7 and at most 12 layers: "
+          "37 codes back).", minimum=1, nullable=True),
     )
     # Its decoder reads quantized code maps: the pixelcnn decoder is not offered here.
     unused_hyperparameters = ("latent_dim", "decoder", "decoder_layers", "decoder_filters", "decoder_dropout")
@@ -85,11 +97,11 @@ class CodeMapAutoencoder(Autoencoder):
             setattr(self, keyed("quantizer", level), self.make_quantizer(keyed("quantizer", level)))
         for level in self.levels:
             above = self.prior_condition(level)
+            kernel_size, layers = prior_shape(self.grids[level], self.prior_layers)
             network = pixelcnn.build_pixelcnn(
-                self.grids[level], self.num_codes, self.prior_filters,
-                self.prior_layers or max(PRIOR_MIN_LAYERS, pixelcnn.covering_depth(self.grids[level])),
-                name=keyed("prior_network", level), condition_grid=self.grids[above] if above else None,
-                condition_codes=self.num_codes if above else None)
+                self.grids[level], self.num_codes, self.prior_filters, layers, name=keyed("prior_network", level),
+                condition_grid=self.grids[above] if above else None, condition_codes=self.num_codes if above else None,
+                kernel_size=kernel_size)
             network.trainable = False  # trained apart, by `fit-prior`
             setattr(self, keyed("prior_network", level), network)
         self.prior_fitted = self.add_weight(shape=(), initializer="zeros", trainable=False, name="prior_fitted",

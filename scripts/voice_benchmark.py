@@ -139,14 +139,14 @@ def measure(row, args, dataset, judges):
     from keras_vae.listen import convert_examples
     from keras_vae.runs import load_run
 
-    config = config_for(row, args)
-    times = timed_fit(config)
-    _, model = load_run(config.run_dir)
+    times = timed_fit(config_for(row, args))
+    config, model = load_run(config_for(row, args).run_dir)  # as trained: with the data's defaults
     test, train = load_split(config, "test", dataset), load_split(config, "train", dataset)
     speakers, digits = (test.labels(name) for name in ("speaker", "digit"))
     figures = evaluate_model(model, test, iw_samples=args.iw_samples, train_data=train, progress=False)
     steps = float(test.mask.sum(axis=1).mean())
-    out = {"what": ROWS[row][0], "config": {k: v for k, v in config.to_dict().items() if k in ROWS[row][1]},
+    out = {"what": ROWS[row][0], "config": {k: v for k, v in config.to_dict().items()
+                                            if k in ROWS[row][1] or k in ("epochs", "batch_size", "architecture")},
            "elbo_nats": figures["elbo"], "nll_iw_nats": figures["nll_iw"], "bits_per_dim": figures["bits_per_dim"],
            "iw_samples": args.iw_samples, "reconstruction_nats": figures["reconstruction_loss"],
            "real_values_per_utterance": steps * test.x.shape[2],

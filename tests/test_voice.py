@@ -241,3 +241,15 @@ def test_waveforms_train_under_the_categorical_likelihood_and_play_back_at_their
     assert result.exit_code == 0, result.output
     original, _ = read_wav(str(out / "original_0.wav"))
     assert len(original) == int(data.mask_test[0].sum())  # exactly the clip's samples
+
+
+def test_a_configuration_that_would_binarize_recordings_is_refused(tmp_path):
+    from keras_vae.config import FitConfig
+    from keras_vae.data.splits import load_split
+    from keras_vae.errors import UserError
+
+    folder = tone_folder(str(tmp_path / "voices"), per_speaker=3)
+    with pytest.raises(UserError, match="holds signals, which are not binarized"):
+        load_split(FitConfig(dataset=folder), "test")  # the declared default, binarize="dynamic"
+    split = load_split(FitConfig(dataset=folder, binarize="none"), "test")
+    np.testing.assert_array_equal(split.x, load_dataset(folder).x_test)

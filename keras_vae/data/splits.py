@@ -73,6 +73,10 @@ def load_split(config, split="test", dataset=None):
     if split not in ("test", "train"):
         raise UserError(f"--split must be test or train. Received: split={split!r}.")
     dataset = dataset or dataset_of(config)
+    if dataset.is_signal and config.binarize != "none":  # a configuration without the data's defaults
+        raise UserError(f"The dataset {config.dataset!r} holds signals, which are not binarized; this configuration "
+                        f"says --binarize {config.binarize}. Use the run's own configuration (keras_vae.runs.load_run) "
+                        "or binarize='none'.")
     train, held_out = train_and_held_out(config, dataset)
     x, y, factors, mask = held_out if split == "test" else train
     return Split(split, pipeline.to_unit_float(fixed_binarization(config, x)), y, factors, mask,

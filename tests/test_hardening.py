@@ -316,13 +316,13 @@ def test_environment_faults_get_a_message_and_status_2(tmp_path, monkeypatch):
     def full_disk(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "exports"))
 
-    monkeypatch.setattr("keras_vae.train.load_dataset", full_disk)
+    monkeypatch.setattr("keras_vae.train.dataset_of", full_disk)
     result = invoke("fit", "--run-dir", tmp_path / "run2")
     assert result.exit_code == 2 and "No space left on device" in result.output and "Free some space" in result.output
-    monkeypatch.setattr("keras_vae.train.load_dataset", lambda *a, **k: (_ for _ in ()).throw(MemoryError()))
+    monkeypatch.setattr("keras_vae.train.dataset_of", lambda *a, **k: (_ for _ in ()).throw(MemoryError()))
     result = invoke("fit", "--run-dir", tmp_path / "run3")
     assert result.exit_code == 2 and "Out of memory" in result.output
-    monkeypatch.setattr("keras_vae.train.load_dataset",
+    monkeypatch.setattr("keras_vae.train.dataset_of",
                         lambda *a, **k: (_ for _ in ()).throw(ValueError("bad value 7")))
     result = invoke("fit", "--run-dir", tmp_path / "run4")
     assert result.exit_code == 2 and "A value was refused: bad value 7" in result.output
@@ -331,7 +331,7 @@ def test_environment_faults_get_a_message_and_status_2(tmp_path, monkeypatch):
 
 
 def test_bugs_still_show_their_traceback(monkeypatch, tmp_path):
-    monkeypatch.setattr("keras_vae.train.load_dataset", lambda *a, **k: (_ for _ in ()).throw(KeyError("bug")))
+    monkeypatch.setattr("keras_vae.train.dataset_of", lambda *a, **k: (_ for _ in ()).throw(KeyError("bug")))
     result = invoke("fit", "--run-dir", tmp_path / "run")
     assert isinstance(result.exception, KeyError)
 

@@ -198,6 +198,11 @@ class AudioFormat:
     sample_rate: int = 8000
     num_samples: int = 8384  # 1.05 s at 8 kHz: 128 frames of 64 samples (99.5% of FSDD's clips fit)
 
+    @classmethod
+    def at_rate(cls, representation, sample_rate):
+        """The format for recordings at `sample_rate`: clips of the default duration (1.05 s)."""
+        return cls(representation, sample_rate, int(round(cls.num_samples * sample_rate / cls.sample_rate)))
+
     def __post_init__(self):
         if self.representation not in REPRESENTATIONS:
             raise UserError(f"--representation must be one of {', '.join(REPRESENTATIONS)}. "

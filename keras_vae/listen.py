@@ -17,7 +17,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from keras_vae.audio import write_wav
+from keras_vae.audio import log_mel_spectrogram, write_wav
 from keras_vae.data.datasets import dataset_of
 from keras_vae.errors import UserError
 from keras_vae.images import make_grid, save_png
@@ -25,13 +25,14 @@ from keras_vae.images import make_grid, save_png
 GRIFFIN_LIM_ITERATIONS = 60
 
 
-def audio_of(config, dataset=None):
-    """(the run's `AudioFormat`, its dataset); a UserError for a run that was not trained on recordings."""
-    dataset = dataset or dataset_of(config)
-    if dataset.audio is None:
+def audio_of(config, data=None):
+    """(the run's `AudioFormat`, its dataset, or `data` when given: a dataset or a split); a UserError for a run
+    that was not trained on recordings."""
+    data = data or dataset_of(config)
+    if data.audio is None:
         raise UserError(f"The run's dataset {config.dataset!r} is not recordings (fsdd or a WAV folder): there is "
                         "nothing to listen to. Pictures are for images (sample, reconstruct write PNG grids).")
-    return dataset.audio, dataset
+    return data.audio, data
 
 
 def silence_padding(x, mask, audio):
@@ -71,8 +72,6 @@ def spectrogram_picture(x, audio, columns=4):
     floor black); waveforms are drawn through their log-mel spectrograms."""
     x = np.asarray(x, np.float32)
     if audio.representation == "waveform":
-        from keras_vae.audio import log_mel_spectrogram
-
         x = log_mel_spectrogram(audio.to_waveforms(x), audio.spectrogram).numpy()
     floor = np.log(audio.spectrogram.floor)
     top = max(float(x.max()), floor + 1.0)
@@ -95,7 +94,7 @@ def reconstruct_audio(model, config, data, folder, num=8):
     `reconstruction_<i>.wav`, and `reconstructions.png` (originals above reconstructions)."""
     from keras_vae.codes import model_labels
 
-    audio, _ = audio_of(config)
+    audio, _ = audio_of(config, data)  # the split knows its format: no second load of the dataset
     data = data.head(num)
     labels = model_labels(model, data)
     rebuilt = np.asarray(model.reconstruct(tf.constant(data.x), None if labels is None else tf.constant(labels)))

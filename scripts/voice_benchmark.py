@@ -139,8 +139,9 @@ def measure(row, args, dataset, judges):
     from keras_vae.listen import convert_examples
     from keras_vae.runs import load_run
 
-    times = timed_fit(config_for(row, args))
-    config, model = load_run(config_for(row, args).run_dir)  # as trained: with the data's defaults
+    requested = config_for(row, args)
+    times = timed_fit(requested)
+    config, model = load_run(requested.run_dir)  # as trained: with the data's defaults
     test, train = load_split(config, "test", dataset), load_split(config, "train", dataset)
     speakers, digits = (test.labels(name) for name in ("speaker", "digit"))
     figures = evaluate_model(model, test, iw_samples=args.iw_samples, train_data=train, progress=False)

@@ -263,8 +263,7 @@ def recordings_dataset(name, recordings, representation):
     first label as `y` and every label as a factor (so `--condition speaker` and the probes find them)."""
     from keras_vae.audio import AudioFormat
 
-    audio = AudioFormat(representation, recordings.sample_rate,
-                        int(round(AudioFormat().num_samples * recordings.sample_rate / AudioFormat().sample_rate)))
+    audio = AudioFormat.at_rate(representation, recordings.sample_rate)
     x, mask = audio.examples(recordings.waveforms)
     names = tuple(recordings.labels)
     factors = np.stack([recordings.labels[n] for n in names], axis=1).astype(np.int32) if names else None

@@ -27,11 +27,13 @@ class Split:
     factors: Optional[np.ndarray] = None
     mask: Optional[np.ndarray] = None  # float32 [N, T]: the real steps of fixed-length clips
     factor_names: tuple = ()
+    audio: Optional[object] = None  # recordings: their `keras_vae.audio.AudioFormat`
 
     def head(self, count):
         """The first `count` examples, with their labels, factors and masks."""
         cut = (lambda a: None if a is None else a[:count])
-        return Split(self.name, self.x[:count], cut(self.y), cut(self.factors), cut(self.mask), self.factor_names)
+        return Split(self.name, self.x[:count], cut(self.y), cut(self.factors), cut(self.mask), self.factor_names,
+                     self.audio)
 
     def labels(self, name="label"):
         """The labels [N] called `name`: "label" is `y`, any other name a factor (e.g. "speaker")."""
@@ -80,7 +82,7 @@ def load_split(config, split="test", dataset=None):
     train, held_out = train_and_held_out(config, dataset)
     x, y, factors, mask = held_out if split == "test" else train
     return Split(split, pipeline.to_unit_float(fixed_binarization(config, x)), y, factors, mask,
-                 dataset.factor_names)
+                 dataset.factor_names, dataset.audio)
 
 
 def batches(array, batch_size):

@@ -26,6 +26,7 @@ correlation) to have them logged with the other metrics.
 """
 
 import functools
+import inspect
 
 import keras
 import tensorflow as tf
@@ -130,9 +131,10 @@ class Autoencoder(keras.Model):
 
     @classmethod
     def from_fit_config(cls, config, image_shape, num_classes=0, total_steps=None):
-        """The model a `FitConfig` describes; `num_classes` matters to conditional models only."""
+        """The model a `FitConfig` describes; `num_classes` goes to the models that can read labels (those whose
+        constructor takes it)."""
         values = cls.resolve_hyperparameters(config.model_hyperparameters(), total_steps)
-        extra = {"num_classes": int(num_classes)} if cls.uses_labels else {}
+        extra = {"num_classes": int(num_classes)} if "num_classes" in inspect.signature(cls.__init__).parameters else {}
         return cls(image_shape=image_shape, seed=config.seed, **values, **extra)
 
     def __init__(self, image_shape, seed=0, **kwargs):

@@ -313,11 +313,6 @@ class VQVAE(CodeMapAutoencoder):
             self.label_embedding = keras.layers.Embedding(self.num_classes, self.condition_dim, name="label_embedding")
             self.label_embedding.build((None,))  # its weights exist before an optimizer or a checkpoint meets them
 
-    @classmethod
-    def from_fit_config(cls, config, image_shape, num_classes=0, total_steps=None):
-        values = cls.resolve_hyperparameters(config.model_hyperparameters(), total_steps)
-        return cls(image_shape=image_shape, seed=config.seed, num_classes=num_classes, **values)
-
     @property
     def along_time(self):
         """Whether the code map is a row of codes along the time of a signal."""

@@ -256,7 +256,8 @@ def _on_signals(model):
 @_run_arg
 @_out_opt
 @click.option("--num", type=int, default=64, show_default=True)
-@click.option("--temperature", type=float, default=1.0, show_default=True, help="Scale of the prior's noise.")
+@click.option("--temperature", type=float, default=1.0, show_default=True,
+              help="Scale of the prior's noise (nvae: its batch norms are first readjusted to samples at it).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--label", type=int, help="Conditional models: the class to draw (default: one row per class).")
 def sample(run_dir, out, num, temperature, seed, label):
@@ -267,6 +268,7 @@ def sample(run_dir, out, num, temperature, seed, label):
     check_positive(num=num, temperature=temperature)
     config, model = load_run(run_dir)
     label = check_label(model, label)
+    model.prepare_sampling(temperature)
     if _on_signals(model):
         from keras_vae.listen import sample_audio
 

@@ -19,6 +19,7 @@ BINARIZATIONS = ("dynamic", "static", "none")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
 JIT_CHOICES = ("auto", "on", "off")
 LR_SCHEDULES = ("constant", "cosine")
+OPTIMIZERS = ("adam", "adamax")
 STRATEGIES = ("auto", "one", "mirrored", "multi-worker")
 MAX_SEED = 2**31 - 1
 REPRESENTATIONS = ("logmel", "waveform")  # what recordings become (`keras_vae.audio.AudioFormat`)
@@ -43,9 +44,13 @@ RUN_SECTIONS = (
     ("optimization", (
         H("epochs", int, 10, "Passes over the training set.", minimum=1),
         H("batch_size", int, 128, "Global batch size (split over the replicas).", minimum=1),
-        H("learning_rate", float, 1e-3, "Adam's learning rate.", minimum=0, open_minimum=True),
+        H("optimizer", str, "adam", "Adam, or Adamax (its infinity-norm variant, NVAE's choice).", choices=OPTIMIZERS,
+          reference="Kingma & Ba 2015"),
+        H("learning_rate", float, 1e-3, "The optimizer's learning rate.", minimum=0, open_minimum=True),
         H("lr_schedule", str, "constant", "constant, or cosine decay to 0 over the run.", choices=LR_SCHEDULES,
           reference="Loshchilov & Hutter 2017"),
+        H("lr_warmup", float, 0.0, "Fraction of the run's steps over which the learning rate rises linearly from "
+          "0 before its schedule.", minimum=0, maximum=1, open_maximum=True, reference="Goyal et al. 2017"),
         H("seed", int, 0, "Seeds weights, data order, binarization and noise.", minimum=0, maximum=MAX_SEED),
         H("precision", str, "float32", "Keras dtype policy; distributions and losses stay float32. auto: "
           "mixed_bfloat16 where the hardware computes bfloat16 natively (CPUs with AVX512-BF16 or AMX, GPUs of "
@@ -99,6 +104,9 @@ def check_combination(values):
     if values.get("dequantize", "none") != "none" and (values["likelihood"] != "gaussian" or values["binarize"] != "none"):
         raise UserError(f"--dequantize {values['dequantize']} turns 8-bit images into a density's domain: it needs "
                         f"--likelihood gaussian and --binarize none. Received: --likelihood {values['likelihood']}, "
+                        f"--binarize {values['binarize']}.")
+    if values.get("likelihood") == "logistic_mixture" and values["binarize"] != "none":
+        raise UserError("--likelihood logistic_mixture scores 8-bit values: it needs --binarize none. Received: "
                         f"--binarize {values['binarize']}.")
     if values.get("aggressive_encoder") and values["steps_per_execution"] != 1:
         raise UserError("--aggressive-encoder chooses the phase of every step: it needs --steps-per-execution 1. "

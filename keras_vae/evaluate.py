@@ -26,7 +26,7 @@ from keras_vae.runs import load_run
 
 EVALUATION_KEYS = (
     "elbo", "reconstruction_loss", "kl", "nll_iw", "nll_iw_stderr", "bits_per_dim", "active_units", "kl_per_dim",
-    "linear_probe_accuracy", "mig", "mutual_information", "code_levels",
+    "linear_probe_accuracy", "mig", "mutual_information", "code_levels", "code_groups",
 )
 SAMPLE_KEYS = ("fid", "kid", "kid_std", "precision", "recall", "inception_score", "inception_score_std", "rfid",
                "psnr", "ssim", "num_samples", "feature_network")
@@ -121,8 +121,9 @@ def evaluate_model(model, data, iw_samples=1000, batch_size=100, train_data=None
     result["nll_iw_stderr"] = metrics.standard_error(result["nll_iw"], nll_squares / count, count)
     if not model.has_elbo:  # a plain autoencoder: no likelihood bound exists
         result.update(elbo=None, kl=None, nll_iw=None, nll_iw_stderr=None, bits_per_dim=None)
-    result["active_units"], _ = metrics.active_units(means)
+    result["active_units"], variances = metrics.active_units(means)
     result["kl_per_dim"] = None if kl_per_dim is None else [float(v) for v in kl_per_dim / count]
+    result["code_groups"] = group_summary(model.code_groups(), result["kl_per_dim"], variances)
     result["linear_probe_accuracy"] = None
     if data.y is not None and train_data is not None and train_data.y is not None:
         train_means = probe_features(model, train_data, max(batch_size, 500))
@@ -280,6 +281,20 @@ def evaluate_run(run_dir, split="test", iw_samples=1000, batch_size=100, progres
     return result
 
 
+def group_summary(groups, kl_per_dim, variances):
+    """{group: {"kl": nats, "active_units": count}} for a code in named parts ([(name, size)], the code's
+    order; `Autoencoder.code_groups`), or None for a code in one part."""
+    if not groups:
+        return None
+    summary, start = {}, 0
+    for name, size in groups:
+        part = slice(start, start + size)
+        summary[name] = {"kl": None if kl_per_dim is None else float(np.sum(kl_per_dim[part])),
+                         "active_units": int(np.sum(variances[part] > metrics.ACTIVE_THRESHOLD))}
+        start += size
+    return summary
+
+
 def format_table(result):
     """A readable table of an evaluation."""
     lines = [f"{result['split']} split, {result['num_examples']} examples, K = {result['iw_samples']}"]
@@ -308,6 +323,9 @@ def format_table(result):
         accuracy = "" if network["accuracy"] is None else f", test accuracy {network['accuracy']:.4f}"
         lines.append(f"  sample metrics of {result['num_samples']} samples in the features of {network['name']} "
                      f"(weights {network['digest']}{accuracy})")
-    if result["kl_per_dim"] is not None:
+    for name, figures in (result.get("code_groups") or {}).items():
+        kl = "" if figures["kl"] is None else f"KL {figures['kl']:.2f} nats, "
+        lines.append(f"  {name:24s} {kl}{figures['active_units']} active units")
+    if result["kl_per_dim"] is not None and not result.get("code_groups"):
         lines.append("  KL per dimension         " + " ".join(f"{v:.2f}" for v in result["kl_per_dim"]))
     return "\n".join(lines)

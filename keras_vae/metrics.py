@@ -46,7 +46,10 @@ def standard_error(mean, mean_of_squares, count):
     return math.sqrt(variance / count)
 
 
-def active_units(posterior_means, threshold=0.01):
+ACTIVE_THRESHOLD = 0.01  # Cov_x(E_q[z|x]) above which a unit is active (Burda et al. 2016)
+
+
+def active_units(posterior_means, threshold=ACTIVE_THRESHOLD):
     """Dimensions whose posterior mean varies over the data: Cov_x(E_q[z|x]) > threshold.
 
     Args:

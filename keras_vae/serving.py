@@ -9,11 +9,12 @@ that cannot import tensorflow_probability, runs it.
 | serving_default, reconstruct  | x [B, H, W, C] float32 in [0,1] | x_mean [B, H, W, C], z_mean [B, L] |
 | encode                        | x                               | mean, stddev, z [B, L]          |
 | decode                        | z [B, L] float32                | x_mean                          |
-| sample                        | num_samples, seed (int32 scalars) | x_mean, z                     |
+| sample                        | num_samples, seed (int32 scalars) [, temperature] | x_mean, z     |
 | score                         | x                               | elbo [B], log_px_iw [B]         |
 
 A conditional model (cvae) adds `y` int32 [B] to x/z inputs and a scalar `y`
-to `sample`; the discrete-code models' `encode`/`decode` use code indices (`code_map_signatures`).
+to `sample`; a model that samples at a temperature (`nvae`) adds a float32 scalar `temperature` to
+`sample` (its noise is N(0, T² I)); the discrete-code models' `encode`/`decode` use code indices (`code_map_signatures`).
 """
 
 import tensorflow as tf
@@ -61,6 +62,12 @@ def check_count(num_samples, max_samples=None):
     return asserted(num_samples, ok, message, "Received:", num_samples)
 
 
+def check_temperature(temperature):
+    """A runtime check that a sampling temperature is finite and non-negative."""
+    ok = tf.logical_and(temperature >= 0, tf.math.is_finite(temperature))
+    return asserted(temperature, ok, "`temperature` must be a finite number >= 0.", "Received:", temperature)
+
+
 def check_score_batch(x):
     """A runtime check that a `score` request holds at most MAX_SCORE_BATCH examples."""
     message = (f"`score` takes at most {MAX_SCORE_BATCH} examples per request (each costs {SCORE_SAMPLES} "
@@ -82,6 +89,8 @@ def default_signatures(model, max_samples=None):
     count_specs = [tf.TensorSpec([], tf.int32, name="num_samples"), tf.TensorSpec([], tf.int32, name="seed")]
     labels = [tf.TensorSpec([None], tf.int32, name="y")] if model.uses_labels else []
     label = [tf.TensorSpec([], tf.int32, name="y")] if model.uses_labels else []
+    if model.serves_temperature:
+        label.append(tf.TensorSpec([], tf.float32, name="temperature"))
 
     def checked(x, y):
         x = check_shape(x, image_shape, "x")
@@ -103,11 +112,13 @@ def default_signatures(model, max_samples=None):
         y = check_labels(y, model.num_classes) if y is not None else None
         return {"x_mean": model.decode(z, y)}
 
-    def sample(num_samples, seed, y=None):
+    def sample(num_samples, seed, *rest):
         num_samples = check_count(num_samples, max_samples)
+        y = rest[0] if model.uses_labels else None
         if y is not None:
             y = tf.fill([num_samples], check_labels(y, model.num_classes))
-        x_mean, z = model.sample(num_samples, seed=seed, y=y)
+        temperature = check_temperature(rest[-1]) if model.serves_temperature else 1.0
+        x_mean, z = model.sample(num_samples, seed=seed, temperature=temperature, y=y)
         return {"x_mean": x_mean, "z": z}
 
     def score(x, y=None):
@@ -148,6 +159,8 @@ def code_map_signatures(model, max_samples=None):
     # (decode with another speaker's y converts the voice), one y for all of `sample`'s draws.
     labels = [tf.TensorSpec([None], tf.int32, name="y")] if model.uses_labels else []
     label = [tf.TensorSpec([], tf.int32, name="y")] if model.uses_labels else []
+    if model.serves_temperature:
+        label.append(tf.TensorSpec([], tf.float32, name="temperature"))
 
     def split(args):
         """(the other inputs, the checked labels or None)."""

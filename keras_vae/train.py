@@ -20,6 +20,7 @@ from keras_vae.export import check_name, export_saved_model, save_keras_model
 from keras_vae.models import build_model
 from keras_vae.networks import ARCHITECTURES
 
+OPTIMIZERS = {"adam": keras.optimizers.Adam, "adamax": keras.optimizers.Adamax}  # config.OPTIMIZERS' classes
 NUM_SUMMARY_IMAGES = 1000  # validation images TensorBoard's I(x; z) and active units read (the grids show 8)
 
 
@@ -97,6 +98,8 @@ def check_signal_settings(config, dataset):
     if values.get("likelihood", "gaussian") == "bernoulli":
         problems.append("--likelihood bernoulli models binary pixels (use gaussian, or categorical for values on "
                         "256 levels in [-1, 1] such as μ-law waveforms)")
+    if values.get("likelihood") == "logistic_mixture":
+        problems.append("--likelihood logistic_mixture scores 8-bit pixel values")
     if values.get("decoder", "factorized") != "factorized":
         problems.append(f"--decoder {values['decoder']} draws image pixels in raster order")
     if values.get("dequantize", "none") != "none":
@@ -107,9 +110,11 @@ def check_signal_settings(config, dataset):
 
 
 def with_data_defaults(config, dataset):
-    """`config` with the data's defaults (`keras_vae.data.defaults`) for the settings it was not given."""
+    """`config` with the data's defaults (`keras_vae.data.defaults`), then the model's own run settings
+    (`run_defaults`, e.g. NVAE's optimizer), for the settings it was not given."""
     representation = dataset.audio.representation if dataset.audio is not None else None
-    return config.with_defaults(defaults_for(config.dataset, dataset.image_shape, representation))
+    return config.with_defaults({**defaults_for(config.dataset, dataset.image_shape, representation),
+                                 **model_class(config.model).run_defaults})
 
 
 def native_bfloat16():
@@ -135,10 +140,16 @@ def resolve_precision(config):
 
 
 def learning_rate(config, total_steps):
-    """A constant rate, or a cosine decay to 0 over the whole run (Loshchilov & Hutter 2017)."""
-    if config.lr_schedule == "cosine":
-        return keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=max(1, total_steps))
-    return config.learning_rate
+    """A constant rate, or a cosine decay to 0 over the whole run (Loshchilov & Hutter 2017), after a linear
+    warm-up from 0 over `lr_warmup` of the run's steps."""
+    warmup = int(config.lr_warmup * total_steps)
+    if config.lr_schedule == "constant" and not warmup:
+        return config.learning_rate
+    floor = 1.0 if config.lr_schedule == "constant" else 0.0  # the fraction of the rate the decay ends at
+    if not warmup:
+        return keras.optimizers.schedules.CosineDecay(config.learning_rate, max(1, total_steps), alpha=floor)
+    return keras.optimizers.schedules.CosineDecay(0.0, max(1, total_steps - warmup), alpha=floor,
+                                                  warmup_target=config.learning_rate, warmup_steps=warmup)
 
 
 def jit_setting(value, model, strategy):
@@ -199,7 +210,7 @@ def build_compiled_model(config, dataset, strategy, total_steps):
     with dtype_policy(config.precision), strategy.scope():
         model = build_model(config, dataset.image_shape, condition_classes(config, dataset), total_steps)
         model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate(config, total_steps)),
+            optimizer=OPTIMIZERS[config.optimizer](learning_rate(config, total_steps)),
             steps_per_execution=config.steps_per_execution,
             jit_compile=jit_setting(config.jit_compile, model, strategy),
         )

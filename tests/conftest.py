@@ -38,6 +38,9 @@ def tiny_npz(tmp_path):
     return str(path)
 
 
+SMALL_NVAE = {"groups_per_scale": 1, "channels": 8, "latent_channels": 2}  # registry-wide tests' nvae
+
+
 def config_for(model, **values):
     """A FitConfig of `model` with those of `values` that the model takes (the others are left out),
     so one set of settings can be applied across the model registry."""

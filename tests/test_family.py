@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import config_for, invoke, tiny_images
+from conftest import SMALL_NVAE, config_for, invoke, tiny_images
 from keras_vae import losses
 from keras_vae.config import FitConfig
 from keras_vae.errors import UserError
@@ -28,7 +28,7 @@ def labels(num=64):
 
 
 def make(name, **extra):
-    config = config_for(name, latent_dim=3, seed=1, kl_warmup_steps=0, prior_components=4, **extra)
+    config = config_for(name, latent_dim=3, seed=1, kl_warmup_steps=0, prior_components=4, **SMALL_NVAE, **extra)
     model = build_model(config, (28, 28, 1), num_classes=3)
     model.compile(optimizer=keras.optimizers.Adam(3e-3))
     return model
@@ -49,9 +49,12 @@ def test_every_model_trains_lowers_its_loss_and_exports_what_it_computes(name, e
     out = loaded.signatures["reconstruct"](x=tf.constant(x[:4]), **given)
     np.testing.assert_allclose(out["x_mean"], model.reconstruct(x[:4], given.get("y")), atol=1e-5)
     label = {"y": tf.constant(2)} if model.uses_labels else {}
-    sample = loaded.signatures["sample"](num_samples=tf.constant(3), seed=tf.constant(2), **label)
-    expected = model.sample(3, seed=2, y=label.get("y"))
+    warm = {"temperature": tf.constant(0.5)} if model.serves_temperature else {}  # nvae's sample takes one
+    sample = loaded.signatures["sample"](num_samples=tf.constant(3), seed=tf.constant(2), **label, **warm)
+    expected = model.sample(3, seed=2, y=label.get("y"), temperature=warm.get("temperature", 1.0))
     np.testing.assert_allclose(sample["x_mean"], expected[0], atol=1e-5)
+    if warm:
+        np.testing.assert_allclose(sample["z"], 0.5 * model.sample(3, seed=2)[1], rtol=1e-5, atol=1e-6)
     score = loaded.signatures["score"](x=tf.constant(x[:4]), **given)
     # The exported score is the trained model's, far above the same network untrained.
     _, untrained = make(name, **extra).importance_log_weights(tf.constant(x[:4]), 2, seed=tf.constant([1, 2]),

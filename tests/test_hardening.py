@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from conftest import REPO, config_for, invoke, reply_json, tiny_images
+from conftest import REPO, SMALL_NVAE, config_for, invoke, reply_json, tiny_images
 from keras_vae import callbacks, runs
 from keras_vae.config import FitConfig
 from keras_vae.data.datasets import load_dataset
@@ -30,7 +30,7 @@ SHAPE = (8, 8, 1)
 
 def tiny_model(name="vae", shape=SHAPE, **extra):
     config = config_for(name, latent_dim=3, kl_warmup_steps=0, prior_components=2, codebook_size=8,
-                        codebook_dim=2, **extra)
+                        codebook_dim=2, **SMALL_NVAE, **extra)
     return build_model(config, shape, num_classes=3)
 
 
@@ -88,6 +88,8 @@ def signature_feeds(info, batch=2):
         dims = [d.size for d in tensor.tensor_shape.dim]
         if name in ("num_samples", "seed"):
             feeds[name] = 2
+        elif name == "temperature":
+            feeds[name] = np.float32(0.5)
         elif name == "y":
             feeds[name] = np.ones([batch] if dims else [], np.int32)
         elif tensor.dtype == tf.int32.as_datatype_enum:

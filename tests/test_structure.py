@@ -122,7 +122,7 @@ def test_hyperparameters_check_type_range_and_finiteness():
 
 def test_a_flag_the_model_does_not_use_is_refused_naming_the_models_that_use_it():
     with pytest.raises(UserError, match="--beta is not used by the iwae model; it is a hyperparameter of "
-                                        "beta_tc_vae, beta_vae, cvae, delta_vae, dip_vae, hvae, vae"):
+                                        "beta_tc_vae, beta_vae, cvae, delta_vae, dip_vae, hvae, nvae, vae"):
         FitConfig(model="iwae", beta=2.0)
     with pytest.raises(UserError, match="--codebook-size is not used by the vae model; .* of vq_vae"):
         FitConfig(codebook_size=8)

@@ -32,13 +32,15 @@ import keras
 import tensorflow as tf
 
 from keras_vae.distribute import replica_id
-from keras_vae.distributions import BernoulliLikelihood, CategoricalLikelihood, GaussianLikelihood, padding_mask
+from keras_vae.distributions import (BernoulliLikelihood, CategoricalLikelihood, GaussianLikelihood,
+                                     LogisticMixtureLikelihood, padding_mask)
 from keras_vae.errors import UserError
 from keras_vae.hparams import Hyperparameter as H
 from keras_vae.networks import build_networks
 from keras_vae.pixel_decoder import CONDITION_CHANNELS, PixelCNNLikelihood
 
-LIKELIHOODS = ("bernoulli", "gaussian", "categorical")
+LIKELIHOODS = ("bernoulli", "gaussian", "categorical", "logistic_mixture")
+LOGISTIC_COMPONENTS = 10  # components of a discretized logistic mixture (Salimans et al. 2017; NVAE)
 CATEGORICAL_CLASSES = 256  # the levels of a categorical likelihood (8-bit μ-law audio)
 DECODERS = ("factorized", "pixelcnn")
 PHASES = ("joint", "inference", "generative")  # what a training step may update (`phase_variables`)
@@ -84,8 +86,9 @@ class Autoencoder(keras.Model):
     hyperparameters = (
         H("latent_dim", int, 16, "Size of the latent code (for vq_vae: code positions).", minimum=1),
         H("architecture", str, "mlp", "Encoder/decoder design: mlp, mlp-200-tanh (Burda et al. 2016), mlp-gated (Tomczak & Welling 2018), conv, conv-small, conv-64; conv1d for signals [T, C]."),
-        H("likelihood", str, "bernoulli", "p(x|z): bernoulli (binary pixels), gaussian, or categorical over 256 "
-          "levels in [-1, 1] (μ-law waveforms).", choices=LIKELIHOODS, attribute="likelihood_name",
+        H("likelihood", str, "bernoulli", "p(x|z): bernoulli (binary pixels), gaussian, categorical over 256 "
+          "levels in [-1, 1] (μ-law waveforms), or logistic_mixture (a discretized mixture of 10 logistics over "
+          "8-bit values, Salimans et al. 2017).", choices=LIKELIHOODS, attribute="likelihood_name",
           reference="van den Oord et al. 2016"),
         H("likelihood_scale", float, None, "Fixed std of a Gaussian likelihood (default: learned per channel).",
           minimum=0, open_minimum=True, nullable=True),
@@ -107,6 +110,8 @@ class Autoencoder(keras.Model):
     label_name = "label"  # which labels a conditional model reads: the dataset's y, or a factor such as "speaker"
     continuous_code = True  # False for a discrete code (VQ-VAE): no traversals or manifolds
     reads_signals = True  # False for models whose networks need images [H, W, C], not signals [T, C]
+    serves_temperature = False  # True: the exported `sample` takes a `temperature` (its code noise N(0, T² I))
+    run_defaults = {}  # run settings (optimizer, schedule) this model trains with unless told otherwise
 
     @classmethod
     def declared_hyperparameters(cls):
@@ -170,6 +175,8 @@ class Autoencoder(keras.Model):
             return CONDITION_CHANNELS
         if self.likelihood_name == "categorical":
             return self.image_shape[-1] * CATEGORICAL_CLASSES
+        if self.likelihood_name == "logistic_mixture":
+            return LOGISTIC_COMPONENTS * (1 + 2 * self.image_shape[-1])
         return self.image_shape[-1]
 
     def build_networks(self):
@@ -188,6 +195,8 @@ class Autoencoder(keras.Model):
             return BernoulliLikelihood(name="likelihood")
         if self.likelihood_name == "categorical":
             return CategoricalLikelihood(self.image_shape[-1], CATEGORICAL_CLASSES, name="likelihood")
+        if self.likelihood_name == "logistic_mixture":
+            return LogisticMixtureLikelihood(self.image_shape[-1], LOGISTIC_COMPONENTS, name="likelihood")
         return GaussianLikelihood(self.image_shape[-1], self.likelihood_scale, name="likelihood")
 
     def encoder_inputs(self, x, y=None):
@@ -250,6 +259,15 @@ class Autoencoder(keras.Model):
         seed = tf.stack([tf.cast(seed, tf.int64), tf.constant(0, tf.int64)])
         z = self.sample_codes(num_samples, seed, temperature)
         return self.decode(z, y), z
+
+    def code_groups(self):
+        """[(name, size)] of the code's parts in its order (a hierarchy's layers), or None for one part;
+        `evaluate` reports the KL and active units of each."""
+        return None
+
+    def prepare_sampling(self, temperature):
+        """Called once before `keras-vae sample` draws at `temperature`; nothing here (NVAE readjusts its
+        batch-norm statistics)."""
 
     def call(self, x, training=False):
         return self.reconstruct(x)

@@ -83,6 +83,9 @@ class HierarchicalVAE(VAE):
     def code_dim(self):
         return 2 * self.latent_dim
 
+    def code_groups(self):
+        return [("z1 (as ε1)", self.latent_dim), ("z2", self.latent_dim)]
+
     def inference_layers(self):
         return [self.encoder, self.bottom_up_z1, self.bottom_up_z2]  # top_down is p(z1|z2), generative
 

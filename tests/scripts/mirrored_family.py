@@ -17,7 +17,7 @@ import tensorflow as tf  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from conftest import config_for, tiny_images  # noqa: E402
+from conftest import SMALL_NVAE, config_for, tiny_images  # noqa: E402
 from keras_vae.distribute import split_cpu  # noqa: E402
 from keras_vae.models import build_model, model_names  # noqa: E402
 
@@ -29,7 +29,7 @@ report = {}
 for name, extra in [(n, {}) for n in model_names()] + [("vq_vae", {"vq_ema": True})]:
     with strategy.scope():
         keras.utils.set_random_seed(0)
-        config = config_for(name, latent_dim=4, kl_warmup_steps=0, codebook_size=16, codebook_dim=2, **extra)
+        config = config_for(name, latent_dim=4, kl_warmup_steps=0, codebook_size=16, codebook_dim=2, **SMALL_NVAE, **extra)
         model = build_model(config, (28, 28, 1), num_classes=3)
         model.compile(optimizer=keras.optimizers.Adam(3e-3))
     before = [w.numpy().copy() for w in model.weights]

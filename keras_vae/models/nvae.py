@@ -1,0 +1,514 @@
+"""NVAE: a deep hierarchical VAE of spatial latent maps at several scales (Vahdat & Kautz 2020).
+
+Generative model, top down: a learned constant feature map h at the coarsest
+scale; for each group l = 1..G (coarse scales first, `groups_per_scale` groups
+per scale), the prior p(z_l | z_<l) = N(μp(h), σp(h)²) over a map of
+`latent_channels` channels (N(0, I) for the first group), then h ← cells(h
+combined with z_l), upsampling between scales; after the last group a
+postprocessing stack up to the image's resolution and p(x | z).
+
+Inference shares the top-down path: a bottom-up encoder makes one feature map
+per group, and q(z_l | z_<l, x) is a residual Normal relative to the prior,
+
+    q = N(μp + Δμ, (σp · exp Δlog σ)²),    Δμ, Δlog σ = head(bottom-up features, h),
+
+so that the KL of each group, analytic through `tfd.kl_divergence`, depends on
+the change that the data asks for. Cells are residual: the encoder's
+BN–Swish–Conv3×3–BN–Swish–Conv3×3–SE, the decoder's 1×1 expansion, BN, Swish,
+depthwise 5×5, BN, Swish, 1×1, BN, SE (both scaled by 0.1 on the residual
+branch). Stabilizers: spectral regularization of every convolution (one power
+iteration per step, the estimates kept as state), a penalty on batch-norm
+scales, a KL warm-up over `kl_warmup_steps` with KL balancing across groups
+during it, and Adamax with a cosine schedule as the run's default optimizer.
+Images whose sides are not divisible by the hierarchy's total stride are
+padded (bottom and right) and the padding cropped before p(x | z).
+
+The code. `encode`/`decode` use the whitened code ε (ε_l = (z_l − μp)/σp for
+every group, flattened top group first), whose prior is exactly N(0, I):
+`sample` draws ε ~ N(0, T² I), which is NVAE's temperature sampling, and
+traversals and interpolation work on it as on a flat VAE's code; KL per
+dimension is invariant under that map, so `kl_per_dim` lines up with ε.
+
+References:
+    Vahdat & Kautz (2020). NVAE: A Deep Hierarchical Variational Autoencoder. NeurIPS.
+    Sønderby et al. (2016). Ladder Variational Autoencoders. NeurIPS: KL warm-up, top-down inference.
+    Yoshida & Miyato (2017). Spectral Norm Regularization. arXiv:1705.10941.
+    Hu et al. (2018). Squeeze-and-Excitation Networks. CVPR.
+    Salimans et al. (2017). PixelCNN++: the discretized logistic mixture (`--likelihood logistic_mixture`).
+"""
+
+import math
+
+import keras
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from keras_vae import losses
+from keras_vae.errors import UserError
+from keras_vae.hparams import Hyperparameter as H
+from keras_vae.models import register_model
+from keras_vae.models.base import elbo_terms
+from keras_vae.models.vae import VAE
+from keras_vae.networks import BiasAdd
+
+tfd = tfp.distributions
+RESIDUAL_SCALE = 0.1  # the residual branch's weight in every cell
+EXPANSION = 6  # the decoder cell's 1×1 expansion
+SE_RATIO, SE_MIN = 16, 4  # squeeze-and-excitation bottleneck: channels / 16, at least 4
+BN_MOMENTUM = 0.95
+HEAD_INIT = keras.initializers.RandomNormal(stddev=1e-3)
+BALANCE_FLOOR = 0.01  # nats added to each group's batch-mean KL before balancing
+INITIAL_POWER_ITERATIONS = 40  # at build; then one per training step
+READJUST_BATCHES = 20  # forward passes of the prior's samples that readjust the batch-norm statistics
+
+
+# ------------------------------------------------------------------ pure functions
+def soft_clamp(x, bound=5.0):
+    """bound · tanh(x / bound): a smooth clip for means and log-scales."""
+    return bound * tf.tanh(x / bound)
+
+
+def residual_normal(prior_loc, prior_scale, delta_loc, delta_log_scale):
+    """(loc, scale) of q = N(μp + Δμ, (σp · exp Δlog σ)²): the posterior relative to the prior."""
+    return prior_loc + delta_loc, prior_scale * tf.exp(delta_log_scale)
+
+
+def spectral_norm_estimate(matrix, u, iterations=1):
+    """(σ, new u): the largest singular value of `matrix` [m, n] by power iteration from u [m].
+
+    The vectors are held constant, so that σ = uᵀ W v has the gradient u vᵀ of the true largest singular
+    value once u and v have converged (Yoshida & Miyato 2017).
+    """
+    matrix = tf.cast(matrix, tf.float32)
+    u = tf.stop_gradient(u)
+    for _ in range(iterations):
+        v = tf.math.l2_normalize(tf.linalg.matvec(matrix, u, transpose_a=True))
+        u = tf.math.l2_normalize(tf.linalg.matvec(matrix, v))
+    v = tf.stop_gradient(tf.math.l2_normalize(tf.linalg.matvec(matrix, u, transpose_a=True)))
+    u = tf.stop_gradient(u)
+    return tf.tensordot(u, tf.linalg.matvec(matrix, v), 1), u
+
+
+def balanced_kl(kl_groups, group_sizes, warming_up):
+    """The KL term with NVAE's balancing: Σ_l γ_l KL_l per example [B].
+
+    While `warming_up`, γ_l ∝ (batch-mean KL_l + 0.01) / α_l with α_l ∝ the group's number of latent
+    variables, normalized to mean 1 and held constant (no gradient): groups that use more than their
+    share of the KL are pushed harder towards their prior, and few groups cannot carry the whole code.
+    Afterwards γ_l = 1, the true KL.
+
+    Args:
+        kl_groups: [B, G] nats.
+        group_sizes: [G] latent variables per group.
+        warming_up: a boolean scalar.
+    """
+    alpha = tf.constant(group_sizes, tf.float32) / float(min(group_sizes))
+    gamma = (tf.reduce_mean(tf.abs(kl_groups), 0) + BALANCE_FLOOR) / alpha
+    gamma = tf.stop_gradient(gamma / tf.reduce_mean(gamma))
+    gamma = tf.where(warming_up, gamma, tf.ones_like(gamma))
+    return tf.reduce_sum(kl_groups * gamma, -1)
+
+
+def group_seeds(seed, count):
+    """`count` independent stateless seeds [count, 2] (int32, as tfp wants them) from one."""
+    return tf.cast(tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), count), tf.int32)
+
+
+def diagonal_normal(loc, scale, event_ndims):
+    return tfd.Independent(tfd.Normal(loc, scale), reinterpreted_batch_ndims=event_ndims)
+
+
+# ------------------------------------------------------------------ layers
+def batch_norm():
+    return keras.layers.BatchNormalization(momentum=BN_MOMENTUM, synchronized=True)
+
+
+def conv(filters, kernel_size=3, strides=1, bias=True, initializer="glorot_uniform"):
+    """A convolution; with `bias`, its bias is a float32 `BiasAdd` (right gradients under bfloat16)."""
+    layer = keras.layers.Conv2D(filters, kernel_size, strides=strides, padding="same", use_bias=False,
+                                kernel_initializer=initializer)
+    return keras.Sequential([layer, BiasAdd()]) if bias else layer
+
+
+class SqueezeExcite(keras.layers.Layer):
+    """x · σ(W₂ relu(W₁ mean_hw(x))): a per-channel gate from the feature map's global average."""
+
+    def __init__(self, channels, **kwargs):
+        super().__init__(**kwargs)
+        self.squeeze = keras.layers.Dense(max(channels // SE_RATIO, SE_MIN), activation="relu")
+        self.excite = keras.layers.Dense(channels, activation="sigmoid")
+
+    def call(self, x):
+        gate = self.excite(self.squeeze(tf.reduce_mean(x, axis=[1, 2])))
+        return x * gate[:, None, None, :]
+
+
+class ResidualCell(keras.layers.Layer):
+    """x + 0.1 · branch(x), the branch a list of layers (batch norms told whether training)."""
+
+    def __init__(self, branch, **kwargs):
+        super().__init__(**kwargs)
+        self.branch = branch
+
+    def call(self, x, training=False):
+        h = x
+        for layer in self.branch:
+            h = layer(h, training=training) if isinstance(layer, keras.layers.BatchNormalization) else layer(h)
+        return x + RESIDUAL_SCALE * h
+
+
+def encoder_cell(channels):
+    """BN–Swish–Conv3×3–BN–Swish–Conv3×3–SE, residual."""
+    return ResidualCell([batch_norm(), keras.layers.Activation("swish"), conv(channels, bias=False), batch_norm(),
+                         keras.layers.Activation("swish"), conv(channels), SqueezeExcite(channels)])
+
+
+def decoder_cell(channels):
+    """BN–1×1 expansion–BN–Swish–depthwise 5×5–BN–Swish–1×1–BN–SE, residual."""
+    return ResidualCell([batch_norm(), conv(EXPANSION * channels, 1, bias=False), batch_norm(),
+                         keras.layers.Activation("swish"),
+                         keras.layers.DepthwiseConv2D(5, padding="same", use_bias=False), batch_norm(),
+                         keras.layers.Activation("swish"), conv(channels, 1, bias=False), batch_norm(),
+                         SqueezeExcite(channels)])
+
+
+class Resample(keras.layers.Layer):
+    """Halves (stride-2 3×3 convolution) or doubles (nearest neighbour, then 1×1) the resolution."""
+
+    def __init__(self, channels, up, **kwargs):
+        super().__init__(**kwargs)
+        self.up = up
+        self.conv = conv(channels, 1) if up else conv(channels, 3, strides=2)
+
+    def call(self, x):
+        return self.conv(tf.repeat(tf.repeat(x, 2, axis=1), 2, axis=2) if self.up else x)
+
+
+def run_cells(cells, h, training):
+    for cell in cells:
+        h = cell(h, training=training)
+    return h
+
+
+class BottomUp(keras.layers.Layer):
+    """The encoder: x [B, H, W, C] in [0, 1] -> one feature map per latent group, in top-down order."""
+
+    def __init__(self, plan, **kwargs):
+        super().__init__(**kwargs)
+        self.plan = plan
+        c = plan.channels
+        self.stem = conv(c // 4)
+        self.preprocess = [encoder_cell(c // 4), Resample(c // 2, up=False), encoder_cell(c // 2),
+                           Resample(c, up=False)]
+        self.cells = [[[encoder_cell(plan.scale_channels(s)) for _ in range(plan.cells_per_group)]
+                       for _ in range(plan.groups_per_scale)] for s in range(plan.scales)]
+        self.downs = [Resample(plan.scale_channels(s + 1), up=False) for s in range(plan.scales - 1)]
+
+    def call(self, x, training=False):
+        h = self.stem(2.0 * self.plan.pad(x) - 1.0)
+        h = run_cells(self.preprocess, h, training)
+        features = []
+        for s, groups in enumerate(self.cells):  # finest scale first
+            for cells in groups:
+                h = run_cells(cells, h, training)
+                features.append(h)
+            if s < len(self.downs):
+                h = self.downs[s](h)
+        return features[::-1]
+
+
+class TopDown(keras.layers.Layer):
+    """The decoder's top-down path, shared by generation and inference (see the module docstring).
+
+    `run(batch, choose, features)` walks the groups; at group l it calls `choose(l, prior, posterior)`
+    with the prior's (loc, scale) and, given bottom-up `features`, the posterior's (None otherwise),
+    and continues with the z_l it returns. It returns the likelihood's parameters [B, H, W, ·].
+    Called on a whitened code [B, code_dim], it decodes z_l = μp + σp ε_l.
+    """
+
+    def __init__(self, plan, output_channels, **kwargs):
+        super().__init__(**kwargs)
+        self.plan = plan
+        top = plan.scales - 1
+        self.constant = self.add_weight(shape=(*plan.group_shape(0)[:2], plan.scale_channels(top)),
+                                        initializer=keras.initializers.RandomNormal(stddev=1.0), name="constant")
+        groups = range(plan.num_groups)
+        latent = plan.latent_channels
+        # Group 0's prior is N(0, I): no head.
+        # Heads start near 0 (each posterior at its prior, each prior near N(0, I)), so that the first steps'
+        # KL is small rather than blown up by the soft-clamped log-scales.
+        self.prior_heads = [None] + [conv(2 * latent, initializer=HEAD_INIT) for _ in groups[1:]]
+        self.posterior_heads = [conv(2 * latent, initializer=HEAD_INIT) for _ in groups]
+        self.combiners = [conv(plan.scale_channels(plan.scale_of(g)), 1) for g in groups]
+        self.cells = [[decoder_cell(plan.scale_channels(plan.scale_of(g))) for _ in range(plan.cells_per_group)]
+                      for g in groups]
+        self.ups = [Resample(plan.scale_channels(s), up=True) for s in range(top)]  # to scale s
+        c = plan.channels
+        self.postprocess = [Resample(c // 2, up=True), decoder_cell(c // 2), Resample(c // 4, up=True),
+                            decoder_cell(c // 4), keras.layers.Activation("elu"), conv(output_channels)]
+
+    def gaussian(self, head, h):
+        """(loc, log-scale) [B, h, w, latent] in float32 from a head's output."""
+        loc, log_scale = tf.split(tf.cast(head(h), tf.float32), 2, axis=-1)
+        return soft_clamp(loc), soft_clamp(log_scale)
+
+    def run(self, batch, choose, features=None, training=False):
+        h = tf.tile(tf.cast(self.constant[None], self.compute_dtype), [batch, 1, 1, 1])
+        for g in range(self.plan.num_groups):
+            scale = self.plan.scale_of(g)
+            if g > 0 and scale != self.plan.scale_of(g - 1):
+                h = self.ups[scale](h)
+            if g == 0:
+                shape = tf.concat([[batch], self.plan.group_shape(0)], 0)
+                prior = (tf.zeros(shape), tf.ones(shape))
+            else:
+                loc, log_scale = self.gaussian(self.prior_heads[g], h)
+                prior = (loc, tf.exp(log_scale))
+            posterior = None
+            if features is not None:
+                delta_loc, delta_log_scale = self.gaussian(self.posterior_heads[g],
+                                                           tf.concat([features[g], h], -1))
+                posterior = residual_normal(*prior, delta_loc, delta_log_scale)
+            z = choose(g, prior, posterior)
+            h = self.combiners[g](tf.concat([h, tf.cast(z, h.dtype)], -1))
+            h = run_cells(self.cells[g], h, training)
+        for layer in self.postprocess:
+            h = layer(h, training=training) if isinstance(layer, ResidualCell) else layer(h)
+        return self.plan.crop(h)
+
+    def call(self, code, training=False):
+        epsilons = self.plan.split_code(tf.cast(code, tf.float32))
+        return self.run(tf.shape(code)[0], lambda g, prior, _: prior[0] + prior[1] * epsilons[g],
+                        training=training)
+
+
+class Plan:
+    """The hierarchy's shape: scales, groups, channels, padding, and the whitened code's layout."""
+
+    def __init__(self, image_shape, scales, groups_per_scale, latent_channels, channels, cells_per_group):
+        self.image_shape = tuple(image_shape)
+        self.scales, self.groups_per_scale = scales, groups_per_scale
+        self.latent_channels, self.channels, self.cells_per_group = latent_channels, channels, cells_per_group
+        stride = 2 ** (scales + 1)  # two preprocessing halvings, then one between scales
+        self.padded = tuple(-(-side // stride) * stride for side in self.image_shape[:2])
+        self.num_groups = scales * groups_per_scale
+
+    def scale_channels(self, scale):
+        return self.channels * 2 ** scale
+
+    def scale_of(self, group):
+        """The scale of top-down group `group` (scale 0 is the finest)."""
+        return self.scales - 1 - group // self.groups_per_scale
+
+    def group_shape(self, group):
+        factor = 4 * 2 ** self.scale_of(group)
+        return (self.padded[0] // factor, self.padded[1] // factor, self.latent_channels)
+
+    def group_sizes(self):
+        return [math.prod(self.group_shape(g)) for g in range(self.num_groups)]
+
+    def pad(self, x):
+        height, width = self.image_shape[:2]
+        return tf.pad(x, [[0, 0], [0, self.padded[0] - height], [0, self.padded[1] - width], [0, 0]])
+
+    def crop(self, h):
+        return h[:, :self.image_shape[0], :self.image_shape[1]]
+
+    def split_code(self, code):
+        """[B, code_dim] -> per-group maps [B, h, w, latent], top group first."""
+        parts = tf.split(code, self.group_sizes(), axis=-1)
+        return [tf.reshape(p, [-1, *self.group_shape(g)]) for g, p in enumerate(parts)]
+
+
+def flat(maps):
+    """Per-group maps [..., h, w, c] -> [..., Σ h·w·c], top group first."""
+    return tf.concat([tf.reshape(m, tf.concat([tf.shape(m)[:-3], [-1]], 0)) for m in maps], -1)
+
+
+# ------------------------------------------------------------------ the model
+@register_model("nvae")
+@keras.saving.register_keras_serializable(package="keras_vae")
+class NVAE(VAE):
+    """A deep hierarchical VAE of latent maps at several scales with residual cells (Vahdat & Kautz 2020).
+
+    The code of `encode`/`decode` is the whitened ε of every group (see the module docstring), whose prior
+    is N(0, I); `sample(..., temperature=T)` draws ε ~ N(0, T² I).
+    """
+
+    hyperparameters = (
+        H("scales", int, 2, "NVAE: latent scales (the finest at 1/4 of the image's side, each next one half "
+          "of it).", minimum=1, maximum=5, reference="Vahdat & Kautz 2020"),
+        H("groups_per_scale", int, 2, "NVAE: latent groups at each scale.", minimum=1),
+        H("latent_channels", int, 20, "NVAE: channels of each group's latent map.", minimum=1),
+        H("channels", int, 32, "NVAE: feature channels at the finest latent scale (doubling at each coarser "
+          "one; 1/4 and 1/2 of it in the pre- and postprocessing stacks).", minimum=4),
+        H("cells_per_group", int, 1, "NVAE: residual cells per group, in the encoder and in the decoder.",
+          minimum=1),
+        H("spectral_reg", float, 0.01, "NVAE: weight of the spectral norms of all convolutions plus the "
+          "largest batch-norm scale of each layer in the loss.", minimum=0, reference="Vahdat & Kautz 2020"),
+    )
+    unused_hyperparameters = ("latent_dim", "architecture", "posterior_scale", "free_bits", "prior",
+                              "prior_components", "dequantize", "aggressive_encoder", "decoder", "decoder_layers",
+                              "decoder_filters", "decoder_dropout")
+    reads_signals = False
+    serves_temperature = True
+    run_defaults = {"optimizer": "adamax", "learning_rate": 1e-2, "lr_schedule": "cosine", "lr_warmup": 0.05}
+    warmup_fraction = 0.3  # of the run's steps, NVAE's KL annealing portion
+
+    @classmethod
+    def resolve_hyperparameters(cls, values, total_steps):
+        values = dict(values)
+        if values.get("kl_warmup_steps") is None:
+            values["kl_warmup_steps"] = int(cls.warmup_fraction * (total_steps or 0))
+        return values
+
+    def __init__(self, image_shape, **kwargs):
+        if len(image_shape) != 3:
+            raise UserError(f"--model nvae reads images [H, W, C]; received data of shape {list(image_shape)}.")
+        super().__init__(image_shape, **kwargs)
+        self.build_state()
+
+    def build_networks(self):
+        self.plan = Plan(self.image_shape, self.scales, self.groups_per_scale, self.latent_channels, self.channels,
+                         self.cells_per_group)
+        return (BottomUp(self.plan, name="encoder"),
+                TopDown(self.plan, self.decoder_channels(), name="decoder"))
+
+    def build_state(self):
+        """Builds every layer (one pass of each path) and the power-iteration vectors of the convolutions."""
+        x = tf.zeros([1, *self.image_shape])
+        self.encode(x)
+        self.decoder(tf.zeros([1, self.code_dim]))
+        kernels = [layer.kernel for layer in self._flatten_layers()
+                   if isinstance(layer, keras.layers.Conv2D)]
+        kernels += [layer.kernel for layer in self._flatten_layers()
+                    if isinstance(layer, keras.layers.DepthwiseConv2D)]
+        self.spectral_kernels = kernels
+        self.power_vectors = []
+        for i, kernel in enumerate(kernels):
+            matrix = self.kernel_matrix(kernel)
+            start = tf.random.stateless_normal([matrix.shape[0]], seed=[self.seed, i])
+            _, u = spectral_norm_estimate(matrix, tf.math.l2_normalize(start), INITIAL_POWER_ITERATIONS)
+            self.power_vectors.append(keras.Variable(u, trainable=False, name=f"power_vector_{i}",
+                                                     aggregation="only_first_replica"))
+        self.batch_norms = [layer for layer in self._flatten_layers()
+                            if isinstance(layer, keras.layers.BatchNormalization)]
+
+    @staticmethod
+    def kernel_matrix(kernel):
+        """A convolution kernel [kh, kw, in, out] as [kh·kw·in, out]; a depthwise one [kh, kw, C, 1] as
+        [kh·kw, C] (one column per channel)."""
+        if kernel.shape[-1] == 1 and len(kernel.shape) == 4 and kernel.shape[2] > 1:
+            return tf.reshape(kernel, [-1, kernel.shape[2]])
+        return tf.reshape(kernel, [-1, kernel.shape[-1]])
+
+    @property
+    def code_dim(self):
+        return sum(self.plan.group_sizes())
+
+    def code_groups(self):
+        names = []
+        for g in range(self.plan.num_groups):
+            h, w, c = self.plan.group_shape(g)
+            names.append((f"group {g} ({h}×{w}×{c})", h * w * c))
+        return names
+
+    def inference_layers(self):
+        return [self.encoder, *self.decoder.posterior_heads]
+
+    def metric_names(self):
+        return super().metric_names() + ("norm_penalty",) + tuple(f"kl_{g}" for g in range(self.plan.num_groups))
+
+    # ------------------------------------------------------------ the hierarchy
+    def walk(self, x, sampler, training=False, features=None):
+        """Runs inference top down on x [B, H, W, C] (or on its bottom-up `features`, computed once for
+        many samples): returns (likelihood parameters, [(prior, posterior, z)] per group), with
+        z_l = sampler(l, q_l) for q_l the group's posterior distribution."""
+        trace = []
+
+        def choose(g, prior, posterior):
+            q = diagonal_normal(*posterior, 3)
+            z = sampler(g, q)
+            trace.append((diagonal_normal(*prior, 3), q, z))
+            return z
+
+        features = self.encoder(x, training=training) if features is None else features
+        return self.decoder.run(tf.shape(features[0])[0], choose, features, training), trace
+
+    def norm_penalty(self, training):
+        """Σ spectral norms of the convolutions + Σ max |γ| of the batch norms; a training pass also moves the
+        power-iteration vectors one step."""
+        total = tf.constant(0.0, tf.float32)
+        for kernel, vector in zip(self.spectral_kernels, self.power_vectors):
+            sigma, u = spectral_norm_estimate(self.kernel_matrix(kernel), vector)
+            if training:
+                vector.assign(u)
+            total += sigma
+        for layer in self.batch_norms:
+            total += tf.reduce_max(tf.abs(tf.cast(layer.gamma, tf.float32)))
+        return total
+
+    # ---------------------------------------------------------- objective
+    def compute_terms(self, x, training=False, y=None):
+        seeds = group_seeds(self.noise_seed(), self.plan.num_groups)
+        params, trace = self.walk(x, lambda g, q: q.sample(seed=seeds[g]), training)
+        reconstruction_loss = -self.likelihood_layer(params, training=training).log_prob(x)
+        per_dim = [losses.kl_per_dimension(q, p) for p, q, _ in trace]  # [B, h, w, c] each, via tfd.kl_divergence
+        kl_groups = tf.stack([tf.reduce_sum(k, [1, 2, 3]) for k in per_dim], -1)  # [B, G]
+        return elbo_terms(reconstruction_loss, tf.reduce_sum(kl_groups, -1), flat(per_dim), kl_groups=kl_groups,
+                          norm_penalty=self.norm_penalty(training),
+                          **{f"kl_{g}": kl_groups[:, g] for g in range(self.plan.num_groups)})
+
+    def regularizer(self, terms, beta):
+        """β × the (balanced, while warming up) KL, plus `spectral_reg` × the norm penalty."""
+        kl = balanced_kl(terms["kl_groups"], self.plan.group_sizes(), self.kl_weight() < 1.0)
+        return beta * tf.reduce_mean(kl) + self.spectral_reg * terms["norm_penalty"]
+
+    def importance_log_weights(self, x, num_samples, seed, y=None):
+        """log p(x, z) − log q(z | x) for K top-down posterior samples: ([K, B], elbo [B])."""
+        batch = tf.shape(x)[0]
+        flat_x = tf.tile(x, [num_samples, 1, 1, 1])  # (K·B, H, W, C), sample-major
+        features = [tf.tile(f, [num_samples, 1, 1, 1]) for f in self.encoder(x)]  # one bottom-up pass
+        seeds = group_seeds(seed, self.plan.num_groups)
+        params, trace = self.walk(None, lambda g, q: q.sample(seed=seeds[g]), features=features)
+        log_weights = self.likelihood_layer(params).log_prob(flat_x)
+        for p, q, z in trace:
+            log_weights += p.log_prob(z) - q.log_prob(z)
+        log_weights = tf.reshape(log_weights, [num_samples, batch])
+        return log_weights, tf.reduce_mean(log_weights, axis=0)
+
+    # ------------------------------------------------- the whitened code
+    def encode(self, x, y=None):
+        """Means and standard deviations [B, code_dim] of the whitened code, each group at the posterior
+        means of the groups above it."""
+        _, trace = self.walk(x, lambda g, q: q.mean())
+        locs = [(q.mean() - p.mean()) / p.stddev() for p, q, _ in trace]
+        scales = [q.stddev() / p.stddev() for p, q, _ in trace]
+        return flat(locs), flat(scales)
+
+    def posterior(self, x, training=False, y=None):
+        """The Gaussian over the whitened code that `encode` summarizes."""
+        return diagonal_normal(*self.encode(x), 1)
+
+    # ------------------------------------------------------ sampling
+    def prepare_sampling(self, temperature):
+        """Below temperature 1 the decoder's batch norms meet samples unlike those of training: readjust."""
+        if temperature != 1.0:
+            self.readjust_batch_norm(temperature)
+
+    def readjust_batch_norm(self, temperature=1.0, batches=READJUST_BATCHES, batch_size=100, seed=0):
+        """Resets the decoder's batch-norm statistics to those of samples drawn at `temperature`, as NVAE
+        does before sampling at low temperature: `batches` training-mode passes of the top-down path on
+        ε ~ N(0, T² I), with the moving averages restarted and averaged over them."""
+        norms = [layer for layer in self.decoder._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+        saved = [layer.momentum for layer in norms]
+        for layer in norms:
+            layer.moving_mean.assign(tf.zeros_like(layer.moving_mean))
+            layer.moving_variance.assign(tf.ones_like(layer.moving_variance))
+        for i in range(batches):
+            for layer in norms:
+                layer.momentum = i / (i + 1.0)  # the running mean of the batches' statistics
+            code = self.sample_codes(batch_size, tf.constant([seed, i], tf.int64), temperature)
+            self.decoder(code, training=True)
+        for layer, momentum in zip(norms, saved):
+            layer.momentum = momentum

@@ -1,0 +1,205 @@
+"""NVAE: its pure functions against closed forms, and the model's bound, code and sampling against
+themselves (the registry-wide tests train, export and distribute it like every model)."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from conftest import config_for, tiny_images
+from keras_vae import losses
+from keras_vae.config import FitConfig
+from keras_vae.distributions import LogisticMixtureLikelihood
+from keras_vae.errors import UserError
+from keras_vae.models import build_model
+from keras_vae.models.nvae import balanced_kl, diagonal_normal, residual_normal, spectral_norm_estimate
+
+tfd = tfp.distributions
+
+
+def logistic_cdf(x):
+    return 1 / (1 + np.exp(-x))
+
+
+# ------------------------------------------------------------------ pure functions
+def test_power_iteration_finds_the_largest_singular_value_and_its_gradient():
+    rng = np.random.default_rng(0)
+    matrix = rng.normal(size=(27, 8)).astype(np.float32)
+    u_true, singular, v_true = np.linalg.svd(matrix)
+    w = tf.Variable(matrix)
+    start = tf.math.l2_normalize(tf.constant(rng.normal(size=27), tf.float32))
+    with tf.GradientTape() as tape:
+        sigma, u = spectral_norm_estimate(w, start, iterations=60)
+    np.testing.assert_allclose(float(sigma), singular[0], rtol=1e-4)
+    # d σ / d W = u₁ v₁ᵀ for the top singular pair (the sign of the pair cancels).
+    np.testing.assert_allclose(tape.gradient(sigma, w).numpy(), np.outer(u_true[:, 0], v_true[0]), atol=1e-3)
+    # One more step from the converged vector stays there.
+    again, _ = spectral_norm_estimate(w, u, iterations=1)
+    np.testing.assert_allclose(float(again), singular[0], rtol=1e-5)
+
+
+def test_kl_balancing_weights_groups_by_their_share_while_warming_up_and_is_the_true_kl_after():
+    kl = tf.constant([[1.0, 4.0, 10.0], [3.0, 4.0, 30.0]])  # [B, G]; batch means 2, 4, 20
+    sizes = [10, 10, 40]
+    with tf.GradientTape() as tape:
+        tape.watch(kl)
+        warm = balanced_kl(kl, sizes, tf.constant(True))
+    gamma = np.array([2.01 / 1, 4.01 / 1, 20.01 / 4])
+    gamma /= gamma.mean()
+    np.testing.assert_allclose(warm.numpy(), kl.numpy() @ gamma, rtol=1e-5)
+    np.testing.assert_allclose(tape.gradient(warm, kl).numpy(), np.tile(gamma, (2, 1)), rtol=1e-5)  # γ held
+    np.testing.assert_allclose(balanced_kl(kl, sizes, tf.constant(False)).numpy(), [15.0, 37.0])
+
+
+def test_the_residual_posteriors_kl_depends_only_on_the_change_it_makes():
+    """KL(N(μp + Δμ, (σp e^Δ)²) ‖ N(μp, σp²)) = Δμ²/(2σp²) + (e^{2Δ} − 1)/2 − Δ, whatever μp."""
+    prior_loc, prior_scale = tf.constant([[3.0, -1.0]]), tf.constant([[0.5, 2.0]])
+    delta_loc, delta_log_scale = tf.constant([[1.0, 0.0]]), tf.constant([[0.0, -0.7]])
+    q = diagonal_normal(*residual_normal(prior_loc, prior_scale, delta_loc, delta_log_scale), 1)
+    p = diagonal_normal(prior_loc, prior_scale, 1)
+    expected = (delta_loc ** 2 / (2 * prior_scale ** 2) + (np.exp(2 * delta_log_scale) - 1) / 2 - delta_log_scale)
+    np.testing.assert_allclose(losses.kl_per_dimension(q, p).numpy(), expected, rtol=1e-5)
+    np.testing.assert_allclose(losses.kl_divergence(q, p).numpy(), expected.numpy().sum(-1), rtol=1e-5)
+
+
+def test_the_discretized_logistic_mixture_is_a_distribution_over_the_256_levels():
+    rng = np.random.default_rng(1)
+    layer = LogisticMixtureLikelihood(channels=1, components=3)
+    params = tf.constant(rng.normal(size=(1, 1, 1, 3 * 3)), tf.float32)  # one pixel
+    levels = tf.reshape(tf.range(256, dtype=tf.float32) / 255, [256, 1, 1, 1])
+    log_p = layer(tf.tile(params, [256, 1, 1, 1])).log_prob(levels).numpy()
+    np.testing.assert_allclose(np.exp(log_p).sum(), 1.0, rtol=1e-5)
+    # Each level's mass is the mixture of logistic CDF differences over [k − ½, k + ½] (edges to ∓∞).
+    logits, loc, scale = (t.numpy().reshape(3) for t in layer.parameters(params))
+    weights = np.exp(logits) / np.exp(logits).sum()
+    k = np.arange(256)[:, None]
+    upper = np.where(k == 255, 1.0, logistic_cdf((k + 0.5 - loc) / scale))
+    lower = np.where(k == 0, 0.0, logistic_cdf((k - 0.5 - loc) / scale))
+    np.testing.assert_allclose(np.exp(log_p), (upper - lower) @ weights, atol=1e-6)
+
+
+def test_the_logistic_mixture_needs_8_bit_data():
+    with pytest.raises(UserError, match="logistic_mixture scores 8-bit values: it needs --binarize none"):
+        FitConfig(likelihood="logistic_mixture")
+
+
+# ------------------------------------------------------------------ the model
+@pytest.fixture(scope="module")
+def nvae():
+    config = config_for("nvae", kl_warmup_steps=0, channels=16, latent_channels=4, seed=3)
+    model = build_model(config, (28, 28, 1))
+    x = (tiny_images(256) / 255).astype(np.float32)
+    model.compile(optimizer=keras.optimizers.Adamax(2e-3))
+    model.fit(x, batch_size=32, epochs=2, verbose=0)
+    return model, x
+
+
+def test_28_pixel_images_are_padded_to_32_and_the_code_holds_every_group(nvae):
+    model, x = nvae
+    # 2 scales x 2 groups: latent maps of 8x8 and 4x4 (of the 32x32 padded image), 4 channels each.
+    assert model.code_dim == 2 * 8 * 8 * 4 + 2 * 4 * 4 * 4
+    terms = model.compute_terms(x[:8])
+    assert terms["kl_per_dim"].shape == (8, model.code_dim)
+    np.testing.assert_allclose(terms["kl"], tf.reduce_sum(terms["kl_per_dim"], -1), rtol=1e-4)
+    np.testing.assert_allclose(terms["kl"], sum(terms[f"kl_{g}"] for g in range(4)), rtol=1e-5)
+    np.testing.assert_allclose(terms["elbo"], -(terms["reconstruction_loss"] + terms["kl"]), rtol=1e-6)
+    assert np.all(terms["kl_per_dim"].numpy() >= -1e-5)
+    assert model.reconstruct(x[:2]).shape == (2, 28, 28, 1)
+
+
+def test_the_importance_weights_estimate_the_same_elbo_as_the_training_terms(nvae):
+    """Two unbiased estimates of one ELBO: the analytic-KL terms of `compute_terms` and the mean Monte-Carlo
+    log-weight log p(x, z) − log q(z | x), over many posterior samples each."""
+    model, x = nvae
+    image = tf.constant(x[:1])
+    log_weights, _ = model.importance_log_weights(image, 400, seed=tf.constant([4, 5]))
+    analytic = tf.concat([model.compute_terms(tf.tile(image, [100, 1, 1, 1]))["elbo"] for _ in range(4)], 0)
+    monte_carlo = log_weights[:, 0].numpy()
+    stderr = math.hypot(np.std(monte_carlo) / 20, np.std(analytic.numpy()) / 20)
+    assert abs(monte_carlo.mean() - float(tf.reduce_mean(analytic))) < 4 * stderr + 0.5
+    # And the importance-weighted bound is above it.
+    assert float(losses.iwae_bound(log_weights)[0]) > monte_carlo.mean()
+
+
+def test_the_whitened_code_decodes_what_the_posterior_means_decode(nvae):
+    model, x = nvae
+    mean, spread = model.encode(x[:4])
+    assert np.all(spread.numpy() > 0)
+    # decode(encode(x)) runs the top-down path with z_l = μp + σp ε_l: the posterior means, group by group.
+    params, _ = model.walk(tf.constant(x[:4]), lambda g, q: q.mean())
+    np.testing.assert_allclose(model.decode(mean), model.likelihood_layer.mean(params), atol=1e-5)
+    # Temperature 0 draws the prior's means: every seed gives the same images.
+    first, code = model.sample(2, seed=1, temperature=0.0)
+    second, _ = model.sample(2, seed=9, temperature=0.0)
+    np.testing.assert_allclose(first, second, atol=1e-6)
+    assert np.all(code.numpy() == 0)
+
+
+def test_the_power_vectors_move_only_in_training_and_track_the_kernels_norms(nvae):
+    model, x = nvae
+    before = [v.numpy().copy() for v in model.power_vectors]
+    penalty = float(model.compute_terms(x[:4])["norm_penalty"])
+    assert all(np.array_equal(b, v.numpy()) for b, v in zip(before, model.power_vectors))
+    exact = sum(np.linalg.svd(model.kernel_matrix(k).numpy(), compute_uv=False)[0] for k in model.spectral_kernels)
+    exact += sum(np.abs(layer.gamma.numpy()).max() for layer in model.batch_norms)
+    np.testing.assert_allclose(penalty, exact, rtol=0.02)
+    model.compute_terms(x[:4], training=True)
+    assert any(not np.array_equal(b, v.numpy()) for b, v in zip(before, model.power_vectors))
+
+
+def test_readjusted_batch_norms_match_the_statistics_of_low_temperature_samples(nvae):
+    model, _ = nvae
+    norms = [layer for layer in model.decoder._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+    code = model.sample_codes(200, tf.constant([7, 7], tf.int64), 0.5)
+
+    def gap():  # inference-mode output against the same batch normalized by its own statistics
+        return float(tf.reduce_mean(tf.abs(model.decoder(code) - model.decoder(code, training=True))))
+
+    saved = [(layer.moving_mean.numpy(), layer.moving_variance.numpy()) for layer in norms]
+    before = gap()
+    for layer, (mean, variance) in zip(norms, saved):  # the training pass above moved them: undo
+        layer.moving_mean.assign(mean)
+        layer.moving_variance.assign(variance)
+    model.readjust_batch_norm(0.5, batches=10, batch_size=100, seed=1)
+    assert gap() < 0.5 * before
+    assert all(np.all(layer.moving_variance.numpy() > 0) for layer in norms)
+
+
+def test_nvae_trains_with_adamax_and_a_cosine_schedule_by_default():
+    from keras_vae.models import get_model_class
+
+    defaults = get_model_class("nvae").run_defaults
+    config = FitConfig(model="nvae").with_defaults(defaults)
+    assert (config.optimizer, config.learning_rate, config.lr_schedule, config.lr_warmup) == ("adamax", 1e-2,
+                                                                                             "cosine", 0.05)
+    given = FitConfig(model="nvae", optimizer="adam").with_defaults(defaults)
+    assert given.optimizer == "adam" and given.lr_schedule == "cosine"
+    resolved = get_model_class("nvae").resolve_hyperparameters({"kl_warmup_steps": None}, 1000)
+    assert resolved["kl_warmup_steps"] == 300  # NVAE's 30% of the run
+
+
+@pytest.mark.parametrize("schedule, end", [("cosine", 0.0), ("constant", 0.01)])
+def test_the_learning_rate_warms_up_linearly_then_follows_its_schedule(schedule, end):
+    from keras_vae.train import learning_rate
+
+    rate = learning_rate(FitConfig(learning_rate=0.01, lr_schedule=schedule, lr_warmup=0.1), 1000)
+    np.testing.assert_allclose([float(rate(s)) for s in (0, 50, 100, 1000)], [0.0, 0.005, 0.01, end], atol=1e-7)
+    if schedule == "cosine":  # half-way through the decay: half the rate
+        np.testing.assert_allclose(float(rate(550)), 0.005, rtol=1e-4)
+
+
+def test_evaluate_reports_each_groups_kl_and_active_units(nvae):
+    from keras_vae.data.splits import Split
+    from keras_vae.evaluate import evaluate_model, format_table
+
+    model, x = nvae
+    report = evaluate_model(model, Split("test", x[:60]), iw_samples=2, batch_size=30, progress=False)
+    groups = report["code_groups"]
+    assert list(groups) == ["group 0 (4×4×4)", "group 1 (4×4×4)", "group 2 (8×8×4)", "group 3 (8×8×4)"]
+    np.testing.assert_allclose(sum(g["kl"] for g in groups.values()), report["kl"], rtol=1e-4)
+    assert sum(g["active_units"] for g in groups.values()) == report["active_units"]
+    table = format_table(report)
+    assert "group 2 (8×8×4)" in table and "KL per dimension" not in table  # 640 numbers would not help

@@ -318,6 +318,16 @@ class LogisticMixtureLikelihood(keras.layers.Layer):
         return config
 
 
+def diagonal_normal(loc, scale, event_ndims=1):
+    """Independent Normals whose last `event_ndims` axes make one event (a code [L], a latent map [h, w, c])."""
+    return tfd.Independent(tfd.Normal(loc, scale), reinterpreted_batch_ndims=event_ndims)
+
+
+def split_seeds(seed, count=2):
+    """`count` independent stateless seeds [count, 2] (int32, as tfp wants them) from one."""
+    return tf.cast(tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), count), tf.int32)
+
+
 def standard_normal_prior(latent_dim):
     """p(z) = N(0, I) over `latent_dim` dimensions."""
     return tfd.Independent(

@@ -151,10 +151,11 @@ class BiasAdd(keras.layers.Layer):
         return dict(super().get_config(), activation=keras.activations.serialize(self.activation))
 
 
-def convolution(layer, filters, kernel_size, strides=1, activation=None):
+def convolution(layer, filters, kernel_size, strides=1, activation=None, kernel_initializer="glorot_uniform"):
     """[a bias-free convolution of type `layer`, its BiasAdd]: a convolution whose bias gradient is
     right under mixed precision."""
-    return [layer(filters, kernel_size, strides=strides, padding="same", use_bias=False),
+    return [layer(filters, kernel_size, strides=strides, padding="same", use_bias=False,
+                  kernel_initializer=kernel_initializer),
             BiasAdd(activation)]
 
 

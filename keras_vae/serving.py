@@ -159,8 +159,6 @@ def code_map_signatures(model, max_samples=None):
     # (decode with another speaker's y converts the voice), one y for all of `sample`'s draws.
     labels = [tf.TensorSpec([None], tf.int32, name="y")] if model.uses_labels else []
     label = [tf.TensorSpec([], tf.int32, name="y")] if model.uses_labels else []
-    if model.serves_temperature:
-        label.append(tf.TensorSpec([], tf.float32, name="temperature"))
 
     def split(args):
         """(the other inputs, the checked labels or None)."""

@@ -21,7 +21,7 @@ tfd = tfp.distributions
 
 
 def logistic_cdf(x):
-    return 1 / (1 + np.exp(-x))
+    return 0.5 * (1 + np.tanh(np.asarray(x) / 2))  # the logistic function, without overflow
 
 
 # ------------------------------------------------------------------ pure functions
@@ -81,6 +81,27 @@ def test_the_discretized_logistic_mixture_is_a_distribution_over_the_256_levels(
     np.testing.assert_allclose(np.exp(log_p), (upper - lower) @ weights, atol=1e-6)
 
 
+def test_the_mixture_shares_its_component_across_a_pixels_colour_channels():
+    """P(x) = Σ_k π_k Π_c P_kc(x_c) for an RGB pixel, one component sharp (log-scale at its floor)."""
+    layer = LogisticMixtureLikelihood(channels=3, components=2)
+    logits, locs, raw_scales = [0.3, -0.2], [[-0.5, 0.1, 0.9], [0.2, 0.2, -0.8]], [[-7.0, -7.0, -7.0], [0.0, -1.0, -2.0]]
+    params = tf.constant([[[logits + sum(locs, []) + sum(raw_scales, [])]]], tf.float32)  # [1, 1, 1, 2·(1 + 6)]
+    _, loc, scale = layer.parameters(params)
+    loc, scale = loc.numpy().reshape(2, 3), scale.numpy().reshape(2, 3)
+    weights = np.exp(logits) / np.exp(logits).sum()
+
+    def mass(k):  # [3] levels -> P(x)
+        upper = np.where(k == 255, 1.0, logistic_cdf((k + 0.5 - loc) / scale))
+        lower = np.where(k == 0, 0.0, logistic_cdf((k - 0.5 - loc) / scale))
+        return float(weights @ np.prod(upper - lower, axis=1))
+
+    sharp = np.round(loc[0])  # where the sharp component puts almost all its mass
+    for levels in (sharp, np.array([0, 128, 255]), np.array([3, 200, 17])):
+        x = tf.constant(levels.reshape(1, 1, 1, 3) / 255, tf.float32)
+        np.testing.assert_allclose(float(tf.exp(layer(params).log_prob(x))[0]), mass(levels), rtol=1e-4, atol=1e-30)
+    assert mass(sharp) > weights[0] * 0.5
+
+
 def test_the_logistic_mixture_needs_8_bit_data():
     with pytest.raises(UserError, match="logistic_mixture scores 8-bit values: it needs --binarize none"):
         FitConfig(likelihood="logistic_mixture")
@@ -111,17 +132,22 @@ def test_28_pixel_images_are_padded_to_32_and_the_code_holds_every_group(nvae):
 
 
 def test_the_importance_weights_estimate_the_same_elbo_as_the_training_terms(nvae):
-    """Two unbiased estimates of one ELBO: the analytic-KL terms of `compute_terms` and the mean Monte-Carlo
-    log-weight log p(x, z) − log q(z | x), over many posterior samples each."""
+    """Two unbiased estimates of each image's ELBO: the analytic-KL terms of `compute_terms` and the mean
+    Monte-Carlo log-weight log p(x, z) − log q(z | x), over many posterior samples each (two different
+    images, so that a K·B tiling that mixed examples up would show)."""
     model, x = nvae
-    image = tf.constant(x[:1])
-    log_weights, _ = model.importance_log_weights(image, 400, seed=tf.constant([4, 5]))
-    analytic = tf.concat([model.compute_terms(tf.tile(image, [100, 1, 1, 1]))["elbo"] for _ in range(4)], 0)
-    monte_carlo = log_weights[:, 0].numpy()
-    stderr = math.hypot(np.std(monte_carlo) / 20, np.std(analytic.numpy()) / 20)
-    assert abs(monte_carlo.mean() - float(tf.reduce_mean(analytic))) < 4 * stderr + 0.5
-    # And the importance-weighted bound is above it.
-    assert float(losses.iwae_bound(log_weights)[0]) > monte_carlo.mean()
+    images = tf.constant(x[[0, 5]])
+    assert float(tf.reduce_max(tf.abs(images[0] - images[1]))) > 0
+    log_weights, _ = model.importance_log_weights(images, 300, seed=tf.constant([4, 5]))  # [K, 2]
+    repeated = tf.repeat(images, 150, axis=0)  # 150 copies of each
+    analytic = tf.reshape(tf.concat([model.compute_terms(repeated)["elbo"] for _ in range(2)], 0), [2, 2, 150])
+    analytic = tf.reshape(tf.transpose(analytic, [1, 0, 2]), [2, 300]).numpy()  # [image, 300 samples]
+    for i in range(2):
+        monte_carlo = log_weights[:, i].numpy()
+        stderr = math.hypot(np.std(monte_carlo), np.std(analytic[i])) / math.sqrt(300)
+        assert abs(monte_carlo.mean() - analytic[i].mean()) < 4 * stderr + 0.5, i
+    # The two images' ELBOs differ by far more than that, so a swap of columns would fail.
+    assert abs(analytic[0].mean() - analytic[1].mean()) > 10
 
 
 def test_the_whitened_code_decodes_what_the_posterior_means_decode(nvae):
@@ -140,11 +166,19 @@ def test_the_whitened_code_decodes_what_the_posterior_means_decode(nvae):
 
 def test_the_power_vectors_move_only_in_training_and_track_the_kernels_norms(nvae):
     model, x = nvae
+    assert len(model.power_vectors) == len(model.convolutions()) > 10
+    ids = [id(v) for v in model.trainable_weights]
+    assert len(ids) == len(set(ids))  # no kernel tracked twice
     before = [v.numpy().copy() for v in model.power_vectors]
     penalty = float(model.compute_terms(x[:4])["norm_penalty"])
     assert all(np.array_equal(b, v.numpy()) for b, v in zip(before, model.power_vectors))
-    exact = sum(np.linalg.svd(model.kernel_matrix(k).numpy(), compute_uv=False)[0] for k in model.spectral_kernels)
-    exact += sum(np.abs(layer.gamma.numpy()).max() for layer in model.batch_norms)
+    exact = 0.0
+    for layer in model.convolutions():
+        kernel = layer.kernel.numpy()  # [kh, kw, in, out], or depthwise [kh, kw, C, 1]: one column per channel
+        depthwise = isinstance(layer, keras.layers.DepthwiseConv2D)
+        matrix = kernel.reshape(kernel.shape[0] * kernel.shape[1], -1) if depthwise else kernel.reshape(-1, kernel.shape[-1])
+        exact += np.linalg.svd(matrix, compute_uv=False)[0]
+    exact += sum(np.abs(layer.gamma.numpy()).max() for layer in model.batch_norms())
     np.testing.assert_allclose(penalty, exact, rtol=0.02)
     model.compute_terms(x[:4], training=True)
     assert any(not np.array_equal(b, v.numpy()) for b, v in zip(before, model.power_vectors))
@@ -152,20 +186,18 @@ def test_the_power_vectors_move_only_in_training_and_track_the_kernels_norms(nva
 
 def test_readjusted_batch_norms_match_the_statistics_of_low_temperature_samples(nvae):
     model, _ = nvae
-    norms = [layer for layer in model.decoder._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
-    code = model.sample_codes(200, tf.constant([7, 7], tf.int64), 0.5)
+    code = model.sample_codes(200, tf.constant([7, 7], tf.int64), 0.3)
 
     def gap():  # inference-mode output against the same batch normalized by its own statistics
-        return float(tf.reduce_mean(tf.abs(model.decoder(code) - model.decoder(code, training=True))))
+        inference = model.decoder(code)
+        return float(tf.reduce_mean(tf.abs(inference - model.decoder(code, training=True))))
 
-    saved = [(layer.moving_mean.numpy(), layer.moving_variance.numpy()) for layer in norms]
-    before = gap()
-    for layer, (mean, variance) in zip(norms, saved):  # the training pass above moved them: undo
-        layer.moving_mean.assign(mean)
-        layer.moving_variance.assign(variance)
-    model.readjust_batch_norm(0.5, batches=10, batch_size=100, seed=1)
-    assert gap() < 0.5 * before
-    assert all(np.all(layer.moving_variance.numpy() > 0) for layer in norms)
+    model.readjust_batch_norm(1.0, batches=10, batch_size=100, seed=1)
+    at_one = gap()
+    model.readjust_batch_norm(0.3, batches=10, batch_size=100, seed=1)
+    at_low = gap()
+    assert at_low < 0.7 * at_one  # the statistics of samples at T = 0.3 fit T = 0.3 samples better
+    assert all(layer.momentum == 0.95 for layer in model.batch_norms())  # restored
 
 
 def test_nvae_trains_with_adamax_and_a_cosine_schedule_by_default():
@@ -177,6 +209,14 @@ def test_nvae_trains_with_adamax_and_a_cosine_schedule_by_default():
                                                                                              "cosine", 0.05)
     given = FitConfig(model="nvae", optimizer="adam").with_defaults(defaults)
     assert given.optimizer == "adam" and given.lr_schedule == "cosine"
+    # In a run, the model's own settings join the data's (sprites: batch 32), the flags' still win.
+    from types import SimpleNamespace
+
+    from keras_vae.train import with_data_defaults
+
+    sprites = SimpleNamespace(audio=None, image_shape=(64, 64, 1))
+    run = with_data_defaults(FitConfig(model="nvae", dataset="sprites", learning_rate=0.003), sprites)
+    assert (run.batch_size, run.optimizer, run.learning_rate, run.lr_schedule) == (32, "adamax", 0.003, "cosine")
     resolved = get_model_class("nvae").resolve_hyperparameters({"kl_warmup_steps": None}, 1000)
     assert resolved["kl_warmup_steps"] == 300  # NVAE's 30% of the run
 

@@ -25,16 +25,14 @@ References:
 
 import keras
 import tensorflow as tf
-import tensorflow_probability as tfp
 
 from keras_vae import losses
-from keras_vae.distributions import standard_normal_prior
+from keras_vae.distributions import diagonal_normal, split_seeds, standard_normal_prior
 from keras_vae.models import register_model
 from keras_vae.models.base import elbo_terms
 from keras_vae.models.vae import VAE
 from keras_vae.networks import build_networks
 
-tfd = tfp.distributions
 HIDDEN = 256  # width of the small ladder networks and of the encoder's feature output
 
 
@@ -43,15 +41,6 @@ def precision_weighted(loc_a, scale_a, loc_b, scale_b):
     precision_a, precision_b = tf.math.reciprocal(tf.square(scale_a)), tf.math.reciprocal(tf.square(scale_b))
     variance = tf.math.reciprocal(precision_a + precision_b)
     return (loc_a * precision_a + loc_b * precision_b) * variance, tf.sqrt(variance)
-
-
-def split_seed(seed):
-    """Two independent stateless seeds [2, 2] (int32, as tfp wants them) from one."""
-    return tf.cast(tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 2), tf.int32)
-
-
-def diagonal_normal(loc, scale):
-    return tfd.Independent(tfd.Normal(loc, scale), reinterpreted_batch_ndims=1)
 
 
 @register_model("hvae")
@@ -127,7 +116,7 @@ class HierarchicalVAE(VAE):
 
     # ---------------------------------------------------------- objective
     def compute_terms(self, x, training=False, y=None):
-        seeds = split_seed(self.noise_seed())
+        seeds = split_seeds(self.noise_seed())
         q2, z2, p1, q1 = self.ladder(self.corrupt(x, training), lambda q: q.sample(seed=seeds[0]), training)
         z1 = q1.sample(seed=seeds[1])
         reconstruction_loss = -self.likelihood_of(z1, training).log_prob(x)  # (B,)
@@ -141,7 +130,7 @@ class HierarchicalVAE(VAE):
 
     def importance_log_weights(self, x, num_samples, seed, y=None):
         """log p(x, z1, z2) − log q(z1, z2 | x) for K top-down posterior samples: ([K, B], elbo [B])."""
-        seeds = split_seed(seed)
+        seeds = split_seeds(seed)
         q2, z2, p1, q1 = self.ladder(x, lambda q: q.sample(num_samples, seed=seeds[0]))  # z2: (K, B, L)
         z1 = q1.sample(seed=seeds[1])  # (K, B, L): q1's batch is already (K, B)
         batch = tf.shape(x)[0]

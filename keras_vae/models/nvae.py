@@ -41,17 +41,16 @@ import math
 
 import keras
 import tensorflow as tf
-import tensorflow_probability as tfp
 
 from keras_vae import losses
 from keras_vae.errors import UserError
 from keras_vae.hparams import Hyperparameter as H
 from keras_vae.models import register_model
+from keras_vae.distributions import diagonal_normal, split_seeds
 from keras_vae.models.base import elbo_terms
 from keras_vae.models.vae import VAE
-from keras_vae.networks import BiasAdd
+from keras_vae.networks import convolution
 
-tfd = tfp.distributions
 RESIDUAL_SCALE = 0.1  # the residual branch's weight in every cell
 EXPANSION = 6  # the decoder cell's 1×1 expansion
 SE_RATIO, SE_MIN = 16, 4  # squeeze-and-excitation bottleneck: channels / 16, at least 4
@@ -89,6 +88,14 @@ def spectral_norm_estimate(matrix, u, iterations=1):
     return tf.tensordot(u, tf.linalg.matvec(matrix, v), 1), u
 
 
+def kernel_matrix(layer):
+    """A convolution's kernel [kh, kw, in, out] as the matrix [kh·kw·in, out]; a depthwise one's [kh, kw, C, 1]
+    as [kh·kw, C] (one column per channel), as NVAE reshapes its weights."""
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        return tf.reshape(layer.kernel, [-1, layer.kernel.shape[2] * layer.kernel.shape[3]])
+    return tf.reshape(layer.kernel, [-1, layer.kernel.shape[-1]])
+
+
 def balanced_kl(kl_groups, group_sizes, warming_up):
     """The KL term with NVAE's balancing: Σ_l γ_l KL_l per example [B].
 
@@ -109,25 +116,20 @@ def balanced_kl(kl_groups, group_sizes, warming_up):
     return tf.reduce_sum(kl_groups * gamma, -1)
 
 
-def group_seeds(seed, count):
-    """`count` independent stateless seeds [count, 2] (int32, as tfp wants them) from one."""
-    return tf.cast(tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), count), tf.int32)
-
-
-def diagonal_normal(loc, scale, event_ndims):
-    return tfd.Independent(tfd.Normal(loc, scale), reinterpreted_batch_ndims=event_ndims)
-
-
 # ------------------------------------------------------------------ layers
 def batch_norm():
-    return keras.layers.BatchNormalization(momentum=BN_MOMENTUM, synchronized=True)
+    """Batch norm with NVAE's momentum, its statistics synchronized across replicas when there are several."""
+    synchronized = tf.distribute.get_strategy().num_replicas_in_sync > 1
+    return keras.layers.BatchNormalization(momentum=BN_MOMENTUM, synchronized=synchronized)
 
 
 def conv(filters, kernel_size=3, strides=1, bias=True, initializer="glorot_uniform"):
     """A convolution; with `bias`, its bias is a float32 `BiasAdd` (right gradients under bfloat16)."""
-    layer = keras.layers.Conv2D(filters, kernel_size, strides=strides, padding="same", use_bias=False,
-                                kernel_initializer=initializer)
-    return keras.Sequential([layer, BiasAdd()]) if bias else layer
+    if bias:
+        return keras.Sequential(convolution(keras.layers.Conv2D, filters, kernel_size, strides,
+                                            kernel_initializer=initializer))
+    return keras.layers.Conv2D(filters, kernel_size, strides=strides, padding="same", use_bias=False,
+                               kernel_initializer=initializer)
 
 
 class SqueezeExcite(keras.layers.Layer):
@@ -227,7 +229,7 @@ class TopDown(keras.layers.Layer):
     """
 
     def __init__(self, plan, output_channels, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(autocast=False, **kwargs)  # the code stays float32 until z = μp + σp ε is formed
         self.plan = plan
         top = plan.scales - 1
         self.constant = self.add_weight(shape=(*plan.group_shape(0)[:2], plan.scale_channels(top)),
@@ -376,31 +378,24 @@ class NVAE(VAE):
 
     def build_state(self):
         """Builds every layer (one pass of each path) and the power-iteration vectors of the convolutions."""
-        x = tf.zeros([1, *self.image_shape])
-        self.encode(x)
+        self.encode(tf.zeros([1, *self.image_shape]))
         self.decoder(tf.zeros([1, self.code_dim]))
-        kernels = [layer.kernel for layer in self._flatten_layers()
-                   if isinstance(layer, keras.layers.Conv2D)]
-        kernels += [layer.kernel for layer in self._flatten_layers()
-                    if isinstance(layer, keras.layers.DepthwiseConv2D)]
-        self.spectral_kernels = kernels
         self.power_vectors = []
-        for i, kernel in enumerate(kernels):
-            matrix = self.kernel_matrix(kernel)
+        for i, layer in enumerate(self.convolutions()):
+            matrix = kernel_matrix(layer)
             start = tf.random.stateless_normal([matrix.shape[0]], seed=[self.seed, i])
             _, u = spectral_norm_estimate(matrix, tf.math.l2_normalize(start), INITIAL_POWER_ITERATIONS)
             self.power_vectors.append(keras.Variable(u, trainable=False, name=f"power_vector_{i}",
                                                      aggregation="only_first_replica"))
-        self.batch_norms = [layer for layer in self._flatten_layers()
-                            if isinstance(layer, keras.layers.BatchNormalization)]
 
-    @staticmethod
-    def kernel_matrix(kernel):
-        """A convolution kernel [kh, kw, in, out] as [kh·kw·in, out]; a depthwise one [kh, kw, C, 1] as
-        [kh·kw, C] (one column per channel)."""
-        if kernel.shape[-1] == 1 and len(kernel.shape) == 4 and kernel.shape[2] > 1:
-            return tf.reshape(kernel, [-1, kernel.shape[2]])
-        return tf.reshape(kernel, [-1, kernel.shape[-1]])
+    def convolutions(self):
+        """The convolution layers the spectral penalty covers, in a fixed order (found, not stored: a stored
+        list of layers or kernels would be tracked, and saved, twice)."""
+        return [layer for layer in self._flatten_layers()
+                if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))]
+
+    def batch_norms(self):
+        return [layer for layer in self._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
 
     @property
     def code_dim(self):
@@ -439,18 +434,18 @@ class NVAE(VAE):
         """Σ spectral norms of the convolutions + Σ max |γ| of the batch norms; a training pass also moves the
         power-iteration vectors one step."""
         total = tf.constant(0.0, tf.float32)
-        for kernel, vector in zip(self.spectral_kernels, self.power_vectors):
-            sigma, u = spectral_norm_estimate(self.kernel_matrix(kernel), vector)
+        for layer, vector in zip(self.convolutions(), self.power_vectors):
+            sigma, u = spectral_norm_estimate(kernel_matrix(layer), vector)
             if training:
                 vector.assign(u)
             total += sigma
-        for layer in self.batch_norms:
+        for layer in self.batch_norms():
             total += tf.reduce_max(tf.abs(tf.cast(layer.gamma, tf.float32)))
         return total
 
     # ---------------------------------------------------------- objective
     def compute_terms(self, x, training=False, y=None):
-        seeds = group_seeds(self.noise_seed(), self.plan.num_groups)
+        seeds = split_seeds(self.noise_seed(), self.plan.num_groups)
         params, trace = self.walk(x, lambda g, q: q.sample(seed=seeds[g]), training)
         reconstruction_loss = -self.likelihood_layer(params, training=training).log_prob(x)
         per_dim = [losses.kl_per_dimension(q, p) for p, q, _ in trace]  # [B, h, w, c] each, via tfd.kl_divergence
@@ -469,7 +464,7 @@ class NVAE(VAE):
         batch = tf.shape(x)[0]
         flat_x = tf.tile(x, [num_samples, 1, 1, 1])  # (K·B, H, W, C), sample-major
         features = [tf.tile(f, [num_samples, 1, 1, 1]) for f in self.encoder(x)]  # one bottom-up pass
-        seeds = group_seeds(seed, self.plan.num_groups)
+        seeds = split_seeds(seed, self.plan.num_groups)
         params, trace = self.walk(None, lambda g, q: q.sample(seed=seeds[g]), features=features)
         log_weights = self.likelihood_layer(params).log_prob(flat_x)
         for p, q, z in trace:
@@ -501,14 +496,17 @@ class NVAE(VAE):
         does before sampling at low temperature: `batches` training-mode passes of the top-down path on
         ε ~ N(0, T² I), with the moving averages restarted and averaged over them."""
         norms = [layer for layer in self.decoder._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
-        saved = [layer.momentum for layer in norms]
-        for layer in norms:
-            layer.moving_mean.assign(tf.zeros_like(layer.moving_mean))
-            layer.moving_variance.assign(tf.ones_like(layer.moving_variance))
-        for i in range(batches):
+        saved = [(layer.momentum, layer.trainable) for layer in norms]
+        try:
             for layer in norms:
-                layer.momentum = i / (i + 1.0)  # the running mean of the batches' statistics
-            code = self.sample_codes(batch_size, tf.constant([seed, i], tf.int64), temperature)
-            self.decoder(code, training=True)
-        for layer, momentum in zip(norms, saved):
-            layer.momentum = momentum
+                layer.trainable = True  # Keras moves the statistics of trainable layers only
+                layer.moving_mean.assign(tf.zeros_like(layer.moving_mean))
+                layer.moving_variance.assign(tf.ones_like(layer.moving_variance))
+            for i in range(batches):
+                for layer in norms:
+                    layer.momentum = i / (i + 1.0)  # the running mean of the batches' statistics
+                code = self.sample_codes(batch_size, tf.constant([seed, i], tf.int64), temperature)
+                self.decoder(code, training=True)
+        finally:
+            for layer, (momentum, trainable) in zip(norms, saved):
+                layer.momentum, layer.trainable = momentum, trainable

@@ -9,7 +9,7 @@ padding masked out of the likelihood) with the same budget (`--epochs`,
 batch 32):
 
 - `vae`: the package's VAE through `--architecture conv1d` (a 32-d code);
-- `vq_vae`: a row of 64 codes along time (one per 2 frames, 128 codes, EMA);
+- `vq_vae`: a row of 64 codes along time (one per 2 frames, 256 codes, EMA);
 - `vq_vae_speaker`: the same with `--condition speaker`: the decoder reads a
   learned speaker embedding, so the codes need not carry the voice.
 
@@ -37,10 +37,10 @@ import tempfile
 from benchmark_runs import cpu_model, timed_fit
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VQ = dict(model="vq_vae", latent_dim=64, codebook_size=128, vq_ema=True)
+VQ = dict(model="vq_vae", latent_dim=64, codebook_size=256, vq_ema=True)
 ROWS = {  # row: (what it is, FitConfig values beyond the common ones)
     "vae": ("VAE, conv1d, 32-d code", dict(model="vae", latent_dim=32)),
-    "vq_vae": ("VQ-VAE, 64 codes along time, K = 128", VQ),
+    "vq_vae": ("VQ-VAE, 64 codes along time, K = 256", VQ),
     "vq_vae_speaker": ("VQ-VAE as above + speaker embedding in the decoder", dict(VQ, condition="speaker")),
 }
 EXAMPLES = (("3_theo_0", ("george", "yweweler")), ("7_jackson_2", ("lucas", "nicolas")))  # WAVs to keep

@@ -247,6 +247,7 @@ def reference_adapter(encoder, decoder, latent_dim, image_shape):
         compute_terms = VAE.compute_terms
         importance_log_weights = VAE.importance_log_weights
         noise_seed = VAE.noise_seed
+        code_groups = VAE.code_groups  # one flat code
         dequantized, dequantize = VAE.dequantized, "none"
 
         def __init__(self):

@@ -38,7 +38,8 @@ def tiny_npz(tmp_path):
     return str(path)
 
 
-SMALL_NVAE = {"groups_per_scale": 1, "channels": 8, "latent_channels": 2}  # registry-wide tests' nvae
+SMALL_NVAE = {"groups_per_scale": 1, "channels": 8, "latent_channels": 2}  # the registry-wide tests' nvae only
+# (vq_vae2 declares `channels` too)
 
 
 def config_for(model, **values):

@@ -28,7 +28,8 @@ def labels(num=64):
 
 
 def make(name, **extra):
-    config = config_for(name, latent_dim=3, seed=1, kl_warmup_steps=0, prior_components=4, **SMALL_NVAE, **extra)
+    config = config_for(name, latent_dim=3, seed=1, kl_warmup_steps=0, prior_components=4,
+                        **(SMALL_NVAE if name == "nvae" else {}), **extra)
     model = build_model(config, (28, 28, 1), num_classes=3)
     model.compile(optimizer=keras.optimizers.Adam(3e-3))
     return model

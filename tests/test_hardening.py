@@ -30,7 +30,7 @@ SHAPE = (8, 8, 1)
 
 def tiny_model(name="vae", shape=SHAPE, **extra):
     config = config_for(name, latent_dim=3, kl_warmup_steps=0, prior_components=2, codebook_size=8,
-                        codebook_dim=2, **SMALL_NVAE, **extra)
+                        codebook_dim=2, **(SMALL_NVAE if name == "nvae" else {}), **extra)
     return build_model(config, shape, num_classes=3)
 
 

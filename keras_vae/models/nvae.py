@@ -494,7 +494,9 @@ class NVAE(VAE):
     def readjust_batch_norm(self, temperature=1.0, batches=READJUST_BATCHES, batch_size=100, seed=0):
         """Resets the decoder's batch-norm statistics to those of samples drawn at `temperature`, as NVAE
         does before sampling at low temperature: `batches` training-mode passes of the top-down path on
-        ε ~ N(0, T² I), with the moving averages restarted and averaged over them."""
+        ε ~ N(0, T² I), with the moving averages restarted and averaged over them. The top-down cells serve
+        inference too, so `encode`, `reconstruct` and `score` of this model object change with them (as in
+        NVAE); `keras-vae sample` readjusts a freshly loaded copy, and the saved model keeps training's."""
         norms = [layer for layer in self.decoder._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
         saved = [(layer.momentum, layer.trainable) for layer in norms]
         try:

@@ -236,6 +236,13 @@ class CategoricalLikelihood(keras.layers.Layer):
 PIXEL_LEVELS = 256  # 8-bit data
 
 
+def mixture_mean(logits, loc):
+    """A logistic mixture's mean value in [0, 1] from its logits [..., K] and locations [..., K, C] in levels
+    (each location clipped to the levels' range)."""
+    weights = tf.nn.softmax(logits)[..., None]  # [..., K, 1]
+    return tf.reduce_sum(weights * tf.clip_by_value(loc, 0.0, PIXEL_LEVELS - 1.0), -2) / (PIXEL_LEVELS - 1)
+
+
 class DiscretizedLogisticMixture:
     """A mixture of discretized logistics over 8-bit values (Salimans et al. 2017), scored on data in [0, 1].
 
@@ -265,13 +272,7 @@ class DiscretizedLogisticMixture:
         return self.levels.log_prob(tf.round(tf.cast(x, tf.float32) * (PIXEL_LEVELS - 1)))
 
     def mean(self):
-        """The mixture's mean value in [0, 1] (each component's location clipped to the levels' range)."""
-        weights = tf.nn.softmax(self.logits)[..., None]  # [..., K, 1]
-        return tf.reduce_sum(weights * tf.clip_by_value(self.loc, 0.0, PIXEL_LEVELS - 1.0), -2) / (PIXEL_LEVELS - 1)
-
-    def sample(self, seed):
-        """Values in [0, 1] drawn from the mixture."""
-        return self.levels.sample(seed=seed) / (PIXEL_LEVELS - 1)
+        return mixture_mean(self.logits, self.loc)
 
 
 @keras.saving.register_keras_serializable(package="keras_vae")
@@ -310,7 +311,9 @@ class LogisticMixtureLikelihood(keras.layers.Layer):
         return DiscretizedLogisticMixture(*self.parameters(params), event_ndims=len(params.shape) - 2)
 
     def mean(self, params):
-        return self.call(params).mean()
+        """The decoder mean without building the distribution (the `decode` and serving path)."""
+        logits, loc, _ = self.parameters(params)
+        return mixture_mean(logits, loc)
 
     def get_config(self):
         config = super().get_config()

@@ -20,13 +20,14 @@ def write_times(run_dir, times):
 
 def timed_fit(config):
     """`keras_vae.train.fit(config)`, unless its run is already complete: returns the run's times, `fit` being
-    the seconds of the training that finished it."""
+    the seconds of the training that finished it and `train_steps` those of its optimizer steps alone."""
     from keras_vae.train import fit
 
     times = read_times(config.run_dir)
     start = time.time()
-    if not fit(config, verbose=2)["complete"]:
-        times["fit"] = time.time() - start
+    result = fit(config, verbose=2)
+    if not result["complete"]:
+        times.update(fit=time.time() - start, train_steps=result["timings"].get("train steps"))
         write_times(config.run_dir, times)
     return times
 

@@ -242,3 +242,52 @@ def test_evaluate_reports_each_groups_kl_and_active_units(nvae):
     assert sum(g["active_units"] for g in groups.values()) == report["active_units"]
     table = format_table(report)
     assert "group 2 (8×8×4)" in table and "KL per dimension" not in table  # 640 numbers would not help
+
+
+# ------------------------------------------------------------------ the ablation switches
+def untrained_nvae(**switches):
+    return build_model(config_for("nvae", channels=8, latent_channels=2, kl_warmup_steps=100, seed=5, **switches),
+                       (28, 28, 1))
+
+
+def test_without_squeeze_excite_no_cell_has_a_gate_and_the_cells_lose_exactly_its_weights():
+    from keras_vae.models.nvae import SqueezeExcite
+
+    full, bare = untrained_nvae(), untrained_nvae(squeeze_excite=False)
+
+    def gates(model):
+        return [layer for layer in model._flatten_layers() if isinstance(layer, SqueezeExcite)]
+
+    assert gates(bare) == [] and len(gates(full)) == (2 + 4) + (4 + 2)  # encoder: pre, groups; decoder: groups, post
+    assert full.count_params() - bare.count_params() == sum(layer.count_params() for layer in gates(full))
+
+
+def test_the_residual_posterior_reads_the_prior_and_the_direct_one_does_not():
+    """Group 1's posterior moves with its prior's head only when parameterized relative to the prior."""
+    x = tf.constant((tiny_images(4) / 255).astype(np.float32))
+    for residual in (True, False):
+        model = untrained_nvae(residual_posterior=residual)
+
+        def posterior_of_group_1():
+            _, trace = model.walk(x, lambda g, q: q.mean())
+            return trace[1][1].mean().numpy(), trace[1][1].stddev().numpy()
+
+        before = posterior_of_group_1()
+        head = model.decoder.prior_heads[1].layers[0]
+        head.kernel.assign(head.kernel + 0.5)
+        after = posterior_of_group_1()
+        moved = not (np.allclose(before[0], after[0]) and np.allclose(before[1], after[1]))
+        assert moved == residual
+
+
+def test_without_kl_balance_the_warm_up_penalizes_the_plain_kl():
+    x = tf.constant((tiny_images(8) / 255).astype(np.float32))
+    for balance in (True, False):
+        model = untrained_nvae(kl_balance=balance, spectral_reg=0.0)
+        model.compile(optimizer=keras.optimizers.Adamax(1e-3))
+        terms = model.compute_terms(x)
+        kl_groups = terms["kl_groups"]
+        balanced = balanced_kl(kl_groups, model.plan.group_sizes(), tf.constant(True))
+        expected = tf.reduce_mean(balanced if balance else tf.reduce_sum(kl_groups, -1))
+        np.testing.assert_allclose(model.regularizer(terms, 1.0), expected, rtol=1e-5)
+    assert abs(float(tf.reduce_mean(balanced)) - float(tf.reduce_mean(terms["kl"]))) > 1e-3  # they differ here

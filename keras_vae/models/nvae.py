@@ -21,7 +21,10 @@ iteration per step, the estimates kept as state), a penalty on batch-norm
 scales, a KL warm-up over `kl_warmup_steps` with KL balancing across groups
 during it, and Adamax with a cosine schedule as the run's default optimizer.
 Images whose sides are not divisible by the hierarchy's total stride are
-padded (bottom and right) and the padding cropped before p(x | z).
+padded (bottom and right) and the padding cropped before p(x | z). For
+ablations, the SE gates (`squeeze_excite`), the residual posterior
+(`residual_posterior`), KL balancing (`kl_balance`) and the norm penalties
+(`spectral_reg` 0) can each be switched off.
 
 The code. `encode`/`decode` use the whitened code ε (ε_l = (z_l − μp)/σp for
 every group, flattened top group first), whose prior is exactly N(0, I):
@@ -159,19 +162,21 @@ class ResidualCell(keras.layers.Layer):
         return x + RESIDUAL_SCALE * h
 
 
-def encoder_cell(channels):
-    """BN–Swish–Conv3×3–BN–Swish–Conv3×3–SE, residual."""
+def encoder_cell(channels, squeeze_excite=True):
+    """BN–Swish–Conv3×3–BN–Swish–Conv3×3–SE, residual (without the SE when not `squeeze_excite`)."""
     return ResidualCell([batch_norm(), keras.layers.Activation("swish"), conv(channels, bias=False), batch_norm(),
-                         keras.layers.Activation("swish"), conv(channels), SqueezeExcite(channels)])
+                         keras.layers.Activation("swish"), conv(channels)]
+                        + [SqueezeExcite(channels)] * squeeze_excite)
 
 
-def decoder_cell(channels):
-    """BN–1×1 expansion–BN–Swish–depthwise 5×5–BN–Swish–1×1–BN–SE, residual."""
+def decoder_cell(channels, squeeze_excite=True):
+    """BN–1×1 expansion–BN–Swish–depthwise 5×5–BN–Swish–1×1–BN–SE, residual (without the SE when not
+    `squeeze_excite`)."""
     return ResidualCell([batch_norm(), conv(EXPANSION * channels, 1, bias=False), batch_norm(),
                          keras.layers.Activation("swish"),
                          keras.layers.DepthwiseConv2D(5, padding="same", use_bias=False), batch_norm(),
-                         keras.layers.Activation("swish"), conv(channels, 1, bias=False), batch_norm(),
-                         SqueezeExcite(channels)])
+                         keras.layers.Activation("swish"), conv(channels, 1, bias=False), batch_norm()]
+                        + [SqueezeExcite(channels)] * squeeze_excite)
 
 
 class Resample(keras.layers.Layer):
@@ -200,9 +205,10 @@ class BottomUp(keras.layers.Layer):
         self.plan = plan
         c = plan.channels
         self.stem = conv(c // 4)
-        self.preprocess = [encoder_cell(c // 4), Resample(c // 2, up=False), encoder_cell(c // 2),
+        se = plan.squeeze_excite
+        self.preprocess = [encoder_cell(c // 4, se), Resample(c // 2, up=False), encoder_cell(c // 2, se),
                            Resample(c, up=False)]
-        self.cells = [[[encoder_cell(plan.scale_channels(s)) for _ in range(plan.cells_per_group)]
+        self.cells = [[[encoder_cell(plan.scale_channels(s), se) for _ in range(plan.cells_per_group)]
                        for _ in range(plan.groups_per_scale)] for s in range(plan.scales)]
         self.downs = [Resample(plan.scale_channels(s + 1), up=False) for s in range(plan.scales - 1)]
 
@@ -242,12 +248,13 @@ class TopDown(keras.layers.Layer):
         self.prior_heads = [None] + [conv(2 * latent, initializer=HEAD_INIT) for _ in groups[1:]]
         self.posterior_heads = [conv(2 * latent, initializer=HEAD_INIT) for _ in groups]
         self.combiners = [conv(plan.scale_channels(plan.scale_of(g)), 1) for g in groups]
-        self.cells = [[decoder_cell(plan.scale_channels(plan.scale_of(g))) for _ in range(plan.cells_per_group)]
+        se = plan.squeeze_excite
+        self.cells = [[decoder_cell(plan.scale_channels(plan.scale_of(g)), se) for _ in range(plan.cells_per_group)]
                       for g in groups]
         self.ups = [Resample(plan.scale_channels(s), up=True) for s in range(top)]  # to scale s
         c = plan.channels
-        self.postprocess = [Resample(c // 2, up=True), decoder_cell(c // 2), Resample(c // 4, up=True),
-                            decoder_cell(c // 4), keras.layers.Activation("elu"), conv(output_channels)]
+        self.postprocess = [Resample(c // 2, up=True), decoder_cell(c // 2, se), Resample(c // 4, up=True),
+                            decoder_cell(c // 4, se), keras.layers.Activation("elu"), conv(output_channels)]
 
     def gaussian(self, head, h):
         """(loc, log-scale) [B, h, w, latent] in float32 from a head's output."""
@@ -270,7 +277,8 @@ class TopDown(keras.layers.Layer):
             if features is not None:
                 delta_loc, delta_log_scale = self.gaussian(self.posterior_heads[g],
                                                            tf.concat([features[g], h], -1))
-                posterior = residual_normal(*prior, delta_loc, delta_log_scale)
+                posterior = (residual_normal(*prior, delta_loc, delta_log_scale) if self.plan.residual_posterior
+                             else (delta_loc, tf.exp(delta_log_scale)))
             z = choose(g, prior, posterior)
             h = self.combiners[g](tf.concat([h, tf.cast(z, h.dtype)], -1))
             h = run_cells(self.cells[g], h, training)
@@ -285,12 +293,15 @@ class TopDown(keras.layers.Layer):
 
 
 class Plan:
-    """The hierarchy's shape: scales, groups, channels, padding, and the whitened code's layout."""
+    """The hierarchy's design: scales, groups, channels, the switchable parts (squeeze-and-excitation, the
+    residual posterior), padding, and the whitened code's layout."""
 
-    def __init__(self, image_shape, scales, groups_per_scale, latent_channels, channels, cells_per_group):
+    def __init__(self, image_shape, scales, groups_per_scale, latent_channels, channels, cells_per_group,
+                 squeeze_excite=True, residual_posterior=True):
         self.image_shape = tuple(image_shape)
         self.scales, self.groups_per_scale = scales, groups_per_scale
         self.latent_channels, self.channels, self.cells_per_group = latent_channels, channels, cells_per_group
+        self.squeeze_excite, self.residual_posterior = squeeze_excite, residual_posterior
         stride = 2 ** (scales + 1)  # two preprocessing halvings, then one between scales
         self.padded = tuple(-(-side // stride) * stride for side in self.image_shape[:2])
         self.num_groups = scales * groups_per_scale
@@ -347,7 +358,14 @@ class NVAE(VAE):
         H("cells_per_group", int, 1, "NVAE: residual cells per group, in the encoder and in the decoder.",
           minimum=1),
         H("spectral_reg", float, 0.01, "NVAE: weight of the spectral norms of all convolutions plus the "
-          "largest batch-norm scale of each layer in the loss.", minimum=0, reference="Vahdat & Kautz 2020"),
+          "largest batch-norm scale of each layer in the loss (0 turns both off).", minimum=0,
+          reference="Vahdat & Kautz 2020"),
+        H("squeeze_excite", bool, True, "NVAE: a squeeze-and-excitation gate at the end of every residual cell.",
+          reference="Hu et al. 2018"),
+        H("residual_posterior", bool, True, "NVAE: each group's posterior parameterized relative to its prior "
+          "(N(μp + Δμ, (σp e^Δ)²)); off, the posterior's head gives its mean and log-scale directly."),
+        H("kl_balance", bool, True, "NVAE: weight each group's KL by its share during the KL warm-up, so that "
+          "few groups cannot carry the whole code."),
     )
     unused_hyperparameters = ("latent_dim", "architecture", "posterior_scale", "free_bits", "prior",
                               "prior_components", "dequantize", "aggressive_encoder", "decoder", "decoder_layers",
@@ -372,7 +390,7 @@ class NVAE(VAE):
 
     def build_networks(self):
         self.plan = Plan(self.image_shape, self.scales, self.groups_per_scale, self.latent_channels, self.channels,
-                         self.cells_per_group)
+                         self.cells_per_group, self.squeeze_excite, self.residual_posterior)
         return (BottomUp(self.plan, name="encoder"),
                 TopDown(self.plan, self.decoder_channels(), name="decoder"))
 
@@ -455,8 +473,8 @@ class NVAE(VAE):
                           **{f"kl_{g}": kl_groups[:, g] for g in range(self.plan.num_groups)})
 
     def regularizer(self, terms, beta):
-        """β × the (balanced, while warming up) KL, plus `spectral_reg` × the norm penalty."""
-        kl = balanced_kl(terms["kl_groups"], self.plan.group_sizes(), self.kl_weight() < 1.0)
+        """β × the (balanced, while warming up and `kl_balance`) KL, plus `spectral_reg` × the norm penalty."""
+        kl = balanced_kl(terms["kl_groups"], self.plan.group_sizes(), self.kl_balance and self.kl_weight() < 1.0)
         return beta * tf.reduce_mean(kl) + self.spectral_reg * terms["norm_penalty"]
 
     def importance_log_weights(self, x, num_samples, seed, y=None):

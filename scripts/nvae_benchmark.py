@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""NVAE and its ablations at one budget, side by side (figures, not tests).
+
+    python scripts/nvae_benchmark.py --epochs 1                   # the ablation table, about 95 min on 2 cores
+    python scripts/nvae_benchmark.py --rows nvae                  # the preset at its own budget (12 epochs)
+
+Every row is the 2-CPU-hour preset `benchmarks/reproduce/nvae-fashion.json` (dynamically binarized
+Fashion-MNIST, 2 scales × 2 groups of 20-channel maps, 32 channels, batch 64, Adamax 1e-2 with warm-up and
+cosine decay, KL warm-up over 30% of the steps), trained for `--epochs` (default: the preset's), with one part
+of the model switched off:
+
+    nvae                    all of it
+    no-se                   --no-squeeze-excite: no squeeze-and-excitation gate in the cells
+    no-spectral             --spectral-reg 0: neither the spectral nor the batch-norm scale penalty
+    no-kl-balance           --no-kl-balance: the plain KL during the warm-up
+    no-residual-posterior   --no-residual-posterior: the posterior's head gives its mean and log-scale directly
+
+Each row is scored on the test split: the ELBO on the whole split; −log p(x) with `--iw-samples` importance
+samples on the first `--test-images` images (the same images for every row), with its standard error; each
+group's KL and active units on those images; the test ELBO after every epoch (the learning curve, from the
+run's validation, which is the test split); training images per second over the optimizer steps alone;
+and the peak memory of the process so far. Sample grids at T = 1 and, after the batch-norm readjustment,
+T = 0.7 go to `benchmarks/nvae/<row>-t<T>.png`. Writes `benchmarks/nvae.json` and prints the Markdown
+tables of `benchmarks/NVAE.md`. Runs are kept in `--scratch` and reused when complete.
+"""
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+
+from benchmark_runs import cpu_model, timed_fit
+from reproduce import load_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PRESET = "nvae-fashion"
+ROWS = {  # row: (what is switched off, FitConfig values over the preset's)
+    "nvae": ("nothing (the preset)", {}),
+    "no-se": ("squeeze-and-excitation", {"squeeze_excite": False}),
+    "no-spectral": ("spectral and batch-norm scale regularization", {"spectral_reg": 0.0}),
+    "no-kl-balance": ("KL balancing during the warm-up", {"kl_balance": False}),
+    "no-residual-posterior": ("the residual posterior", {"residual_posterior": False}),
+}
+TEMPERATURES = (1.0, 0.7)
+SAMPLES = 64
+
+
+def config_for(row, args):
+    config = load_config(PRESET, args.data_dir, os.path.join(args.scratch, f"{row}-{args.epochs or 'preset'}"))
+    return config.replace(**ROWS[row][1], **({"epochs": args.epochs} if args.epochs else {}))
+
+
+def sample_grids(model, row, out_dir):
+    """Saves a grid of SAMPLES samples per temperature (readjusting the batch norms below 1, last)."""
+    from keras_vae.images import make_grid, save_png
+
+    os.makedirs(out_dir, exist_ok=True)
+    for temperature in TEMPERATURES:
+        model.prepare_sampling(temperature)
+        images, _ = model.sample(SAMPLES, seed=0, temperature=temperature)
+        save_png(os.path.join(out_dir, f"{row}-t{temperature:g}.png"), make_grid(images.numpy(), columns=8))
+
+
+def measure(row, args):
+    from keras_vae.data.splits import load_split
+    from keras_vae.evaluate import evaluate_model
+    from keras_vae.runs import load_run
+
+    config = config_for(row, args)
+    times = timed_fit(config)
+    config, model = load_run(config.run_dir)
+    with open(os.path.join(config.run_dir, "history.json")) as f:
+        history = json.load(f)
+    test = load_split(config, "test")
+    start = time.time()
+    whole = evaluate_model(model, test, iw_samples=1, progress=False)
+    head = evaluate_model(model, test.head(args.test_images), iw_samples=args.iw_samples, progress=False)
+    score_seconds = time.time() - start
+    sample_grids(model, row, os.path.join(os.path.dirname(args.out), "nvae"))
+    steps_per_epoch = len(load_split(config, "train").x) // config.batch_size
+    trained = steps_per_epoch * config.batch_size * config.epochs
+    return {"row": row, "off": ROWS[row][0], "machine": f"{cpu_model()}, {os.cpu_count()} cores",
+            "settings": dict(config.to_dict(), run_dir=f"<scratch>/{os.path.basename(config.run_dir)}"),
+            "fit_seconds": times.get("fit"), "train_step_seconds": times.get("train_steps"),
+            "images_per_second": trained / times["train_steps"] if times.get("train_steps") else None,
+            "score_seconds": score_seconds, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            "test_elbo": whole["elbo"], "test_reconstruction": whole["reconstruction_loss"], "test_kl": whole["kl"],
+            "elbo_curve": history.get("val_elbo", []),
+            "nll_iw": head["nll_iw"], "nll_iw_stderr": head["nll_iw_stderr"], "iw_samples": args.iw_samples,
+            "test_images": head["num_examples"], "groups": head["code_groups"],
+            "active_units": head["active_units"]}
+
+
+def table(reports):
+    lines = ["| row | switched off | epochs | fit min | images/s | test ELBO | −log p(x), nats | "
+             "KL per group (top first) | active units per group |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in reports:
+        groups = list((r["groups"] or {}).values())
+        rate = "–" if r["images_per_second"] is None else f"{r['images_per_second']:.0f}"
+        fit = "–" if r["fit_seconds"] is None else f"{r['fit_seconds'] / 60:.1f}"
+        kls = " / ".join(f"{g['kl']:.1f}" for g in groups)
+        units = " / ".join(str(g["active_units"]) for g in groups)
+        lines.append(
+            f"| `{r['row']}` | {r['off']} | {r['settings']['epochs']} | {fit} | {rate} | {r['test_elbo']:.2f} "
+            f"| {r['nll_iw']:.2f} ± {r['nll_iw_stderr']:.2f} (K {r['iw_samples']}, {r['test_images']}) "
+            f"| {kls} | {units} |")
+    return "\n".join(lines)
+
+
+def curve_table(reports):
+    lines = ["| row | test ELBO after each epoch |", "|---|---|"]
+    lines += ["| `{}` | {} |".format(r["row"], " → ".join(f"{v:.2f}" for v in r["elbo_curve"])) for r in reports]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", default=",".join(ROWS), help="the rows to measure (none: print the tables)")
+    parser.add_argument("--data-dir", default=os.path.join(REPO, "..", "shared", "data", "fashion_mnist"))
+    parser.add_argument("--epochs", type=int, help="each row's budget (default: the preset's)")
+    parser.add_argument("--test-images", type=int, default=500)
+    parser.add_argument("--iw-samples", type=int, default=100)
+    parser.add_argument("--scratch", default=os.path.join(tempfile.gettempdir(), "nvae"))
+    parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "nvae.json"))
+    args = parser.parse_args(argv)
+    reports = {}
+    if os.path.exists(args.out):  # a row measured again at the same budget replaces itself; the others stay
+        with open(args.out) as f:
+            reports = {(r["row"], r["settings"]["epochs"]): r for r in json.load(f)["rows"]}
+    for row in filter(None, args.rows.split(",")):
+        report = measure(row, args)
+        reports[(row, report["settings"]["epochs"])] = report
+        with open(args.out, "w") as f:  # after each row, so that a long run keeps what it measured
+            json.dump({"rows": sorted(reports.values(), key=order)}, f, indent=1)
+    ordered = sorted(reports.values(), key=order)
+    print(table(ordered))
+    print()
+    print(curve_table(ordered))
+
+
+def order(report):
+    return report["settings"]["epochs"], list(ROWS).index(report["row"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

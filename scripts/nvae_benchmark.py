@@ -25,7 +25,7 @@ samples on the first `--test-images` images (the same images for every row), wit
 group's KL and active units on those images; the test ELBO after every epoch (the learning curve, from the
 run's validation, which is the test split); training images per second over the optimizer steps alone;
 and the peak memory of the process so far. Sample grids at T = 1 and, after the batch-norm readjustment,
-T = 0.7 go to `benchmarks/nvae/<row>-t<T>.png`. Writes `benchmarks/nvae.json` and prints the Markdown
+T = 0.7 go to `benchmarks/nvae/<row>-<epochs>ep-t<T>.png`. Writes `benchmarks/nvae.json` and prints the Markdown
 tables of `benchmarks/NVAE.md`. Runs are kept in `--scratch` and reused when complete.
 """
 
@@ -64,7 +64,7 @@ def config_for(row, args):
     return config.replace(**ROWS[row][1], **({"epochs": args.epochs} if args.epochs else {}))
 
 
-def sample_grids(model, row, out_dir):
+def sample_grids(model, name, out_dir):
     """Saves a grid of SAMPLES samples per temperature (readjusting the batch norms below 1, last)."""
     from keras_vae.images import make_grid, save_png
 
@@ -72,7 +72,7 @@ def sample_grids(model, row, out_dir):
     for temperature in TEMPERATURES:
         model.prepare_sampling(temperature)
         images, _ = model.sample(SAMPLES, seed=0, temperature=temperature)
-        save_png(os.path.join(out_dir, f"{row}-t{temperature:g}.png"), make_grid(images.numpy(), columns=8))
+        save_png(os.path.join(out_dir, f"{name}-t{temperature:g}.png"), make_grid(images.numpy(), columns=8))
 
 
 def measure(row, args):
@@ -90,7 +90,7 @@ def measure(row, args):
     whole = evaluate_model(model, test, iw_samples=1, progress=False)
     head = evaluate_model(model, test.head(args.test_images), iw_samples=args.iw_samples, progress=False)
     score_seconds = time.time() - start
-    sample_grids(model, row, os.path.join(os.path.dirname(args.out), "nvae"))
+    sample_grids(model, f"{row}-{config.epochs}ep", os.path.join(os.path.dirname(args.out), "nvae"))
     steps_per_epoch = len(load_split(config, "train").x) // config.batch_size
     trained = steps_per_epoch * config.batch_size * config.epochs
     return {"row": row, "what": ROWS[row][0], "machine": f"{cpu_model()}, {os.cpu_count()} cores",

@@ -12,7 +12,7 @@ import tensorflow_probability as tfp
 from conftest import config_for, tiny_images
 from keras_vae import losses
 from keras_vae.config import FitConfig
-from keras_vae.distributions import LogisticMixtureLikelihood, diagonal_normal
+from keras_vae.distributions import LogisticMixtureLikelihood, diagonal_normal, split_seeds
 from keras_vae.errors import UserError
 from keras_vae.models import build_model
 from keras_vae.models.nvae import balanced_kl, residual_normal, spectral_norm_estimate
@@ -161,6 +161,63 @@ def test_the_whitened_code_decodes_what_the_posterior_means_decode(nvae):
     second, _ = model.sample(2, seed=9, temperature=0.0)
     np.testing.assert_allclose(first, second, atol=1e-6)
     assert np.all(code.numpy() == 0)
+
+
+def top_down(model, epsilons):
+    """Runs the decoder on per-group whitened noise: (output [B, H, W, C], [prior loc per group])."""
+    priors = []
+
+    def choose(g, prior, _):
+        priors.append(prior[0].numpy())
+        return prior[0] + prior[1] * epsilons[g]
+
+    return model.decoder.run(epsilons[0].shape[0], choose).numpy(), priors
+
+
+def test_a_group_changes_every_group_below_it_and_none_above(nvae):
+    """The hierarchy is causal top down: moving group k's noise leaves the priors of groups 0..k exactly
+    as they were and moves the prior of every group below k, and the image; the bottom group moves the
+    image alone."""
+    model, _ = nvae
+    plan = model.plan
+    rng = np.random.default_rng(0)
+    epsilons = [tf.constant(rng.standard_normal((3, *plan.group_shape(g))), tf.float32)
+                for g in range(plan.num_groups)]
+    output, priors = top_down(model, epsilons)
+    for k in range(plan.num_groups):
+        moved = list(epsilons)
+        moved[k] = epsilons[k] + 2.0
+        moved_output, moved_priors = top_down(model, moved)
+        for g in range(plan.num_groups):
+            change = np.abs(moved_priors[g] - priors[g]).max()
+            if g <= k:
+                assert change == 0.0, (k, g)
+            else:
+                assert change > 1e-4, (k, g)
+        assert np.abs(moved_output - output).max() > 1e-3, k
+
+
+def test_temperature_one_samples_are_ancestral_samples_of_the_prior(nvae):
+    """`sample` draws the whitened code ε ~ N(0, T²I) and decodes z_l = μp + σp ε_l; at T = 1 its images
+    must have the statistics of plain ancestral sampling, z_l ~ p(z_l | z_<l) drawn by tfd group by group."""
+    model, _ = nvae
+    n = 2000
+    code = model.sample_codes(n, tf.constant([5, 1], tf.int64), 0.6)
+    assert abs(float(tf.reduce_mean(code))) < 0.01 and abs(float(tf.math.reduce_std(code)) - 0.6) < 0.01
+    images, _ = model.sample(n, seed=11, temperature=1.0)
+    seeds = split_seeds(tf.constant([8, 8], tf.int64), model.plan.num_groups)
+    params = model.decoder.run(
+        n, lambda g, prior, _: diagonal_normal(*prior, 3).sample(seed=seeds[g]))
+    ancestral = model.likelihood_layer.mean(params)
+    a, b = images.numpy().reshape(n, -1), ancestral.numpy().reshape(n, -1)
+
+    def z_scores(x, y):  # per pixel, of the difference of the two sample means
+        return np.abs(x.mean(0) - y.mean(0)) / np.sqrt((x.var(0) + y.var(0)) / n + 1e-12)
+
+    assert np.all((z_scores(a, b) < 5) | (np.abs(a.mean(0) - b.mean(0)) < 1e-3))
+    # The test can tell: samples at T = 0.3 have clearly different pixel statistics.
+    cold, _ = model.sample(n, seed=11, temperature=0.3)
+    assert z_scores(cold.numpy().reshape(n, -1), b).max() > 10
 
 
 def test_the_power_vectors_move_only_in_training_and_track_the_kernels_norms(nvae):

@@ -114,7 +114,16 @@ def with_data_defaults(config, dataset):
     (`run_defaults`, e.g. NVAE's optimizer), for the settings it was not given."""
     representation = dataset.audio.representation if dataset.audio is not None else None
     return config.with_defaults({**defaults_for(config.dataset, dataset.image_shape, representation),
-                                 **model_class(config.model).run_defaults})
+                                 **model_run_defaults(config)})
+
+
+def model_run_defaults(config):
+    """The model's own run settings. Its learning rate is its optimizer's: a run given another optimizer
+    (NVAE with `--optimizer adam`) keeps the declared rate rather than Adamax's 1e-2."""
+    defaults = dict(model_class(config.model).run_defaults)
+    if "optimizer" in config.given and config.optimizer != defaults.get("optimizer", config.optimizer):
+        defaults.pop("learning_rate", None)
+    return defaults
 
 
 def native_bfloat16():

@@ -273,6 +273,11 @@ def test_nvae_trains_with_adamax_and_a_cosine_schedule_by_default():
     sprites = SimpleNamespace(audio=None, image_shape=(64, 64, 1))
     run = with_data_defaults(FitConfig(model="nvae", dataset="sprites", learning_rate=0.003), sprites)
     assert (run.batch_size, run.optimizer, run.learning_rate, run.lr_schedule) == (32, "adamax", 0.003, "cosine")
+    # Adamax's rate is not Adam's: another optimizer alone brings the declared rate back, the schedule stays.
+    adam = with_data_defaults(FitConfig(model="nvae", dataset="sprites", optimizer="adam"), sprites)
+    assert (adam.optimizer, adam.learning_rate, adam.lr_schedule) == ("adam", FitConfig().learning_rate, "cosine")
+    same = with_data_defaults(FitConfig(model="nvae", dataset="sprites", optimizer="adamax"), sprites)
+    assert same.learning_rate == 1e-2
     resolved = get_model_class("nvae").resolve_hyperparameters({"kl_warmup_steps": None}, 1000)
     assert resolved["kl_warmup_steps"] == 300  # NVAE's 30% of the run
 

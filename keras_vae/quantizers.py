@@ -37,10 +37,16 @@ FSQ_EPSILON = 1e-3
 
 
 def nearest_codes(z, codebook):
-    """Indices [...] of the nearest codebook rows (squared Euclidean) for vectors z [..., D]."""
-    distances = (tf.reduce_sum(z**2, -1, keepdims=True) - 2 * tf.linalg.matmul(z, codebook, transpose_b=True)
-                 + tf.reduce_sum(codebook**2, -1))  # (..., K)
-    return tf.argmin(distances, axis=-1, output_type=tf.int32)
+    """Indices [...] of the nearest codebook rows (squared Euclidean) for vectors z [..., D].
+
+    The vectors are flattened to one matrix first: a broadcast batch matmul of some shapes
+    ([2, 1, 32, 16] by [16, 16]) returns garbage with TF 2.21's oneDNN on AVX512 EPYC CPUs (and
+    has crashed the process); a plain matrix product is exact there, and it is the faster kernel anyway.
+    """
+    rows = tf.reshape(z, [-1, tf.shape(z)[-1]])  # (N, D)
+    distances = (tf.reduce_sum(rows**2, -1, keepdims=True) - 2 * tf.linalg.matmul(rows, codebook, transpose_b=True)
+                 + tf.reduce_sum(codebook**2, -1))  # (N, K)
+    return tf.reshape(tf.argmin(distances, axis=-1, output_type=tf.int32), tf.shape(z)[:-1])
 
 
 def perplexity(indices, num_codes):

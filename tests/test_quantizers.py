@@ -18,6 +18,18 @@ def test_the_quantizer_picks_the_nearest_entry_and_counts_usage():
     assert float(perplexity(tf.constant([0, 1, 2, 3] * 5), 8)) == pytest.approx(4.0)
     assert float(perplexity(tf.constant([5] * 9), 8)) == pytest.approx(1.0)
     assert float(used_codes(tf.constant([[3, 3], [1, 7]]))) == 3
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 32, 16), (3, 4, 4, 16), (6, 16)])
+def test_nearest_codes_is_exact_for_every_code_map_shape(shape):
+    """A code row [B, 1, T, D] is what 1-D models quantize; TF's broadcast batch matmul got that shape
+    wrong on AVX512 EPYC CPUs, so the search must not depend on it."""
+    rng = np.random.default_rng(1)
+    z, codebook = rng.normal(size=shape).astype(np.float32), rng.normal(size=(16, 16)).astype(np.float32)
+    brute = np.argmin(((z[..., None, :] - codebook) ** 2).sum(-1), axis=-1)
+    indices = nearest_codes(tf.constant(z), tf.constant(codebook))
+    assert indices.shape == shape[:-1]
+    np.testing.assert_array_equal(indices, brute)
     assert [code_grid(n) for n in (16, 12, 7, 1)] == [(4, 4), (3, 4), (1, 7), (1, 1)]
 
 

@@ -16,6 +16,13 @@ def replica_id():
     return tf.cast(context.replica_id_in_sync_group, tf.int32)
 
 
+def reduce_over_replicas(value, op="MEAN"):
+    """`value` (a tensor or a nest of them) reduced with `op` ("MEAN" or "SUM") over the replicas in sync:
+    itself on one device and in a cross-replica context."""
+    context = tf.distribute.get_replica_context()
+    return value if context is None else context.all_reduce(op, value)
+
+
 def split_cpu(num_replicas):
     """Splits the host CPU into `num_replicas` logical devices (before TF initializes them)."""
     cpus = tf.config.list_physical_devices("CPU")

@@ -29,6 +29,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_vae.distribute import reduce_over_replicas
+
 EMA_DECAY = 0.99
 EMA_EPSILON = 1e-5
 USAGE_DECAY = 0.99  # the usage of an entry: an EMA of the vectors assigned to it per step
@@ -146,9 +148,7 @@ class VectorQuantizer(keras.layers.Layer):
         vectors = tf.stop_gradient(vectors)
         one_hot = tf.one_hot(indices, self.codebook_size, dtype=tf.float32)  # (N, K)
         counts, sums = tf.reduce_sum(one_hot, 0), tf.matmul(one_hot, vectors, transpose_a=True)  # (K,), (K, D)
-        context = tf.distribute.get_replica_context()
-        if context is not None:
-            counts, sums = context.all_reduce("SUM", [counts, sums])
+        counts, sums = reduce_over_replicas([counts, sums], "SUM")
         if self.ema:
             self.ema_counts.assign(EMA_DECAY * self.ema_counts + (1 - EMA_DECAY) * counts)
             self.ema_sums.assign(EMA_DECAY * self.ema_sums + (1 - EMA_DECAY) * sums)

@@ -227,3 +227,14 @@ def test_every_model_trains_on_two_mirrored_replicas():
     for name, outcome in report.items():
         assert np.all(np.isfinite(outcome["loss"])) and outcome["all_trainable_moved"], name
     assert {"codebook", "ema_counts", "ema_sums"} <= set(report["vq_vae-ema"]["moved_state"])
+
+
+def test_nvae_kl_balancing_weighs_the_groups_by_the_global_batch_on_every_replica():
+    """Two replicas whose halves of a batch use different groups: each must weigh the groups by the whole
+    batch's KL, as one device does, not by its own half."""
+    result = subprocess.run([sys.executable, os.path.join(SCRIPTS, "replica_kl_balance.py")],
+                            capture_output=True, text=True, env=env(), cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["replicas"] == 2
+    np.testing.assert_allclose(report["two_replicas"], report["one_device"], rtol=1e-6)

@@ -31,7 +31,7 @@ import inspect
 import keras
 import tensorflow as tf
 
-from keras_vae.distribute import replica_id
+from keras_vae.distribute import reduce_over_replicas, replica_id
 from keras_vae.distributions import (BernoulliLikelihood, CategoricalLikelihood, GaussianLikelihood,
                                      LogisticMixtureLikelihood, padding_mask)
 from keras_vae.errors import UserError
@@ -330,7 +330,7 @@ class Autoencoder(keras.Model):
         gradients = tape.gradient(gradient_loss, variables)
         self.apply_gradients(gradients, variables, phase)
         extra = {} if phase is None else {
-            "batch_loss": tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.MEAN, loss)}
+            "batch_loss": reduce_over_replicas(loss)}
         return self.update_trackers(loss, terms, beta, extra)
 
     def apply_gradients(self, gradients, variables, phase=None):

@@ -46,6 +46,7 @@ import keras
 import tensorflow as tf
 
 from keras_vae import losses
+from keras_vae.distribute import reduce_over_replicas
 from keras_vae.errors import UserError
 from keras_vae.hparams import Hyperparameter as H
 from keras_vae.models import register_model
@@ -105,6 +106,8 @@ def balanced_kl(kl_groups, group_sizes, warming_up):
     While `warming_up`, γ_l ∝ (batch-mean KL_l + 0.01) / α_l with α_l ∝ the group's number of latent
     variables, normalized to mean 1 and held constant (no gradient): groups that use more than their
     share of the KL are pushed harder towards their prior, and few groups cannot carry the whole code.
+    Under tf.distribute the batch mean is the global batch's (all-reduced), so every replica weighs the
+    groups alike.
     Afterwards γ_l = 1, the true KL.
 
     Args:
@@ -113,7 +116,7 @@ def balanced_kl(kl_groups, group_sizes, warming_up):
         warming_up: a boolean scalar.
     """
     alpha = tf.constant(group_sizes, tf.float32) / float(min(group_sizes))
-    gamma = (tf.reduce_mean(tf.abs(kl_groups), 0) + BALANCE_FLOOR) / alpha
+    gamma = (reduce_over_replicas(tf.reduce_mean(tf.abs(kl_groups), 0)) + BALANCE_FLOOR) / alpha
     gamma = tf.stop_gradient(gamma / tf.reduce_mean(gamma))
     gamma = tf.where(warming_up, gamma, tf.ones_like(gamma))
     return tf.reduce_sum(kl_groups * gamma, -1)

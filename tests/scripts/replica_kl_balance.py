@@ -1,0 +1,31 @@
+"""Runs in its own process (the CPU must be split before TensorFlow starts).
+
+NVAE's KL balancing on two mirrored CPU replicas, each holding half of a batch whose halves use the groups
+very differently, against the same batch on one device. Prints both as JSON.
+"""
+
+import json
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from keras_vae.distribute import split_cpu  # noqa: E402
+from keras_vae.models.nvae import balanced_kl  # noqa: E402
+
+split_cpu(2)
+SIZES = [10, 10, 40]
+# Replica 0's half puts its KL in group 0, replica 1's in group 2.
+KL = np.array([[9.0, 1.0, 0.5], [7.0, 2.0, 0.5], [0.5, 1.0, 30.0], [1.0, 3.0, 50.0]], np.float32)
+
+one_device = balanced_kl(tf.constant(KL), SIZES, tf.constant(True)).numpy()
+
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+halves = strategy.experimental_distribute_values_from_function(
+    lambda context: tf.constant(KL[2 * context.replica_id_in_sync_group:][:2]))
+per_replica = strategy.run(tf.function(lambda kl: balanced_kl(kl, SIZES, tf.constant(True))), args=(halves,))
+two_replicas = np.concatenate([t.numpy() for t in strategy.experimental_local_results(per_replica)])
+print(json.dumps({"replicas": strategy.num_replicas_in_sync, "one_device": one_device.tolist(),
+                  "two_replicas": two_replicas.tolist()}))

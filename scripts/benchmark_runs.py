@@ -32,6 +32,48 @@ def timed_fit(config):
     return times
 
 
+def chunked_evaluation(model, split, count, iw_samples, cache, chunk=500, budget_seconds=None):
+    """`keras_vae.evaluate.evaluate_model` on the first `count` examples of `split`, `chunk` at a time, each
+    chunk's result kept in the JSON file `cache` so that a long scoring (the whole test split at K = 1000)
+    can stop and go on in a later process. Stops starting chunks after `budget_seconds`.
+
+    Returns the first chunk's evaluation (its per-group statistics) with `nll_iw`, its standard error,
+    `num_examples` and `seconds` over all the chunks scored so far, in order from the first.
+    """
+    from keras_vae.evaluate import evaluate_model
+    from keras_vae.metrics import standard_error
+
+    done = json.load(open(cache)) if os.path.exists(cache) else {}
+    start = time.time()
+    for first in range(0, count, chunk):
+        key = f"{first}-{min(first + chunk, count)}"
+        if key in done:
+            continue
+        if budget_seconds is not None and time.time() - start > budget_seconds:
+            break
+        began = time.time()
+        result = evaluate_model(model, split.rows(first, first + chunk), iw_samples=iw_samples, progress=False)
+        done[key] = dict(result, seconds=time.time() - began)
+        with open(cache, "w") as f:  # after each chunk: an interrupted scoring keeps what it measured
+            json.dump(done, f, default=lambda value: value.tolist())  # NumPy scalars and arrays
+    scored = []
+    for first in range(0, count, chunk):  # the scored prefix, so that every row scores the same images
+        key = f"{first}-{min(first + chunk, count)}"
+        if key not in done:
+            break
+        scored.append(done[key])
+    if not scored:
+        raise SystemExit(f"No chunk of {chunk} examples was scored within the budget ({budget_seconds} s).")
+    sizes = [r["num_examples"] for r in scored]
+    n = sum(sizes)
+    mean = sum(r["nll_iw"] * size for r, size in zip(scored, sizes)) / n
+    # Each chunk's mean square, from its mean and standard error (the inverse of metrics.standard_error).
+    squares = sum(size * (r["nll_iw"] ** 2 + (r["nll_iw_stderr"] or 0.0) ** 2 * (size - 1))
+                  for r, size in zip(scored, sizes)) / n
+    return dict(scored[0], nll_iw=mean, nll_iw_stderr=standard_error(mean, squares, n), num_examples=n,
+                seconds=sum(r["seconds"] for r in scored))
+
+
 def cpu_model():
     try:
         with open("/proc/cpuinfo") as f:

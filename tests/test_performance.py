@@ -81,3 +81,42 @@ def test_the_benchmark_scores_the_reference_with_the_same_evaluator():
     report = evaluate_model(adapter, Split("test", x), iw_samples=50, batch_size=10, progress=False)
     assert report["kl"] == pytest.approx(closed_form.mean(), rel=1e-4)
     assert report["nll_iw"] <= -report["elbo"] + 0.5
+
+
+def test_chunked_scoring_equals_one_pass_and_goes_on_from_its_cache(tmp_path):
+    """The benchmarks' long scorings: chunks kept in a file add up to the one-pass evaluation (the same
+    importance samples per image), and a later call reuses the kept chunks rather than scoring them again."""
+    import json
+    import os
+    import sys
+
+    import keras
+    import numpy as np
+
+    from conftest import REPO, tiny_images
+    from keras_vae.data.splits import Split
+    from keras_vae.evaluate import evaluate_model
+    from keras_vae.models.vae import VAE
+
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    from benchmark_runs import chunked_evaluation
+
+    keras.utils.set_random_seed(0)
+    model = VAE((28, 28, 1), latent_dim=3)
+    split = Split("test", (tiny_images(250) > 127).astype(np.float32))
+    cache = str(tmp_path / "nll.json")
+    with pytest.raises(SystemExit, match="within the budget"):
+        chunked_evaluation(model, split, 250, 20, cache, chunk=100, budget_seconds=-1)
+    first = chunked_evaluation(model, split, 100, 20, cache, chunk=100)
+    assert list(json.load(open(cache))) == ["0-100"] and first["num_examples"] == 100
+    whole = evaluate_model(model, split, iw_samples=20, progress=False)
+    chunked = chunked_evaluation(model, split, 250, 20, cache, chunk=100)
+    assert chunked["num_examples"] == 250
+    assert chunked["nll_iw"] == pytest.approx(whole["nll_iw"], rel=1e-6)
+    assert chunked["nll_iw_stderr"] == pytest.approx(whole["nll_iw_stderr"], rel=1e-4)
+    kept = json.load(open(cache))
+    assert list(kept) == ["0-100", "100-200", "200-250"]
+    kept["0-100"]["nll_iw"] += 100.0  # a kept chunk is read, not scored again
+    json.dump(kept, open(cache, "w"))
+    again = chunked_evaluation(model, split, 250, 20, cache, chunk=100)
+    assert again["nll_iw"] == pytest.approx(whole["nll_iw"] + 100.0 * 100 / 250, rel=1e-6)

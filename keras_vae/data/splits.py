@@ -31,8 +31,12 @@ class Split:
 
     def head(self, count):
         """The first `count` examples, with their labels, factors and masks."""
-        cut = (lambda a: None if a is None else a[:count])
-        return Split(self.name, self.x[:count], cut(self.y), cut(self.factors), cut(self.mask), self.factor_names,
+        return self.rows(0, count)
+
+    def rows(self, start, stop):
+        """Examples start..stop-1, with their labels, factors and masks."""
+        cut = (lambda a: None if a is None else a[start:stop])
+        return Split(self.name, cut(self.x), cut(self.y), cut(self.factors), cut(self.mask), self.factor_names,
                      self.audio)
 
     def labels(self, name="label"):

@@ -132,17 +132,28 @@ def fit(config_file, force, **flags):
 
 @cli.command("fit-prior")
 @click.argument("run_dir")
-@click.option("--epochs", type=int, default=20, show_default=True)
+@click.option("--epochs", type=int, default=20, show_default=True,
+              help="Epochs of the PixelCNN priors; for a mixture prior, the most EM iterations.")
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--learning-rate", type=float, default=1e-3, show_default=True)
 @click.option("--export-dir", help="Where the new SavedModel version goes (default: the run's --export-dir).")
 @click.option("--export/--no-export", default=True, show_default=True, help="Export a new version with the prior.")
 def fit_prior(run_dir, epochs, batch_size, learning_rate, export_dir, export):
-    """Train a discrete-code run's PixelCNN priors over its code maps; sampling then goes through them."""
+    """Fit a finished run's prior to the codes its encoder makes.
+
+    A discrete-code run (vq_vae, vq_vae2) trains its PixelCNN priors over its code maps, and sampling then goes
+    through them. A run with a learned mixture prior (--prior mog) has the mixture refitted by EM to draws from
+    its aggregate posterior over the training split (ex-post density estimation)."""
     from keras_vae.code_prior import fit_prior as run_fit_prior
 
     result = run_fit_prior(run_dir, epochs, batch_size, learning_rate, export, export_dir)
     exported = f"; exported to {result['export_path']}" if result["export_path"] else ""
+    if "prior_em" in result["history"]:
+        curve = result["history"]["prior_em"]
+        click.echo(f"Done. Refitted the mixture prior by EM ({result['iterations']} iterations): mean log p(z) "
+                   f"of the training codes {curve[0]:.2f} -> {curve[-1]:.2f} nats; test ELBO "
+                   f"{result['test_elbo_before']:.2f} -> {result['test_elbo_after']:.2f}{exported}.")
+        return
     click.echo(f"Done. Test -log p(code maps) {result['test_nats']:.2f} nats under the PixelCNN priors "
                f"(uniform prior: {result['uniform_nats']:.2f}), trained on {result['replicas']} "
                f"replica{'s' if result['replicas'] > 1 else ''}{exported}.")

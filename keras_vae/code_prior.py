@@ -1,4 +1,11 @@
-"""`fit_prior`: trains a finished discrete-code run's PixelCNN priors over its code maps (`keras-vae fit-prior`)."""
+"""`fit_prior` (`keras-vae fit-prior`): a finished run's prior fitted to the codes its encoder makes.
+
+A discrete-code run (vq_vae, vq_vae2) trains its PixelCNN priors over its code maps. A continuous run with a
+learned mixture prior (`--prior mog`) has it refitted by expectation-maximization to draws from the aggregate
+posterior q(z) = E_x q(z | x) of the training split: the maximum-likelihood mixture for those codes, which
+maximizes the ELBO's E_q[log p(z)] term for the trained encoder and decoder (a joint SGD fit lags it), and
+whose samples fall where the decoder was trained (ex-post density estimation, Ghosh et al. 2020).
+"""
 
 import math
 import os
@@ -7,7 +14,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_vae import distribute, runs
+from keras_vae import distribute, priors, runs
+from keras_vae.codes import posterior_samples
 from keras_vae.config import RUN_HYPERPARAMETERS
 from keras_vae.data.datasets import dataset_of
 from keras_vae.data.splits import batches, load_split
@@ -16,6 +24,8 @@ from keras_vae.export import export_saved_model, save_keras_model
 from keras_vae.files import write_json
 from keras_vae.models import get_model_class
 from keras_vae.models.vq import keyed
+
+HELD_OUT_CODES = 0.1  # of the aggregate-posterior draws, judging when the mixture refit stops
 
 
 def code_maps(model, data, batch_size=500):
@@ -61,9 +71,13 @@ def fit_prior(run_dir, epochs=20, batch_size=128, learning_rate=1e-3, export=Tru
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("learning_rate", learning_rate)):
         RUN_HYPERPARAMETERS[name].check(value)
     config = runs.finished_run_config(run_dir)
+    if config.to_dict().get("prior") == "mog":
+        return refit_mixture(run_dir, max_iterations=epochs, export=export, export_dir=export_dir)
     if not hasattr(get_model_class(config.model), "prior_of"):
-        raise UserError(f"fit-prior trains the code priors of a discrete-code run (vq_vae, vq_vae2); {run_dir} "
-                        f"holds a {config.model} model.")
+        prior = config.to_dict().get("prior")
+        raise UserError(f"fit-prior trains the code priors of a discrete-code run (vq_vae, vq_vae2) or refits a "
+                        f"learned mixture prior (--prior mog); {run_dir} holds a {config.model} model"
+                        f"{f' with the {prior} prior' if prior else ''}.")
     strategy = distribute.make_strategy(config.strategy, config.cpu_replicas)  # before anything starts TF's devices
     if batch_size % strategy.num_replicas_in_sync:
         raise UserError(f"--batch-size must divide evenly over the run's {strategy.num_replicas_in_sync} replicas. "
@@ -94,6 +108,45 @@ def fit_prior(run_dir, epochs=20, batch_size=128, learning_rate=1e-3, export=Tru
     result = {"history": history, "test_nats": sum(h["val_loss"][-1] for h in history.values()),
               "uniform_nats": positions * math.log(model.num_codes), "export_path": None,
               "replicas": strategy.num_replicas_in_sync}
+    if export:
+        result["export_path"] = export_saved_model(model, export_dir or config.export_dir,
+                                                   runs.export_name(config, run_dir))
+    return result
+
+
+def refit_mixture(run_dir, max_iterations=20, export=True, export_dir=None, tolerance=1e-4):
+    """Refits a finished run's mixture prior (`--prior mog`) by EM to one draw z ~ q(z | x) per training
+    example, started from the trained mixture and stopped when a held-out tenth of the draws stops gaining
+    `tolerance` nats, rewrites model.keras (atomically) and exports a new version.
+
+    Returns:
+        dict with `history` ({"prior_em": the held-out draws' mean log p(z) at the start and after each EM
+        iteration}),
+        `test_elbo_before` and `test_elbo_after` (the test split's ELBO with the old and the new prior, nats),
+        `iterations`, `export_path` and `replicas` (1: EM runs on the host).
+    """
+    from keras_vae.evaluate import evaluate_model
+
+    config, model = runs.load_run(run_dir)
+    dataset = dataset_of(config)
+    train, test = (load_split(config, split, dataset) for split in ("train", "test"))
+    codes = posterior_samples(model, train, config.seed)
+    codes = codes[np.random.default_rng(config.seed).permutation(len(codes))]
+    held_out = max(1, int(HELD_OUT_CODES * len(codes)))  # EM stops where these stop gaining
+    test_elbo = (lambda: evaluate_model(model, test, iw_samples=1, progress=False)["elbo"])
+    before = test_elbo()
+    current = (v.numpy() for v in (model.prior_logits, model.prior_loc, model.prior()
+                                                                      .components_distribution.distribution.scale))
+    logits, loc, scale, curve = priors.fit_mixture(codes[held_out:], *current, held_out=codes[:held_out],
+                                                   max_iterations=max_iterations, tolerance=tolerance)
+    priors.assign_mixture(model, logits, loc, scale)
+    after = test_elbo()
+    save_keras_model(model, os.path.join(run_dir, runs.MODEL_FILE))
+    history = {"prior_em": curve}
+    write_json(os.path.join(run_dir, runs.MIXTURE_REFIT_FILE),
+               dict(history, test_elbo_before=before, test_elbo_after=after, codes=len(codes)))
+    result = {"history": history, "test_elbo_before": before, "test_elbo_after": after,
+              "iterations": len(curve) - 1, "export_path": None, "replicas": 1}
     if export:
         result["export_path"] = export_saved_model(model, export_dir or config.export_dir,
                                                    runs.export_name(config, run_dir))

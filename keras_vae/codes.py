@@ -32,6 +32,16 @@ def labelled_batches(model, data, batch_size=BATCH, masks=False):
             yield tf.constant(x), y, mask
 
 
+def posterior_samples(model, data, seed, batch_size=BATCH):
+    """One code z ~ q(z | x) per example of a split, [N, code_dim]: draws from the aggregate posterior."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for x, y in labelled_batches(model, data, batch_size):
+        mean, spread = (a.numpy() for a in model.encode(x, y))
+        parts.append(mean + spread * rng.standard_normal(mean.shape))
+    return np.concatenate(parts)
+
+
 def encode_means(model, data, batch_size=BATCH):
     """The code means [N, code_dim] of a split."""
     return np.concatenate([model.encode(x, y)[0].numpy() for x, y in labelled_batches(model, data, batch_size)])

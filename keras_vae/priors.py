@@ -7,9 +7,12 @@ References:
     Tomczak & Welling (2018). VAE with a VampPrior. AISTATS.
     Dilokthanakul et al. (2016). Deep Unsupervised Clustering with Gaussian
         Mixture Variational Autoencoders.
+    Ghosh et al. (2020). From Variational to Deterministic Autoencoders. ICLR:
+        a mixture fitted to the codes after training (ex-post density estimation).
 """
 
 import keras
+import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
@@ -17,6 +20,7 @@ from keras_vae.errors import UserError
 
 tfd = tfp.distributions
 PRIORS = ("normal", "mog", "vamp")
+SCALE_FLOOR = 1e-4  # added to every learned mixture scale
 
 
 def gaussian_mixture(logits, loc, scale):
@@ -49,8 +53,65 @@ def add_prior_weights(model, name, components):
 def learned_prior(model, name):
     """p(z) for a model whose weights `add_prior_weights` created."""
     if name == "mog":
-        return gaussian_mixture(model.prior_logits, model.prior_loc, tf.nn.softplus(model.prior_raw_scale) + 1e-4)
+        return gaussian_mixture(model.prior_logits, model.prior_loc, tf.nn.softplus(model.prior_raw_scale) + SCALE_FLOOR)
     # VampPrior: p(z) = (1/K) Σ_k q(z | u_k), the posterior at K learned pseudo-inputs u_k.
     loc, scale = model.encode(model.pseudo_inputs)
     components = tf.shape(loc)[0]
     return gaussian_mixture(tf.zeros([components]), loc, scale)
+
+
+def assign_mixture(model, logits, loc, scale):
+    """Sets a `mog` prior's weights so that `learned_prior` is Σ_k softmax(logits)_k N(loc_k, diag(scale_k²))."""
+    scale = np.maximum(np.asarray(scale, np.float64) - SCALE_FLOOR, 1e-12)
+    model.prior_logits.assign(np.asarray(logits, np.float32))
+    model.prior_loc.assign(np.asarray(loc, np.float32))
+    model.prior_raw_scale.assign((scale + np.log(-np.expm1(-scale))).astype(np.float32))  # softplus⁻¹
+
+
+def mixture_log_likelihood(points, logits, loc, scale):
+    """log Σ_k π_k N(x; loc_k, diag(scale_k²)) per point [N] and the responsibilities [N, K] (float64 NumPy)."""
+    points, loc, scale = (np.asarray(a, np.float64) for a in (points, loc, scale))
+    log_pi = np.asarray(logits, np.float64) - np.logaddexp.reduce(logits)
+    precision = 1.0 / scale**2  # [K, L]; Σ_l (x_l − μ_kl)² / σ_kl² expanded into matrix products, not [N, K, L]
+    squares = (points * points) @ precision.T - 2 * points @ (loc * precision).T + np.sum(loc**2 * precision, 1)
+    log_joint = log_pi - 0.5 * (squares + np.sum(np.log(2 * np.pi * scale**2), 1))
+    log_likelihood = np.logaddexp.reduce(log_joint, axis=1)
+    return log_likelihood, np.exp(log_joint - log_likelihood[:, None])
+
+
+def mixture_em_step(points, logits, loc, scale, min_scale):
+    """One EM iteration of a diagonal Gaussian mixture on `points` [N, L]: the new (logits, loc, scale). A
+    component that no point claims keeps its place and gets weight ~0; scales stay ≥ `min_scale`."""
+    _, responsibility = mixture_log_likelihood(points, logits, loc, scale)
+    loc, scale = np.array(loc, np.float64), np.array(scale, np.float64)
+    counts = responsibility.sum(0)  # [K]
+    claimed = counts > 1e-8
+    weights = responsibility[:, claimed] / counts[claimed]
+    loc[claimed] = weights.T @ points
+    variance = weights.T @ (points * points) - loc[claimed] ** 2
+    scale[claimed] = np.sqrt(np.maximum(variance, min_scale**2))
+    return np.log(np.maximum(counts / len(points), 1e-30)), loc, scale
+
+
+def fit_mixture(points, logits, loc, scale, held_out=None, max_iterations=200, tolerance=1e-5, min_scale=1e-3):
+    """Expectation-maximization for a diagonal Gaussian mixture on `points` [N, L], started from
+    (logits, loc, scale), stopped when an iteration raises the mean log-likelihood of `held_out` (of `points`
+    when None) by less than `tolerance` nats per point: that iteration is not taken, so a mixture that would
+    start to fit its points' noise (components narrowing onto single codes) stops where it generalizes best.
+
+    Returns:
+        (logits [K], loc [K, L], scale [K, L], the judged mean log-likelihood at the start and after each
+        iteration taken).
+    """
+    points = np.asarray(points, np.float64)
+    judged = points if held_out is None else np.asarray(held_out, np.float64)
+    params = tuple(np.array(a, np.float64) for a in (logits, loc, scale))
+    curve = [float(mixture_log_likelihood(judged, *params)[0].mean())]
+    for _ in range(max_iterations):
+        candidate = mixture_em_step(points, *params, min_scale)
+        score = float(mixture_log_likelihood(judged, *candidate)[0].mean())
+        if score - curve[-1] < tolerance:
+            break
+        params = candidate
+        curve.append(score)
+    return (*params, curve)

@@ -28,6 +28,7 @@ EXPORT_FILE = "export.json"
 CHECKPOINT_DIR = "checkpoints"
 LOG_DIR = "logs"
 PRIOR_HISTORY_FILE = "prior_history.json"  # written by fit-prior; its presence means the prior is fitted
+MIXTURE_REFIT_FILE = "prior_refit.json"  # fit-prior's EM refit of a mixture prior (training on stays allowed)
 
 # Settings that may change between the runs of one run directory: where
 # things go and how fast they run, not what is trained.

@@ -28,8 +28,9 @@ def labels(num=64):
 
 
 def make(name, **extra):
-    config = config_for(name, latent_dim=3, seed=1, kl_warmup_steps=0, prior_components=4,
-                        **(SMALL_NVAE if name == "nvae" else {}), **extra)
+    values = dict(latent_dim=3, seed=1, kl_warmup_steps=0, prior_components=4,
+                  **(SMALL_NVAE if name == "nvae" else {}))
+    config = config_for(name, **dict(values, **extra))
     model = build_model(config, (28, 28, 1), num_classes=3)
     model.compile(optimizer=keras.optimizers.Adam(3e-3))
     return model
@@ -299,3 +300,76 @@ def test_the_disentangling_objectives_log_their_terms_every_epoch(name, tags):
         assert len(history[tag]) == 2 and np.all(np.isfinite(history[tag]))
     if name == "beta_tc_vae":  # the total correlation of a trained batch is a positive number of nats
         assert history["total_correlation"][-1] > 0
+
+
+def test_em_refits_a_mixture_and_assigns_it_to_the_learned_prior():
+    """EM from a poor start recovers a known two-component mixture; its log-likelihood is the tfd mixture's;
+    the fit assigned to a `mog` prior is what that prior then is."""
+    from keras_vae import priors
+
+    rng = np.random.default_rng(0)
+    points = np.concatenate([rng.normal([-3.0, 0.0], [0.5, 1.0], (3000, 2)),
+                             rng.normal([3.0, 2.0], [1.0, 0.3], (2000, 2))])[rng.permutation(5000)]
+    start = (np.zeros(2), np.array([[-1.0, 0.0], [1.0, 0.0]]), np.ones((2, 2)))
+    reference = priors.gaussian_mixture(*(tf.constant(a, tf.float32) for a in start))
+    np.testing.assert_allclose(priors.mixture_log_likelihood(points, *start)[0],
+                               reference.log_prob(points.astype(np.float32)).numpy(), rtol=1e-5)
+    logits, loc, scale, curve = priors.fit_mixture(points[500:], *start, held_out=points[:500])
+    np.testing.assert_allclose(np.exp(logits) / np.exp(logits).sum(), [0.6, 0.4], atol=0.02)
+    np.testing.assert_allclose(loc, [[-3.0, 0.0], [3.0, 2.0]], atol=0.06)
+    np.testing.assert_allclose(scale, [[0.5, 1.0], [1.0, 0.3]], rtol=0.05)
+    assert np.all(np.diff(curve) > 0) and curve[-1] - curve[0] > 3.0
+
+    model = make("vae", prior="mog", prior_components=2, latent_dim=2)
+    priors.assign_mixture(model, logits, loc, scale)
+    prior = model.prior()
+    np.testing.assert_allclose(prior.mixture_distribution.probs_parameter().numpy(),
+                               np.exp(logits) / np.exp(logits).sum(), rtol=1e-5)
+    np.testing.assert_allclose(prior.components_distribution.distribution.scale.numpy(), scale, rtol=1e-4)
+    np.testing.assert_allclose(prior.components_distribution.distribution.loc.numpy(), loc, rtol=1e-6)
+
+
+def test_em_stops_before_the_mixture_fits_the_noise_of_few_codes():
+    """Ten components on 40 draws of one Gaussian: fitted to convergence they narrow onto single codes and
+    score fresh draws far worse; judged on held-out draws, EM stops before that."""
+    from keras_vae import priors
+
+    rng = np.random.default_rng(1)
+    points, held_out, fresh = (rng.normal(size=(n, 3)) for n in (40, 40, 5000))
+    start = (np.zeros(10), rng.normal(size=(10, 3)), np.ones((10, 3)))
+    overfit = priors.fit_mixture(points, *start, max_iterations=500, tolerance=-np.inf)
+    stopped = priors.fit_mixture(points, *start, held_out=held_out, max_iterations=500)
+    score = (lambda fit: priors.mixture_log_likelihood(fresh, *fit[:3])[0].mean())
+    assert score(stopped) > score(overfit) + 1.0
+    assert len(stopped[3]) < 500
+
+
+def test_fit_prior_refits_a_trained_mixture_prior_to_the_aggregate_posterior(tmp_path):
+    """`keras-vae fit-prior` on a `--prior mog` run: the refitted prior assigns the test split's codes a
+    higher likelihood than the jointly trained one, the model file holds it, and training on stays allowed."""
+    from keras_vae import runs
+    from keras_vae.codes import posterior_samples
+    from keras_vae.data import datasets
+    from keras_vae.data.splits import load_split
+
+    data = datasets.load_sprites(size=28, num_train=2048, num_test=512, seed=0)
+    np.savez(tmp_path / "sprites.npz", x=data.x_train, x_test=data.x_test)
+    run = tmp_path / "run"
+    result = invoke("fit", "--dataset", tmp_path / "sprites.npz", "--prior", "mog", "--prior-components", 20,
+                    "--latent-dim", 4, "--epochs", 2, "--run-dir", run, "--no-export")
+    assert result.exit_code == 0, result.output
+    config, trained = runs.load_run(str(run))
+    test = load_split(config, "test")
+    codes = posterior_samples(trained, test, seed=5)
+    before = float(tf.reduce_mean(trained.prior().log_prob(codes.astype(np.float32))))
+
+    result = invoke("fit-prior", run, "--no-export")
+    assert result.exit_code == 0, result.output
+    assert "Refitted the mixture prior by EM" in result.output
+    refit = json.load(open(run / runs.MIXTURE_REFIT_FILE))
+    assert len(refit["prior_em"]) > 1 and refit["codes"] == 2048
+    _, model = runs.load_run(str(run))
+    after = float(tf.reduce_mean(model.prior().log_prob(codes.astype(np.float32))))
+    assert after > before + 0.1
+    assert not (run / runs.PRIOR_HISTORY_FILE).exists()  # nothing marks a stale code prior: training may go on
+    assert refit["test_elbo_after"] > refit["test_elbo_before"]

@@ -4,6 +4,7 @@
     python scripts/first_run.py                     # the default `keras-vae fit`, trained and judged
     python scripts/first_run.py --before            # ... and, first, the declared defaults it replaced
     python scripts/first_run.py --flags "--epochs 3" # extra fit flags for every row
+    python scripts/first_run.py --refit-prior       # each row also judged after `keras-vae fit-prior` (EM refit)
     python scripts/first_run.py score RUN_DIR ...   # judge runs that exist
 
 Each row trains `keras-vae fit` in a fresh process (so the wall time is a
@@ -21,6 +22,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -84,6 +86,17 @@ def train(flags, run_dir):
     return time.perf_counter() - start
 
 
+def refit(run_dir):
+    """A copy of the run with its mixture prior refitted by `keras-vae fit-prior` in a fresh process:
+    (the copy, the wall seconds of fit-prior)."""
+    copy = run_dir.rstrip("/") + "-refit"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(run_dir, copy)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "keras_vae.cli", "fit-prior", copy, "--no-export"], check=True, cwd=REPO)
+    return copy, time.perf_counter() - start
+
+
 def row(report):
     s, r = report["samples"], report["reconstructions"]
     shares = "/".join(f"{s[k]:.2f}" if s[k] is not None else "-" for k in ("square", "ellipse", "heart"))
@@ -115,13 +128,19 @@ def main(argv=None):
     parser.add_argument("runs", nargs="*", help="`score RUN_DIR ...`: judge existing runs instead of training")
     parser.add_argument("--before", action="store_true", help="also train the old defaults, first")
     parser.add_argument("--flags", default="", help="extra fit flags for every trained row")
+    parser.add_argument("--refit-prior", action="store_true",
+                        help="also judge each run after `keras-vae fit-prior` refits its mixture prior")
     parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "first_run.json"))
     args = parser.parse_args(argv)
     reports = []
     if args.runs:
         if args.runs[0] != "score":
             parser.error("positional arguments must be: score RUN_DIR ...")
-        reports = [dict(score(run), label=run) for run in args.runs[1:]]
+        for run in args.runs[1:]:
+            reports.append(dict(score(run), label=run))
+            if args.refit_prior:
+                copy, seconds = refit(run)
+                reports.append(dict(score(copy), label=f"{run} + fit-prior ({seconds:.0f} s)"))
     else:
         scratch = tempfile.mkdtemp(prefix="first-run-")
         old = declared_defaults_flags()
@@ -130,8 +149,11 @@ def main(argv=None):
             run_dir = os.path.join(scratch, str(len(reports)))
             flags = shlex.split(flags) + shlex.split(args.flags)
             wall = train(flags, run_dir)
-            reports.append(dict(score(run_dir), label=label + (" " + args.flags if args.flags else ""),
-                                wall_s=wall))
+            label += " " + args.flags if args.flags else ""
+            reports.append(dict(score(run_dir), label=label, wall_s=wall))
+            if args.refit_prior:
+                copy, seconds = refit(run_dir)
+                reports.append(dict(score(copy), label=label + " + fit-prior", wall_s=wall + seconds))
     print_table(reports)
     with open(args.out, "w") as f:
         json.dump(reports, f, indent=1)

@@ -17,8 +17,9 @@ def replica_id():
 
 
 def reduce_over_replicas(value, op="MEAN"):
-    """`value` (a tensor or a nest of them) reduced with `op` ("MEAN" or "SUM") over the replicas in sync:
-    itself on one device and in a cross-replica context."""
+    """`value` (a tensor or a nest of them) reduced with `op` ("MEAN" or "SUM") over the replicas in sync
+    (the default strategy's single replica reduces to the value itself); in a cross-replica context, where
+    there is nothing to reduce over, the value unchanged."""
     context = tf.distribute.get_replica_context()
     return value if context is None else context.all_reduce(op, value)
 

@@ -32,36 +32,53 @@ def timed_fit(config):
     return times
 
 
-def chunked_evaluation(model, split, count, iw_samples, cache, chunk=500, budget_seconds=None):
-    """`keras_vae.evaluate.evaluate_model` on the first `count` examples of `split`, `chunk` at a time, each
-    chunk's result kept in the JSON file `cache` so that a long scoring (the whole test split at K = 1000)
-    can stop and go on in a later process. Stops starting chunks after `budget_seconds`.
+def chunked_evaluation(model, split, count, iw_samples, cache, fingerprint, chunk=500, batch_size=100,
+                       budget_seconds=None):
+    """−log p(x) by `keras_vae.evaluate.evaluate_model` on the first `count` examples of `split`, `chunk` at a
+    time, each chunk's figures kept in the JSON file `cache` so that a long scoring (the whole test split at
+    K = 1000) can stop and go on in a later process. Stops starting chunks after `budget_seconds`.
 
-    Returns the first chunk's evaluation (its per-group statistics) with `nll_iw`, its standard error,
-    `num_examples` and `seconds` over all the chunks scored so far, in order from the first.
+    The evaluator seeds the importance samples of every batch alike, so chunks that are whole batches
+    (`chunk` a multiple of `batch_size`) give each image the noise of a single pass: the pooled figures equal
+    one evaluation of the scored images. A cache written for another `fingerprint` (another model, a retrained
+    run) is discarded.
+
+    Returns:
+        dict with `nll_iw`, `nll_iw_stderr`, `num_examples` and `seconds` (of the importance-weighted
+        scoring, summed over every call) over the chunks scored so far, in order from the first, and the
+        first chunk's `code_groups` and `active_units` (per-group figures do not pool).
     """
     from keras_vae.evaluate import evaluate_model
+    from keras_vae.files import write_json
     from keras_vae.metrics import standard_error
 
+    if chunk % batch_size:
+        raise ValueError(f"chunk ({chunk}) must be a multiple of batch_size ({batch_size}).")
     done = json.load(open(cache)) if os.path.exists(cache) else {}
+    if done.get("fingerprint") != fingerprint:
+        done = {"fingerprint": fingerprint, "chunks": {}}
     start = time.time()
     for first in range(0, count, chunk):
         key = f"{first}-{min(first + chunk, count)}"
-        if key in done:
+        if key in done["chunks"]:
             continue
         if budget_seconds is not None and time.time() - start > budget_seconds:
             break
         began = time.time()
-        result = evaluate_model(model, split.rows(first, first + chunk), iw_samples=iw_samples, progress=False)
-        done[key] = dict(result, seconds=time.time() - began)
-        with open(cache, "w") as f:  # after each chunk: an interrupted scoring keeps what it measured
-            json.dump(done, f, default=lambda value: value.tolist())  # NumPy scalars and arrays
+        result = evaluate_model(model, split.rows(first, first + chunk), iw_samples=iw_samples,
+                                batch_size=batch_size, progress=False)
+        figures = {name: result[name] for name in ("num_examples", "nll_iw", "nll_iw_stderr", "code_groups",
+                                                   "active_units")}
+        # NumPy scalars to plain numbers, for JSON.
+        done["chunks"][key] = dict(json.loads(json.dumps(figures, default=lambda value: value.tolist())),
+                                   seconds=time.time() - began)
+        write_json(cache, done)  # atomic, after each chunk: an interrupted scoring keeps what it measured
     scored = []
     for first in range(0, count, chunk):  # the scored prefix, so that every row scores the same images
         key = f"{first}-{min(first + chunk, count)}"
-        if key not in done:
+        if key not in done["chunks"]:
             break
-        scored.append(done[key])
+        scored.append(done["chunks"][key])
     if not scored:
         raise SystemExit(f"No chunk of {chunk} examples was scored within the budget ({budget_seconds} s).")
     sizes = [r["num_examples"] for r in scored]
@@ -70,8 +87,15 @@ def chunked_evaluation(model, split, count, iw_samples, cache, chunk=500, budget
     # Each chunk's mean square, from its mean and standard error (the inverse of metrics.standard_error).
     squares = sum(size * (r["nll_iw"] ** 2 + (r["nll_iw_stderr"] or 0.0) ** 2 * (size - 1))
                   for r, size in zip(scored, sizes)) / n
-    return dict(scored[0], nll_iw=mean, nll_iw_stderr=standard_error(mean, squares, n), num_examples=n,
-                seconds=sum(r["seconds"] for r in scored))
+    return {"nll_iw": mean, "nll_iw_stderr": standard_error(mean, squares, n), "num_examples": n,
+            "seconds": sum(r["seconds"] for r in scored), "code_groups": scored[0]["code_groups"],
+            "active_units": scored[0]["active_units"]}
+
+
+def file_fingerprint(path):
+    """A file's size and modification time: what changes when a run's model is written again."""
+    status = os.stat(path)
+    return f"{status.st_size}-{status.st_mtime_ns}"
 
 
 def cpu_model():

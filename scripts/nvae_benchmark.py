@@ -26,7 +26,7 @@ Each row is scored on the test split: the ELBO on the whole split; −log p(x) w
 samples on the first `--test-images` images (the same images for every row), with its standard error, scored
 500 images at a time and kept in the run (`nll_iw-K<K>.json`), so that the whole split at K = 1000 (1.6 hours
 for the preset on a 2-core EPYC VM) can be spread over calls with `--score-minutes`; each
-group's KL and active units on those images; the test ELBO after every epoch (the learning curve, from the
+group's KL and active units on the first 500 of them; the test ELBO after every epoch (the learning curve, from the
 run's validation, which is the test split); training images per second over the optimizer steps alone;
 and the peak memory of the process so far. Sample grids at T = 1 and, after the batch-norm readjustment,
 T = 0.7 go to `benchmarks/nvae/<row>-<epochs>ep-t<T>.png`. Writes `benchmarks/nvae.json` and prints the Markdown
@@ -40,7 +40,7 @@ import resource
 import sys
 import tempfile
 
-from benchmark_runs import chunked_evaluation, timed_fit
+from benchmark_runs import chunked_evaluation, file_fingerprint, timed_fit
 from reproduce import load_config, machine
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -92,7 +92,8 @@ def measure(row, args):
     whole = evaluate_model(model, test, iw_samples=1, progress=False)
     head = chunked_evaluation(model, test, min(args.test_images, len(test.x)), args.iw_samples,
                               os.path.join(config.run_dir, f"nll_iw-K{args.iw_samples}.json"),
-                              budget_seconds=args.score_minutes and 60 * args.score_minutes)
+                              file_fingerprint(os.path.join(config.run_dir, "model.keras")),
+                              budget_seconds=None if args.score_minutes is None else 60 * args.score_minutes)
     sample_grids(model, f"{row}-{config.epochs}ep", os.path.join(os.path.dirname(args.out), "nvae"))
     steps_per_epoch = len(load_split(config, "train").x) // config.batch_size
     trained = steps_per_epoch * config.batch_size * config.epochs

@@ -230,8 +230,8 @@ def test_every_model_trains_on_two_mirrored_replicas():
 
 
 def test_nvae_kl_balancing_weighs_the_groups_by_the_global_batch_on_every_replica():
-    """Two replicas whose halves of a batch use different groups: each must weigh the groups by the whole
-    batch's KL, as one device does, not by its own half."""
+    """Two replicas whose parts of a batch (3 rows and 1) use different groups: each must weigh the groups
+    by the whole batch's KL, as one device does, not by its own part or a mean of the parts' means."""
     result = subprocess.run([sys.executable, os.path.join(SCRIPTS, "replica_kl_balance.py")],
                             capture_output=True, text=True, env=env(), cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]

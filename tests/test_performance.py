@@ -85,7 +85,8 @@ def test_the_benchmark_scores_the_reference_with_the_same_evaluator():
 
 def test_chunked_scoring_equals_one_pass_and_goes_on_from_its_cache(tmp_path):
     """The benchmarks' long scorings: chunks kept in a file add up to the one-pass evaluation (the same
-    importance samples per image), and a later call reuses the kept chunks rather than scoring them again."""
+    importance samples per image), a later call reuses the kept chunks rather than scoring them again, and a
+    cache of another model is not reused."""
     import json
     import os
     import sys
@@ -105,18 +106,22 @@ def test_chunked_scoring_equals_one_pass_and_goes_on_from_its_cache(tmp_path):
     model = VAE((28, 28, 1), latent_dim=3)
     split = Split("test", (tiny_images(250) > 127).astype(np.float32))
     cache = str(tmp_path / "nll.json")
+    score = (lambda count, **kw: chunked_evaluation(model, split, count, 20, cache, kw.pop("fingerprint", "a"),
+                                                     chunk=100, **kw))
     with pytest.raises(SystemExit, match="within the budget"):
-        chunked_evaluation(model, split, 250, 20, cache, chunk=100, budget_seconds=-1)
-    first = chunked_evaluation(model, split, 100, 20, cache, chunk=100)
-    assert list(json.load(open(cache))) == ["0-100"] and first["num_examples"] == 100
+        score(250, budget_seconds=-1)
+    with pytest.raises(ValueError, match="multiple of batch_size"):
+        chunked_evaluation(model, split, 250, 20, cache, "a", chunk=150)
+    first = score(100)
+    assert list(json.load(open(cache))["chunks"]) == ["0-100"] and first["num_examples"] == 100
     whole = evaluate_model(model, split, iw_samples=20, progress=False)
-    chunked = chunked_evaluation(model, split, 250, 20, cache, chunk=100)
+    chunked = score(250)
     assert chunked["num_examples"] == 250
     assert chunked["nll_iw"] == pytest.approx(whole["nll_iw"], rel=1e-6)
     assert chunked["nll_iw_stderr"] == pytest.approx(whole["nll_iw_stderr"], rel=1e-4)
     kept = json.load(open(cache))
-    assert list(kept) == ["0-100", "100-200", "200-250"]
-    kept["0-100"]["nll_iw"] += 100.0  # a kept chunk is read, not scored again
+    assert list(kept["chunks"]) == ["0-100", "100-200", "200-250"]
+    kept["chunks"]["0-100"]["nll_iw"] += 100.0  # a kept chunk is read, not scored again
     json.dump(kept, open(cache, "w"))
-    again = chunked_evaluation(model, split, 250, 20, cache, chunk=100)
-    assert again["nll_iw"] == pytest.approx(whole["nll_iw"] + 100.0 * 100 / 250, rel=1e-6)
+    assert score(250)["nll_iw"] == pytest.approx(whole["nll_iw"] + 100.0 * 100 / 250, rel=1e-6)
+    assert score(250, fingerprint="b")["nll_iw"] == pytest.approx(whole["nll_iw"], rel=1e-6)  # scored anew

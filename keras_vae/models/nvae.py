@@ -106,17 +106,20 @@ def balanced_kl(kl_groups, group_sizes, warming_up):
     While `warming_up`, γ_l ∝ (batch-mean KL_l + 0.01) / α_l with α_l ∝ the group's number of latent
     variables, normalized to mean 1 and held constant (no gradient): groups that use more than their
     share of the KL are pushed harder towards their prior, and few groups cannot carry the whole code.
-    Under tf.distribute the batch mean is the global batch's (all-reduced), so every replica weighs the
-    groups alike.
-    Afterwards γ_l = 1, the true KL.
+    Under tf.distribute the batch mean is the global batch's (sums and counts all-reduced), so every
+    replica weighs the groups alike. Afterwards γ_l = 1, the true KL.
 
     Args:
         kl_groups: [B, G] nats.
         group_sizes: [G] latent variables per group.
-        warming_up: a boolean scalar.
+        warming_up: a boolean scalar, or False (no balancing at all: no all-reduce either).
     """
+    if warming_up is False:
+        return tf.reduce_sum(kl_groups, -1)
     alpha = tf.constant(group_sizes, tf.float32) / float(min(group_sizes))
-    gamma = (reduce_over_replicas(tf.reduce_mean(tf.abs(kl_groups), 0)) + BALANCE_FLOOR) / alpha
+    sums, count = reduce_over_replicas([tf.reduce_sum(tf.abs(kl_groups), 0),
+                                        tf.cast(tf.shape(kl_groups)[0], tf.float32)], "SUM")
+    gamma = (sums / tf.maximum(count, 1.0) + BALANCE_FLOOR) / alpha
     gamma = tf.stop_gradient(gamma / tf.reduce_mean(gamma))
     gamma = tf.where(warming_up, gamma, tf.ones_like(gamma))
     return tf.reduce_sum(kl_groups * gamma, -1)

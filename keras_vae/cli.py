@@ -150,8 +150,12 @@ def fit_prior(run_dir, epochs, batch_size, learning_rate, export_dir, export):
     exported = f"; exported to {result['export_path']}" if result["export_path"] else ""
     if "prior_em" in result["history"]:
         curve = result["history"]["prior_em"]
+        if not result["iterations"]:
+            click.echo(f"Done. EM did not raise the held-out codes' log p(z) ({curve[0]:.2f} nats): the "
+                       "trained mixture is kept, unchanged.")
+            return
         click.echo(f"Done. Refitted the mixture prior by EM ({result['iterations']} iterations): mean log p(z) "
-                   f"of the training codes {curve[0]:.2f} -> {curve[-1]:.2f} nats; test ELBO "
+                   f"of held-out training codes {curve[0]:.2f} -> {curve[-1]:.2f} nats; test ELBO "
                    f"{result['test_elbo_before']:.2f} -> {result['test_elbo_after']:.2f}{exported}.")
         return
     click.echo(f"Done. Test -log p(code maps) {result['test_nats']:.2f} nats under the PixelCNN priors "

@@ -58,7 +58,9 @@ class NatsPerMap(keras.callbacks.Callback):
 
 def fit_prior(run_dir, epochs=20, batch_size=128, learning_rate=1e-3, export=True, export_dir=None,
               verbose="auto"):
-    """Encodes the training split to code maps, fits each level's gated PixelCNN prior to them by maximum
+    """A run with a learned mixture prior (`--prior mog`): `refit_mixture(run_dir, max_iterations=epochs)`
+    (`batch_size`, `learning_rate` and `verbose` do not apply to EM). A discrete-code run: encodes the
+    training split to code maps, fits each level's gated PixelCNN prior to them by maximum
     likelihood (top level first; a lower level's prior reads the codes above it), under the run's own
     distribution strategy, marks the prior fitted, and rewrites model.keras (atomically) so that `sample`,
     `evaluate` and exports use it. Curves go to TensorBoard under the run's logs/prior.
@@ -117,12 +119,15 @@ def fit_prior(run_dir, epochs=20, batch_size=128, learning_rate=1e-3, export=Tru
 def refit_mixture(run_dir, max_iterations=20, export=True, export_dir=None, tolerance=1e-4):
     """Refits a finished run's mixture prior (`--prior mog`) by EM to one draw z ~ q(z | x) per training
     example, started from the trained mixture and stopped when a held-out tenth of the draws stops gaining
-    `tolerance` nats, rewrites model.keras (atomically) and exports a new version.
+    `tolerance` nats, rewrites model.keras (atomically) and exports a new version; when not one EM step
+    gains, the run is left as it was. Training the run further is then refused (its checkpoints predate
+    the refit).
 
     Returns:
         dict with `history` ({"prior_em": the held-out draws' mean log p(z) at the start and after each EM
         iteration}),
-        `test_elbo_before` and `test_elbo_after` (the test split's ELBO with the old and the new prior, nats),
+        `test_elbo_before` and `test_elbo_after` (the test split's ELBO with the old and the new prior, nats,
+        with the same fixed noise),
         `iterations`, `export_path` and `replicas` (1: EM runs on the host).
     """
     from keras_vae.evaluate import evaluate_model
@@ -130,23 +135,26 @@ def refit_mixture(run_dir, max_iterations=20, export=True, export_dir=None, tole
     config, model = runs.load_run(run_dir)
     dataset = dataset_of(config)
     train, test = (load_split(config, split, dataset) for split in ("train", "test"))
-    codes = posterior_samples(model, train, config.seed)
-    codes = codes[np.random.default_rng(config.seed).permutation(len(codes))]
+    noise, shuffle = np.random.SeedSequence(config.seed).spawn(2)
+    codes = posterior_samples(model, train, noise)
+    codes = codes[np.random.default_rng(shuffle).permutation(len(codes))]
     held_out = max(1, int(HELD_OUT_CODES * len(codes)))  # EM stops where these stop gaining
-    test_elbo = (lambda: evaluate_model(model, test, iw_samples=1, progress=False)["elbo"])
+    # The ELBO with the evaluator's fixed noise (−nll_iw at K = 1), so that before and after see the same z.
+    test_elbo = (lambda: -evaluate_model(model, test, iw_samples=1, progress=False)["nll_iw"])
     before = test_elbo()
     current = (v.numpy() for v in (model.prior_logits, model.prior_loc, model.prior()
                                                                       .components_distribution.distribution.scale))
     logits, loc, scale, curve = priors.fit_mixture(codes[held_out:], *current, held_out=codes[:held_out],
                                                    max_iterations=max_iterations, tolerance=tolerance)
-    priors.assign_mixture(model, logits, loc, scale)
-    after = test_elbo()
-    save_keras_model(model, os.path.join(run_dir, runs.MODEL_FILE))
-    history = {"prior_em": curve}
-    write_json(os.path.join(run_dir, runs.MIXTURE_REFIT_FILE),
-               dict(history, test_elbo_before=before, test_elbo_after=after, codes=len(codes)))
-    result = {"history": history, "test_elbo_before": before, "test_elbo_after": after,
+    result = {"history": {"prior_em": curve}, "test_elbo_before": before, "test_elbo_after": before,
               "iterations": len(curve) - 1, "export_path": None, "replicas": 1}
+    if not result["iterations"]:  # no EM step gained on the held-out codes: the model stays as it is
+        return result
+    priors.assign_mixture(model, logits, loc, scale)
+    result["test_elbo_after"] = after = test_elbo()
+    save_keras_model(model, os.path.join(run_dir, runs.MODEL_FILE))
+    write_json(os.path.join(run_dir, runs.MIXTURE_REFIT_FILE),
+               dict(result["history"], test_elbo_before=before, test_elbo_after=after, codes=len(codes)))
     if export:
         result["export_path"] = export_saved_model(model, export_dir or config.export_dir,
                                                    runs.export_name(config, run_dir))

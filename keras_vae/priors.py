@@ -95,9 +95,9 @@ def mixture_em_step(points, logits, loc, scale, min_scale):
 
 def fit_mixture(points, logits, loc, scale, held_out=None, max_iterations=200, tolerance=1e-5, min_scale=1e-3):
     """Expectation-maximization for a diagonal Gaussian mixture on `points` [N, L], started from
-    (logits, loc, scale), stopped when an iteration raises the mean log-likelihood of `held_out` (of `points`
-    when None) by less than `tolerance` nats per point: that iteration is not taken, so a mixture that would
-    start to fit its points' noise (components narrowing onto single codes) stops where it generalizes best.
+    (logits, loc, scale), stopped at the first iteration that raises the mean log-likelihood of `held_out`
+    (of `points` when None) by less than `tolerance` nats per point: that iteration is not taken, so a
+    mixture that starts to fit its points' noise (components narrowing onto single codes) stops there.
 
     Returns:
         (logits [K], loc [K, L], scale [K, L], the judged mean log-likelihood at the start and after each

@@ -28,7 +28,7 @@ EXPORT_FILE = "export.json"
 CHECKPOINT_DIR = "checkpoints"
 LOG_DIR = "logs"
 PRIOR_HISTORY_FILE = "prior_history.json"  # written by fit-prior; its presence means the prior is fitted
-MIXTURE_REFIT_FILE = "prior_refit.json"  # fit-prior's EM refit of a mixture prior (training on stays allowed)
+MIXTURE_REFIT_FILE = "prior_refit.json"  # fit-prior's EM refit of a mixture prior (the checkpoints predate it)
 
 # Settings that may change between the runs of one run directory: where
 # things go and how fast they run, not what is trained.
@@ -84,8 +84,9 @@ def save_finished_run(run_dir, model, history, config):
         staged[write_json(path, values, replace=False)] = path
     for temporary, path in staged.items():
         os.replace(temporary, path)
-    if os.path.exists(os.path.join(run_dir, PRIOR_HISTORY_FILE)):  # a retrained model has no fitted prior
-        os.remove(os.path.join(run_dir, PRIOR_HISTORY_FILE))
+    for name in (PRIOR_HISTORY_FILE, MIXTURE_REFIT_FILE):  # a retrained model has no fitted or refitted prior
+        if os.path.exists(os.path.join(run_dir, name)):
+            os.remove(os.path.join(run_dir, name))
 
 
 def export_run(model, config):

@@ -87,10 +87,13 @@ def train(flags, run_dir):
 
 
 def refit(run_dir):
-    """A copy of the run with its mixture prior refitted by `keras-vae fit-prior` in a fresh process:
-    (the copy, the wall seconds of fit-prior)."""
-    copy = run_dir.rstrip("/") + "-refit"
-    shutil.rmtree(copy, ignore_errors=True)
+    """A copy of the run (in a new temporary folder) with its mixture prior refitted by `keras-vae fit-prior`
+    in a fresh process: (the copy, the wall seconds of fit-prior); (None, None) for a run without a mixture
+    prior, which fit-prior does not refit."""
+    with open(os.path.join(run_dir, "config.json")) as f:
+        if json.load(f).get("prior") != "mog":
+            return None, None
+    copy = os.path.join(tempfile.mkdtemp(prefix="first-run-refit-"), "run")
     shutil.copytree(run_dir, copy)
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "keras_vae.cli", "fit-prior", copy, "--no-export"], check=True, cwd=REPO)
@@ -129,7 +132,8 @@ def main(argv=None):
     parser.add_argument("--before", action="store_true", help="also train the old defaults, first")
     parser.add_argument("--flags", default="", help="extra fit flags for every trained row")
     parser.add_argument("--refit-prior", action="store_true",
-                        help="also judge each run after `keras-vae fit-prior` refits its mixture prior")
+                        help="also judge each run with a mixture prior after `keras-vae fit-prior` refits it "
+                             "(in a copy)")
     parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "first_run.json"))
     args = parser.parse_args(argv)
     reports = []
@@ -138,8 +142,8 @@ def main(argv=None):
             parser.error("positional arguments must be: score RUN_DIR ...")
         for run in args.runs[1:]:
             reports.append(dict(score(run), label=run))
-            if args.refit_prior:
-                copy, seconds = refit(run)
+            copy, seconds = refit(run) if args.refit_prior else (None, None)
+            if copy:
                 reports.append(dict(score(copy), label=f"{run} + fit-prior ({seconds:.0f} s)"))
     else:
         scratch = tempfile.mkdtemp(prefix="first-run-")
@@ -151,8 +155,8 @@ def main(argv=None):
             wall = train(flags, run_dir)
             label += " " + args.flags if args.flags else ""
             reports.append(dict(score(run_dir), label=label, wall_s=wall))
-            if args.refit_prior:
-                copy, seconds = refit(run_dir)
+            copy, seconds = refit(run_dir) if args.refit_prior else (None, None)
+            if copy:
                 reports.append(dict(score(copy), label=label + " + fit-prior", wall_s=wall + seconds))
     print_table(reports)
     with open(args.out, "w") as f:

@@ -179,18 +179,23 @@ def test_every_reproduction_config_is_a_fit_config_of_the_papers_networks(path):
     from keras_vae.models import build_model
 
     config = merge_config(path, {"data_dir": "unused"})
-    model = build_model(config, (28, 28, 1), total_steps=10)
-    loc, scale = model.encode(np.zeros((2, 28, 28, 1), np.float32))[:2]
+    assert config.dataset in ("fashion_mnist", "sprites")
+    side = 28 if config.dataset == "fashion_mnist" else 64
+    model = build_model(config, (side, side, 1), total_steps=10)
+    loc, scale = model.encode(np.zeros((2, side, side, 1), np.float32))[:2]
     assert loc.shape == scale.shape == (2, model.code_dim)
-    assert config.dataset == "fashion_mnist"
-    if config.model == "nvae":  # the multi-scale preset: 28×28 padded to 32, maps of 8×8 and 4×4
-        assert model.code_dim == config.groups_per_scale * config.latent_channels * (8 * 8 + 4 * 4)
+    if config.model == "nvae":  # maps from 1/4 of the (padded) side down, halving per scale
+        finest = (32 if side == 28 else side) // 4
+        maps = sum((finest // 2**k) ** 2 for k in range(config.scales))
+        assert model.code_dim == config.groups_per_scale * config.latent_channels * maps
         return
     assert model.code_dim == config.latent_dim * (2 if config.model == "hvae" else 1)
+    if config.dataset == "sprites":  # the single-layer rows beside the sprites NVAE
+        assert config.architecture == "conv"
+        return
     hidden = [layer for layer in model.encoder.layers if not isinstance(layer, keras.layers.Flatten)][:-1]
     if config.architecture == "mlp-gated":  # Tomczak & Welling's 2 × 300 gated units
         assert [(type(h).__name__, h.units) for h in hidden] == [("GatedDense", 300)] * 2
     else:  # Burda et al.'s 2 × 200 tanh units
         assert config.architecture == "mlp-200-tanh"
         assert [(h.units, h.activation.__name__) for h in hidden] == [(200, "tanh")] * 2
-    assert config.dataset == "fashion_mnist"

@@ -73,10 +73,10 @@ def fit_prior(run_dir, epochs=20, batch_size=128, learning_rate=1e-3, export=Tru
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("learning_rate", learning_rate)):
         RUN_HYPERPARAMETERS[name].check(value)
     config = runs.finished_run_config(run_dir)
-    if config.to_dict().get("prior") == "mog":
+    prior = config.to_dict().get("prior")  # the continuous models' p(z); absent for the others
+    if prior == "mog":
         return refit_mixture(run_dir, max_iterations=epochs, export=export, export_dir=export_dir)
     if not hasattr(get_model_class(config.model), "prior_of"):
-        prior = config.to_dict().get("prior")
         raise UserError(f"fit-prior trains the code priors of a discrete-code run (vq_vae, vq_vae2) or refits a "
                         f"learned mixture prior (--prior mog); {run_dir} holds a {config.model} model"
                         f"{f' with the {prior} prior' if prior else ''}.")
@@ -104,16 +104,21 @@ def fit_prior(run_dir, epochs=20, batch_size=128, learning_rate=1e-3, export=Tru
         network.trainable = False
         history[keyed("prior", level)] = {name: [float(v) * positions for v in values] for name, values in fitted.items()}
     model.prior_fitted.assign(1.0)
-    save_keras_model(model, os.path.join(run_dir, runs.MODEL_FILE))
-    write_json(os.path.join(run_dir, runs.PRIOR_HISTORY_FILE), history)
     positions = sum(math.prod(grid) for grid in model.grids.values())
-    result = {"history": history, "test_nats": sum(h["val_loss"][-1] for h in history.values()),
-              "uniform_nats": positions * math.log(model.num_codes), "export_path": None,
-              "replicas": strategy.num_replicas_in_sync}
-    if export:
-        result["export_path"] = export_saved_model(model, export_dir or config.export_dir,
-                                                   runs.export_name(config, run_dir))
-    return result
+    return {"history": history, "test_nats": sum(h["val_loss"][-1] for h in history.values()),
+            "uniform_nats": positions * math.log(model.num_codes),
+            "export_path": keep_prior(model, config, run_dir, runs.PRIOR_HISTORY_FILE, history, export, export_dir),
+            "replicas": strategy.num_replicas_in_sync}
+
+
+def keep_prior(model, config, run_dir, record_file, record, export, export_dir):
+    """Rewrites the run's model.keras (atomically) with its fitted prior, writes the fit's record to
+    `record_file` in the run, and exports a new version when `export`: returns the export path or None."""
+    save_keras_model(model, os.path.join(run_dir, runs.MODEL_FILE))
+    write_json(os.path.join(run_dir, record_file), record)
+    if not export:
+        return None
+    return export_saved_model(model, export_dir or config.export_dir, runs.export_name(config, run_dir))
 
 
 def refit_mixture(run_dir, max_iterations=20, export=True, export_dir=None, tolerance=1e-4):
@@ -152,10 +157,7 @@ def refit_mixture(run_dir, max_iterations=20, export=True, export_dir=None, tole
         return result
     priors.assign_mixture(model, logits, loc, scale)
     result["test_elbo_after"] = after = test_elbo()
-    save_keras_model(model, os.path.join(run_dir, runs.MODEL_FILE))
-    write_json(os.path.join(run_dir, runs.MIXTURE_REFIT_FILE),
-               dict(result["history"], test_elbo_before=before, test_elbo_after=after, codes=len(codes)))
-    if export:
-        result["export_path"] = export_saved_model(model, export_dir or config.export_dir,
-                                                   runs.export_name(config, run_dir))
+    result["export_path"] = keep_prior(
+        model, config, run_dir, runs.MIXTURE_REFIT_FILE,
+        dict(result["history"], test_elbo_before=before, test_elbo_after=after, codes=len(codes)), export, export_dir)
     return result

@@ -243,6 +243,15 @@ def reconstruction_scores(judge, reconstructions, factors):
     return agreement_of(predict(judge, reconstructions), factors)
 
 
+def model_scores(judge, model, data, num_samples=1000):
+    """A trained sprites model judged: `sample_scores` of `num_samples` of its samples (seed 0, T = 1) and
+    `reconstruction_scores` of its reconstructions of `data` (a `Split` with factors)."""
+    samples = np.asarray(model.sample(num_samples, seed=0)[0])
+    reconstructions = np.asarray(model.predict(data.x, batch_size=500, verbose=0))  # predict = reconstruct
+    return {"samples": sample_scores(judge, samples),
+            "reconstructions": reconstruction_scores(judge, reconstructions, data.factors)}
+
+
 def judge_accuracy(judge, num=2000, seed=1):
     """The judge's own factor agreement and confident fraction on fresh real sprites (its test)."""
     x, factors, _, _ = sprites.make_sprites(num, 1, seed=seed)

@@ -57,9 +57,9 @@ def chunked_evaluation(model, split, count, iw_samples, cache, fingerprint, chun
     done = json.load(open(cache)) if os.path.exists(cache) else {}
     if done.get("fingerprint") != fingerprint:
         done = {"fingerprint": fingerprint, "chunks": {}}
+    keys = [(first, f"{first}-{min(first + chunk, count)}") for first in range(0, count, chunk)]
     start = time.time()
-    for first in range(0, count, chunk):
-        key = f"{first}-{min(first + chunk, count)}"
+    for first, key in keys:
         if key in done["chunks"]:
             continue
         if budget_seconds is not None and time.time() - start > budget_seconds:
@@ -74,8 +74,7 @@ def chunked_evaluation(model, split, count, iw_samples, cache, fingerprint, chun
                                    seconds=time.time() - began)
         write_json(cache, done)  # atomic, after each chunk: an interrupted scoring keeps what it measured
     scored = []
-    for first in range(0, count, chunk):  # the scored prefix, so that every row scores the same images
-        key = f"{first}-{min(first + chunk, count)}"
+    for _, key in keys:  # the scored prefix, so that every row scores the same images
         if key not in done["chunks"]:
             break
         scored.append(done["chunks"][key])

@@ -52,8 +52,6 @@ TARGETS = (
 
 def score(run_dir, num_samples=1000, iw_samples=100):
     """The judged figures of one run directory (the run and its data loaded once)."""
-    import numpy as np
-
     from keras_vae import judge
     from keras_vae.data.datasets import dataset_of
     from keras_vae.data.splits import load_split
@@ -65,15 +63,12 @@ def score(run_dir, num_samples=1000, iw_samples=100):
     data, train_data = load_split(config, "test", dataset), load_split(config, "train", dataset)
     evaluation = evaluate_model(model, data, iw_samples, train_data=train_data, progress=False)
     critic = judge.load_judge()
-    samples = np.asarray(model.sample(num_samples, seed=0)[0])
-    reconstructions = np.asarray(model.predict(data.x, batch_size=500, verbose=0))  # predict = reconstruct
     return {
         "run_dir": run_dir, "config": {k: config.to_dict()[k] for k in ("architecture", "latent_dim", "epochs")},
         "elbo": evaluation["elbo"], "nll_iw": evaluation["nll_iw"], "iw_samples": iw_samples,
         "linear_probe_accuracy": evaluation["linear_probe_accuracy"], "mig": evaluation["mig"],
         "active_units": evaluation["active_units"],
-        "samples": judge.sample_scores(critic, samples),
-        "reconstructions": judge.reconstruction_scores(critic, reconstructions, data.factors),
+        **judge.model_scores(critic, model, data, num_samples),
         "judge_on_real": judge.judge_accuracy(critic),
     }
 

@@ -90,22 +90,9 @@ def sample_grids(model, name, out_dir):
         save_png(os.path.join(out_dir, f"{name}-t{temperature:g}.png"), make_grid(images.numpy(), columns=8))
 
 
-def judge_samples(model, test, num_samples=1000):
-    """The sprites judge's scores (`keras_vae.judge`, issue 19's): of `num_samples` samples at T = 1 (the
-    fraction it classifies confidently, and each shape's share of those) and of the test reconstructions."""
-    import numpy as np
-
-    from keras_vae import judge
-
-    critic = judge.load_judge()
-    samples = np.concatenate([np.asarray(model.sample(100, seed=i)[0]) for i in range(num_samples // 100)])
-    reconstructions = np.concatenate([np.asarray(model.reconstruct(test.x[i:i + 100]))
-                                      for i in range(0, len(test.x), 100)])
-    return {"samples": judge.sample_scores(critic, samples),
-            "reconstructions": judge.reconstruction_scores(critic, reconstructions, test.factors)}
-
-
 def measure(row, args):
+    from keras_vae import judge
+    from keras_vae.data.datasets import dataset_of
     from keras_vae.data.splits import load_split
     from keras_vae.evaluate import evaluate_model
     from keras_vae.runs import load_run
@@ -115,15 +102,17 @@ def measure(row, args):
     config, model = load_run(config.run_dir)
     with open(os.path.join(config.run_dir, "history.json")) as f:
         history = json.load(f)
-    test = load_split(config, "test")
+    dataset = dataset_of(config)  # read once, for both splits
+    test = load_split(config, "test", dataset)
     whole = evaluate_model(model, test, iw_samples=1, progress=False)
     head = chunked_evaluation(model, test, min(args.test_images, len(test.x)), args.iw_samples,
                               os.path.join(config.run_dir, f"nll_iw-K{args.iw_samples}.json"),
                               file_fingerprint(os.path.join(config.run_dir, "model.keras")),
                               budget_seconds=None if args.score_minutes is None else 60 * args.score_minutes)
-    judged = judge_samples(model, test) if config.dataset == "sprites" else None  # before the grids readjust
+    judged = (judge.model_scores(judge.load_judge(), model, test) if config.dataset == "sprites"
+              else None)  # before the grids readjust the batch norms
     sample_grids(model, f"{row}-{config.epochs}ep", os.path.join(os.path.dirname(args.out), "nvae"))
-    steps_per_epoch = len(load_split(config, "train").x) // config.batch_size
+    steps_per_epoch = len(load_split(config, "train", dataset).x) // config.batch_size
     trained = steps_per_epoch * config.batch_size * config.epochs
     return {"row": row, "what": ROWS[row][0], "machine": machine(),
             "settings": dict(config.to_dict(), run_dir=f"<scratch>/{os.path.basename(config.run_dir)}"),

@@ -234,6 +234,7 @@ class CategoricalLikelihood(keras.layers.Layer):
 
 
 PIXEL_LEVELS = 256  # 8-bit data
+LOG_SCALE_MIN, LOG_SCALE_MAX = -7.0, 1.0  # a logistic's log-scale in [-1, 1] units (1: e·128 levels, flat)
 
 
 def mixture_mean(logits, loc):
@@ -303,8 +304,11 @@ class LogisticMixtureLikelihood(keras.layers.Layer):
         shape = tf.concat([tf.shape(params)[:-1], [k, c]], 0)
         half = (PIXEL_LEVELS - 1) / 2
         loc = (tf.tanh(tf.reshape(loc, shape)) + 1.0) * half
-        # A log-scale floor of −7 in [-1, 1] units, as Salimans et al.
-        scale = tf.exp(tf.maximum(tf.reshape(raw_scale, shape), -7.0)) * half
+        # A log-scale floor of −7 in [-1, 1] units, as Salimans et al., and a soft ceiling: on data at the
+        # extreme levels only (binary images) a wider logistic always puts more mass in both end bins, so
+        # an unbounded scale runs off to inf (and the gradient to NaN) within a few steps.
+        raw_scale = LOG_SCALE_MAX - tf.nn.softplus(LOG_SCALE_MAX - tf.reshape(raw_scale, shape))
+        scale = tf.exp(tf.maximum(raw_scale, LOG_SCALE_MIN)) * half
         return logits, loc, scale
 
     def call(self, params):

@@ -55,12 +55,13 @@ def padding_of(image_shape, factor=8):
     return tuple(pads)
 
 
-def vq_vae2_networks(image_shape, vector_dim, channels, residual_channels, residual_layers):
+def vq_vae2_networks(image_shape, vector_dim, channels, residual_channels, residual_layers, output_channels=None):
     """(encoder, bottom head, decoder):
 
     - encoder: x [B, H, W, C] -> (h_b [B, H'/4, W'/4, channels], z_top [B, H'/8, W'/8, D]);
     - bottom head: (h_b, q_top) -> z_bottom [B, H'/4, W'/4, D];
-    - decoder: (q_top, q_bottom) -> one output per pixel [B, H, W, C];
+    - decoder: (q_top, q_bottom) -> the likelihood's parameters per pixel [B, H, W, output_channels]
+      (default C);
 
     where H', W' are H, W padded to multiples of 8.
     """
@@ -88,7 +89,7 @@ def vq_vae2_networks(image_shape, vector_dim, channels, residual_channels, resid
     q_bottom = keras.Input((*bottom_grid, vector_dim), name="q_bottom")
     h = keras.layers.Concatenate()([up(q_top_in, vector_dim, None), q_bottom])
     h = residual_stack(keras.layers.Conv2D(channels, 3, padding="same")(h), **stack)
-    h = up(up(h, channels // 2), image_shape[-1], None)
+    h = up(up(h, channels // 2), output_channels or image_shape[-1], None)
     outputs = keras.layers.Cropping2D(pads)(h)
     decoder = keras.Model([q_top_in, q_bottom], outputs, name="decoder")
     return encoder, bottom_head, decoder
@@ -125,7 +126,8 @@ class VQVAE2(CodeMapAutoencoder):
 
     def build_networks(self):
         encoder, self.bottom_head, decoder = vq_vae2_networks(
-            self.image_shape, self.vector_dim, self.channels, self.residual_channels, self.residual_layers)
+            self.image_shape, self.vector_dim, self.channels, self.residual_channels, self.residual_layers,
+            self.decoder_channels())
         return encoder, decoder
 
     def quantize_levels(self, x, training=False, seed=None):

@@ -47,6 +47,15 @@ PRESETS = {
 # binarization noise is not there for local codes to spend their bits on.
 EIGHT_BIT = dict(likelihood="logistic_mixture", binarize="none")
 PRESETS.update({f"{name}-8bit": (dict(PRESETS[name][0], **EIGHT_BIT), True) for name in ("vq_vae2", "vq_vae")})
+# 64×64 sprites: 320 positions of 9 bits per row (top 8×8 and bottom 16×16 against a 16×20 map), one epoch of
+# the 100,000 training images, priors of 6 gated layers fitted for one epoch (the bottom maps have 256 positions).
+SPRITES = dict(dataset="sprites", data_dir=None, epochs=1)
+PRESETS.update({
+    "vq_vae2-sprites": (dict(model="vq_vae2", channels=64, prior_layers=6, **SPRITES), True),
+    "vq_vae-sprites": (dict(model="vq_vae", latent_dim=320, architecture="conv-64", vq_ema=True, prior_layers=6,
+                            **SPRITES), True),
+})
+PRIOR_EPOCHS = {"vq_vae2-sprites": 1, "vq_vae-sprites": 1}  # the others: --prior-epochs
 
 
 def measure(name, settings, priors, args, out_dir):
@@ -64,8 +73,9 @@ def measure(name, settings, priors, args, out_dir):
     from keras_vae.runs import load_run
 
     run_dir = os.path.join(args.scratch, name)
-    config = FitConfig(dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs, precision="auto",
-                       run_dir=run_dir, export=False, **settings)
+    settings = {"dataset": args.dataset, "data_dir": args.data_dir, "epochs": args.epochs, **settings}
+    prior_epochs = PRIOR_EPOCHS.get(name, args.prior_epochs)
+    config = FitConfig(precision="auto", run_dir=run_dir, export=False, **settings)
     times = timed_fit(config)  # a finished run of the same configuration is reused
     prior_history = None
     if priors:
@@ -74,7 +84,7 @@ def measure(name, settings, priors, args, out_dir):
             prior_history = json.load(open(history_path))
         else:
             start = time.time()
-            prior_history = fit_prior(run_dir, epochs=args.prior_epochs, export=False, verbose=2)["history"]
+            prior_history = fit_prior(run_dir, epochs=prior_epochs, export=False, verbose=2)["history"]
             times["prior"] = time.time() - start
     write_times(run_dir, times)
     config, model = load_run(run_dir)
@@ -98,7 +108,7 @@ def measure(name, settings, priors, args, out_dir):
         save_png(os.path.join(out_dir, f"{name}-samples.png"), explore.sample_grid(model, 100, seed=3))
     save_png(os.path.join(out_dir, f"{name}-reconstructions.png"), explore.reconstruction_grid(model, test.x[:20]))
     return {
-        "preset": name, "settings": settings, "epochs": args.epochs, "prior_epochs": args.prior_epochs,
+        "preset": name, "settings": settings, "epochs": settings["epochs"], "prior_epochs": prior_epochs,
         "rec_nats": result["reconstruction_loss"], "psnr": psnr(test.x), "psnr_grey": psnr(grey),
         "prior_nats": result["kl"] if priors else None, "bound": -result["elbo"] if priors else None,
         "bits_per_dim": -result["elbo"] / (math.prod(model.image_shape) * math.log(2)) if priors else None,

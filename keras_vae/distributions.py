@@ -306,7 +306,8 @@ class LogisticMixtureLikelihood(keras.layers.Layer):
         loc = (tf.tanh(tf.reshape(loc, shape)) + 1.0) * half
         # A log-scale floor of −7 in [-1, 1] units, as Salimans et al., and a soft ceiling: on data at the
         # extreme levels only (binary images) a wider logistic always puts more mass in both end bins, so
-        # an unbounded scale runs off to inf (and the gradient to NaN) within a few steps.
+        # an unbounded scale runs off to inf (and the gradient to NaN) within a few steps. The ceiling is
+        # smooth: it lowers a raw log-scale of 0 to −0.31 and one of −3 to −3.02 (the network learns around it).
         raw_scale = LOG_SCALE_MAX - tf.nn.softplus(LOG_SCALE_MAX - tf.reshape(raw_scale, shape))
         scale = tf.exp(tf.maximum(raw_scale, LOG_SCALE_MIN)) * half
         return logits, loc, scale

@@ -17,7 +17,7 @@ import datetime
 import json
 import os
 
-from keras_vae.config import load_config
+from keras_vae.config import RUN_HYPERPARAMETERS, load_config, model_class
 from keras_vae.errors import UserError
 from keras_vae.files import write_json
 
@@ -51,8 +51,13 @@ def export_name(config, run_dir):
 
 
 def check_same_run(run_dir, config, saved):
-    """Refuses to resume a checkpoint made with a different configuration (`saved`, a dict)."""
+    """Refuses to resume a checkpoint made with a different configuration (`saved`, a dict).
+
+    A setting that `saved` lacks was declared after the run was made: the run had its declared default.
+    """
     wanted = config.to_dict()
+    declared = {**RUN_HYPERPARAMETERS, **model_class(config.model).all_hyperparameters()}
+    saved = {**{name: declared[name].default for name in set(wanted) - set(saved) if name in declared}, **saved}
     keys = (set(wanted) | set(saved)) - RESUMABLE_CHANGES
     changed = sorted(k for k in keys if saved.get(k) != wanted.get(k))
     if changed:

@@ -47,15 +47,15 @@ PRESETS = {
 # binarization noise is not there for local codes to spend their bits on.
 EIGHT_BIT = dict(likelihood="logistic_mixture", binarize="none")
 PRESETS.update({f"{name}-8bit": (dict(PRESETS[name][0], **EIGHT_BIT), True) for name in ("vq_vae2", "vq_vae")})
-# 64×64 sprites: 320 positions of 9 bits per row (top 8×8 and bottom 16×16 against a 16×20 map), one epoch of
-# the 100,000 training images, priors of 6 gated layers fitted for one epoch (the bottom maps have 256 positions).
-SPRITES = dict(dataset="sprites", data_dir=None, epochs=1)
+# 64×64 sprites: 320 positions of 9 bits per row (top 8×8 and bottom 16×16 against a 16×20 map), 5 epochs of
+# the 20,000 training images, priors of 6 gated layers (the bottom maps have 256 positions).
+SPRITES = dict(dataset="sprites", data_dir=None, epochs=5)
 PRESETS.update({
     "vq_vae2-sprites": (dict(model="vq_vae2", channels=64, prior_layers=6, **SPRITES), True),
     "vq_vae-sprites": (dict(model="vq_vae", latent_dim=320, architecture="conv-64", vq_ema=True, prior_layers=6,
                             **SPRITES), True),
 })
-PRIOR_EPOCHS = {"vq_vae2-sprites": 1, "vq_vae-sprites": 1}  # the others: --prior-epochs
+PRIOR_EPOCHS = {}  # a preset's own prior epochs; the others: --prior-epochs
 
 
 def measure(name, settings, priors, args, out_dir):
@@ -172,7 +172,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     out_dir = os.path.join(os.path.dirname(args.out), "vq")
     os.makedirs(out_dir, exist_ok=True)
-    # Rows of presets not run this time are kept, in their order, a rerun preset replaces its row.
+    # Rows of presets not run this time are kept; a rerun preset's new row goes last.
     reports = json.load(open(args.out))["presets"] if os.path.exists(args.out) else []
     if not args.sampling_only:
         for name in args.presets.split(","):

@@ -160,6 +160,18 @@ def test_a_finished_run_is_not_trained_again(finished_run):
     assert "different configuration (latent_dim: 3 there, 4 now)" in result.output
 
 
+def test_a_run_saved_before_a_setting_was_declared_resumes_with_that_settings_default(tmp_path):
+    from keras_vae.config import FitConfig
+    from keras_vae.errors import UserError
+    from keras_vae.runs import check_same_run
+
+    config = FitConfig(model="vq_vae2")
+    older = {k: v for k, v in config.to_dict().items() if k != "bottom_dropout"}  # a run from before it existed
+    check_same_run(tmp_path, config, older)
+    with pytest.raises(UserError, match=r"different configuration \(bottom_dropout: 0.0 there, 0.2 now\)"):
+        check_same_run(tmp_path, config.replace(bottom_dropout=0.2), older)
+
+
 def test_off_a_terminal_fit_prints_one_line_per_epoch(finished_run):
     _, output = finished_run  # fit's stdout was a pipe, as in a log file or CI
     lines = output.splitlines()

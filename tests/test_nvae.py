@@ -104,7 +104,7 @@ def test_the_mixture_shares_its_component_across_a_pixels_colour_channels():
 
 def test_the_logistic_scale_is_bounded_above_so_binary_data_cannot_send_it_to_infinity():
     """On pixels at 0 and 255 only, a wider logistic always scores better; the soft ceiling keeps its scale
-    (and the gradient) finite, and leaves ordinary log-scales as they are."""
+    (and the gradient) finite, and leaves small log-scales nearly as they are."""
     layer = LogisticMixtureLikelihood(channels=1, components=1)
     raw = tf.Variable([[[[0.0, 0.0, 1000.0], [0.0, 0.0, -3.0]]]])  # [1, 1, 2, 1·(1 + 2)]: a huge and a usual log-scale
     x = tf.constant([[[[0.0], [1.0]]]])
@@ -113,8 +113,8 @@ def test_the_logistic_scale_is_bounded_above_so_binary_data_cannot_send_it_to_in
     gradient = tape.gradient(log_p, raw)
     _, _, scale = layer.parameters(raw)
     assert np.isfinite(log_p.numpy()).all() and np.isfinite(gradient.numpy()).all()
-    assert scale.numpy().max() <= np.exp(1.0) * 127.5 + 1e-3
-    np.testing.assert_allclose(scale.numpy().reshape(2)[1], np.exp(-3.0) * 127.5, rtol=0.02)
+    assert scale.numpy().max() <= np.exp(1.0) * 127.5 * (1 + 1e-6)
+    np.testing.assert_allclose(scale.numpy().reshape(2)[1], np.exp(-3.0) * 127.5, rtol=0.025)
 
 
 def test_the_logistic_mixture_needs_8_bit_data():

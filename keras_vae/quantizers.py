@@ -20,7 +20,13 @@ the whole codebook stays in use.
 FiniteScalarQuantizer (Mentzer et al. 2023): each of the D = len(levels)
 numbers is squashed into (−L/2, L/2) and rounded to one of L_d values; the
 code is the tuple of the D digits, Π L_d codes in all. No codebook, no
-commitment loss and no dead codes.
+commitment loss and no dead codes. Its numbers are first standardized with
+batch statistics (a batch normalization without scale or shift): an encoder
+starts with outputs far smaller than one rounding step, so every vector
+rounds to the same code and the level may never leave it (vq_vae2's top
+level stayed at one code for a whole run), or its outputs grow until the
+bound saturates and its gradient vanishes on one code. Standardized, each
+number spreads over its levels from the first step and stays there.
 """
 
 import math
@@ -36,6 +42,7 @@ EMA_EPSILON = 1e-5
 USAGE_DECAY = 0.99  # the usage of an entry: an EMA of the vectors assigned to it per step
 RESTART_BELOW = 0.03  # restart entries whose usage fell below this (~350 steps unused after a restart)
 FSQ_EPSILON = 1e-3
+FSQ_MOMENTUM = 0.99  # of the moving statistics that standardize FSQ's numbers at inference
 
 
 def nearest_codes(z, codebook):
@@ -186,13 +193,23 @@ class FiniteScalarQuantizer(keras.layers.Layer):
 
     The quantized numbers lie in [−1, 1]: digit d ∈ 0..L−1 of a number becomes (d − ⌊L/2⌋) / ⌊L/2⌋.
     The index of a code is its digits read in mixed radix (the first number varies fastest).
+
+    Args:
+        levels: L_d per number.
+        standardize: batch-normalize the D numbers (no scale or shift; statistics synchronized across
+            replicas, moving averages at inference) before the bound.
     """
 
-    def __init__(self, levels, **kwargs):
+    def __init__(self, levels, standardize=True, **kwargs):
         super().__init__(**{"dtype": "float32", **kwargs})
         self.levels = tuple(int(level) for level in levels)
+        self.standardize = bool(standardize)
         self.half_width = np.array([level // 2 for level in self.levels], np.float32)
         self.basis = np.cumprod((1,) + self.levels[:-1]).astype(np.int32)
+        if self.standardize:
+            self.norm = keras.layers.BatchNormalization(center=False, scale=False, momentum=FSQ_MOMENTUM, epsilon=1e-6,
+                                                        synchronized=True, dtype="float32", name="standardize")
+            self.norm.build((None, len(self.levels)))
         self.built = True
 
     @property
@@ -211,10 +228,14 @@ class FiniteScalarQuantizer(keras.layers.Layer):
         return (tf.cast(digits, tf.float32) - self.half_width) / self.half_width
 
     def call(self, vectors, training=False, seed=None):
-        rounded = round_straight_through(fsq_bound(tf.cast(vectors, tf.float32), self.levels))
+        vectors = tf.cast(vectors, tf.float32)
+        if self.standardize:  # over every vector of the batch, whatever the map's shape
+            vectors = tf.reshape(self.norm(tf.reshape(vectors, [-1, len(self.levels)]), training=training),
+                                 tf.shape(vectors))
+        rounded = round_straight_through(fsq_bound(vectors, self.levels))
         digits = tf.cast(tf.stop_gradient(rounded) + self.half_width, tf.int32)
         return {"indices": self.digits_to_indices(digits), "quantized": rounded / self.half_width,
                 "loss": tf.zeros(tf.shape(vectors)[:-1], tf.float32)}
 
     def get_config(self):
-        return dict(super().get_config(), levels=list(self.levels))
+        return dict(super().get_config(), levels=list(self.levels), standardize=self.standardize)

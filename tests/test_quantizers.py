@@ -103,7 +103,7 @@ def test_restarts_lift_codebook_usage_on_a_spread_of_vectors():
 
 
 def test_fsq_rounds_to_its_levels_with_a_straight_through_gradient():
-    quantizer = FiniteScalarQuantizer((8, 5, 3))
+    quantizer = FiniteScalarQuantizer((8, 5, 3), standardize=False)
     assert quantizer.num_codes == 120 and quantizer.codebook_dim == 3
     z = tf.constant(np.random.default_rng(4).normal(scale=3, size=(500, 3)).astype(np.float32))
     out = quantizer(z)
@@ -125,6 +125,31 @@ def test_fsq_rounds_to_its_levels_with_a_straight_through_gradient():
         bound_tape.watch(z)
         smooth = fsq_bound(z, (8, 5, 3))
     np.testing.assert_allclose(tape.gradient(through, z), bound_tape.gradient(smooth, z), rtol=1e-5, atol=1e-7)
+
+
+def test_fsq_standardizes_its_numbers_so_a_small_encoder_output_still_spreads_over_the_codes():
+    """An untrained encoder's outputs are far below one rounding step: unstandardized they all round to one
+    code; standardized with the batch's statistics they use most codes, and once the moving statistics
+    have followed a fixed distribution, inference rounds as training does."""
+    rng = np.random.default_rng(5)
+    z = tf.constant((0.01 * rng.normal(size=(64, 4, 4, 3)) + 0.2).astype(np.float32))  # a scale and an offset
+    plain = FiniteScalarQuantizer((8, 8, 8), standardize=False)
+    assert int(used_codes(plain(z, training=True)["indices"])) == 1
+    quantizer = FiniteScalarQuantizer((8, 8, 8))
+    out = quantizer(z, training=True)
+    assert int(used_codes(out["indices"])) > 100
+    mean, variance = tf.nn.moments(z, axes=(0, 1, 2))
+    standardized = (z - mean) / tf.sqrt(variance + 1e-6)  # with BatchNormalization's epsilon
+    # The rounding of the standardized numbers (up to float error at the half-way points).
+    assert np.abs(out["quantized"] * 4 - fsq_bound(standardized, (8, 8, 8))).max() <= 0.5 + 1e-3
+    for _ in range(1500):  # 0.99^1500 < 3e-7, far below the batch's variance of 1e-4: the moving statistics are its
+        quantizer(z, training=True)
+    agree = np.mean(quantizer(z)["indices"].numpy() == quantizer(z, training=True)["indices"].numpy())
+    assert agree > 0.95
+    with tf.GradientTape() as tape:  # the gradient still reaches the encoder's numbers
+        tape.watch(z)
+        total = tf.reduce_sum(quantizer(z, training=True)["quantized"] * tf.range(1.0, 4.0))
+    assert float(tf.reduce_max(tf.abs(tape.gradient(total, z)))) > 0
 
 
 def test_fsq_levels_are_parsed_and_refused_with_a_message():

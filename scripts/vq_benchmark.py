@@ -39,8 +39,6 @@ PRESETS = {
     "vq_vae2": (dict(model="vq_vae2", prior_layers=6), True),
     "vq_vae2-no-restart": (dict(model="vq_vae2", codebook_restart=False), False),
     "vq_vae2-fsq": (dict(model="vq_vae2", quantizer="fsq", fsq_levels="8,8,8"), False),
-    "vq_vae2-fsq-bottom-dropout": (dict(model="vq_vae2", quantizer="fsq", fsq_levels="8,8,8", bottom_dropout=0.2),
-                                   False),
     "vq_vae": (dict(model="vq_vae", latent_dim=80, architecture="conv", vq_ema=True), True),
 }
 # The same pair on the 8-bit grey images under a discretized logistic mixture (the VQ-VAE-2 paper's setting):

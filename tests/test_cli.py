@@ -166,10 +166,10 @@ def test_a_run_saved_before_a_setting_was_declared_resumes_with_that_settings_de
     from keras_vae.runs import check_same_run
 
     config = FitConfig(model="vq_vae2")
-    older = {k: v for k, v in config.to_dict().items() if k != "bottom_dropout"}  # a run from before it existed
+    older = {k: v for k, v in config.to_dict().items() if k != "residual_layers"}  # as if from before it existed
     check_same_run(tmp_path, config, older)
-    with pytest.raises(UserError, match=r"different configuration \(bottom_dropout: 0.0 there, 0.2 now\)"):
-        check_same_run(tmp_path, config.replace(bottom_dropout=0.2), older)
+    with pytest.raises(UserError, match=r"different configuration \(residual_layers: 2 there, 3 now\)"):
+        check_same_run(tmp_path, config.replace(residual_layers=3), older)
 
 
 def test_off_a_terminal_fit_prints_one_line_per_epoch(finished_run):

@@ -92,28 +92,6 @@ def test_fsq_models_have_no_codebook_and_no_vq_loss():
     assert 1 <= float(terms["used_codes_bottom"]) <= 12
 
 
-def test_bottom_dropout_zeroes_whole_bottom_maps_of_some_training_images_and_never_at_evaluation():
-    # VQ, whose codebook vectors are never zero (an untrained FSQ map rounds to zeros by itself).
-    model = make("vq_vae2", bottom_dropout=0.5, codebook_restart=False)
-    x = tf.constant(images(64))
-    seed = tf.constant([3, 4])
-    bottom = model.quantize_levels(x, training=True, seed=seed)["bottom"]["quantized"].numpy()
-    zeroed = np.all(bottom == 0, axis=(1, 2, 3))
-    # Whole maps or nothing: an image keeps its bottom codes (some nonzero) or reads zeros everywhere.
-    assert 16 <= zeroed.sum() <= 48
-    assert np.all(np.any(bottom[~zeroed] != 0, axis=(1, 2, 3)))
-    again = model.quantize_levels(x, training=True, seed=seed)["bottom"]["quantized"].numpy()
-    # Stateless in the seed: the same images dropped (the EMA codebook moved between the calls).
-    np.testing.assert_array_equal(np.all(again == 0, axis=(1, 2, 3)), zeroed)
-    evaluation = model.quantize_levels(x)["bottom"]["quantized"].numpy()
-    assert not np.any(np.all(evaluation == 0, axis=(1, 2, 3)))
-    # The top codes and the indices are not touched: only what the decoder reads.
-    plain = make("vq_vae2", codebook_restart=False)
-    plain.set_weights(model.get_weights())
-    np.testing.assert_array_equal(plain.quantize_levels(x)["bottom"]["indices"],
-                                  model.quantize_levels(x, training=True, seed=seed)["bottom"]["indices"])
-
-
 # ------------------------------------------------------------- fit-prior, end to end
 @pytest.fixture(scope="module")
 def vq_run(tiny_run):

@@ -112,10 +112,6 @@ class VQVAE2(CodeMapAutoencoder):
           reference="Razavi et al. 2019"),
         H("residual_channels", int, 32, "Channels inside vq_vae2's residual blocks.", minimum=1),
         H("residual_layers", int, 2, "Residual blocks per stack of vq_vae2.", minimum=0),
-        H("bottom_dropout", float, 0.0, "Share of training images whose decoder input has the bottom codes "
-          "zeroed, so that the top codes must describe the image alone (keeps an FSQ top level in use; there the "
-          "zero map is also the all-middle-digits code).",
-          minimum=0, maximum=1, open_maximum=True),
     )
     unused_hyperparameters = ("architecture",)
     levels = ("top", "bottom")
@@ -141,11 +137,6 @@ class VQVAE2(CodeMapAutoencoder):
         top = dict(self.quantizer_top(z_top, training=training, seed=seeds[0]), vectors=z_top)
         z_bottom = tf.cast(self.bottom_head([h_bottom, top["quantized"]], training=training), tf.float32)
         bottom = dict(self.quantizer_bottom(z_bottom, training=training, seed=seeds[1]), vectors=z_bottom)
-        if training and self.bottom_dropout > 0:
-            seed = self.noise_seed() if seed is None else seed
-            keep = tf.random.stateless_uniform([tf.shape(x)[0], 1, 1, 1], tf.random.experimental.stateless_fold_in(
-                seed, 2)) >= self.bottom_dropout
-            bottom["quantized"] = bottom["quantized"] * tf.cast(keep, bottom["quantized"].dtype)
         return {"top": top, "bottom": bottom}
 
     reads_signals = False  # its networks are 2-D

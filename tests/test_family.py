@@ -387,7 +387,7 @@ def test_every_model_scores_8_bit_images_under_the_logistic_mixture(name):
     given = {"y": tf.constant(y)} if model.uses_labels else {}
     before = model.compute_terms(tf.constant(x), **given)["reconstruction_loss"].numpy()
     assert before.shape == (32,) and np.isfinite(before).all()
-    model.fit(x, y, batch_size=16, epochs=4, verbose=0, shuffle=False)
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0, shuffle=False)
     after = model.compute_terms(tf.constant(x), **given)["reconstruction_loss"].numpy()
     assert after.mean() < before.mean()
     mean = model.reconstruct(x[:4], labels(4) if model.uses_labels else None).numpy()

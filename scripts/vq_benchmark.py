@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
 """Discrete-code models side by side (figures, not tests): issue 14's targets.
 
-    python scripts/vq_benchmark.py                         # every preset on Fashion-MNIST
+    python scripts/vq_benchmark.py                         # every preset (about 2.5 hours on 2 CPU cores)
+    python scripts/vq_benchmark.py --presets vq_vae2-8bit,vq_vae-8bit    # one pair (about 45 minutes)
     python scripts/vq_benchmark.py --presets vq_vae2,vq_vae --epochs 5 --prior-epochs 8
     python scripts/vq_benchmark.py --sampling-only         # sampling time against the grid size
 
-Each preset trains with the package's own `fit` (its defaults: dynamic
-binarization, Bernoulli likelihood, `--precision auto`; a finished run in the
+Each preset trains with the package's own `fit` (its defaults unless the preset
+says otherwise: Fashion-MNIST, dynamic binarization, Bernoulli likelihood;
+`--precision auto`; the `-8bit` rows: grey levels under the discretized
+logistic mixture; the `-sprites` rows: 64×64 sprites; a finished run in the
 scratch folder is reused, with the seconds it took), fits its PixelCNN priors
 with `fit_prior` where the row needs the bound, and is measured on the test
 split:

@@ -43,6 +43,7 @@ USAGE_DECAY = 0.99  # the usage of an entry: an EMA of the vectors assigned to i
 RESTART_BELOW = 0.03  # restart entries whose usage fell below this (~350 steps unused after a restart)
 FSQ_EPSILON = 1e-3
 FSQ_MOMENTUM = 0.99  # of the moving statistics that standardize FSQ's numbers at inference
+FSQ_VARIANCE_EPSILON = 1e-6  # far below an untrained encoder's variance (about 1e-4), which it must not mask
 
 
 def nearest_codes(z, codebook):
@@ -153,8 +154,10 @@ class VectorQuantizer(keras.layers.Layer):
         """One step of the codebook's statistics for vectors [N, D] assigned to `indices` [N], summed over
         replicas: the EMA codebook (van den Oord et al. 2017, A.1) and the restarts of unused entries."""
         vectors = tf.stop_gradient(vectors)
-        one_hot = tf.one_hot(indices, self.codebook_size, dtype=tf.float32)  # (N, K)
-        counts, sums = tf.reduce_sum(one_hot, 0), tf.matmul(one_hot, vectors, transpose_a=True)  # (K,), (K, D)
+        # Segment sums, not a one-hot matmul: exact, and clear of the oneDNN matmul that returns garbage for
+        # some shapes on AVX512 EPYC CPUs (see nearest_codes; the EMA test failed about one run in five).
+        counts = tf.math.unsorted_segment_sum(tf.ones_like(indices, tf.float32), indices, self.codebook_size)  # (K,)
+        sums = tf.math.unsorted_segment_sum(vectors, indices, self.codebook_size)  # (K, D)
         counts, sums = reduce_over_replicas([counts, sums], "SUM")
         if self.ema:
             self.ema_counts.assign(EMA_DECAY * self.ema_counts + (1 - EMA_DECAY) * counts)
@@ -207,7 +210,7 @@ class FiniteScalarQuantizer(keras.layers.Layer):
         self.half_width = np.array([level // 2 for level in self.levels], np.float32)
         self.basis = np.cumprod((1,) + self.levels[:-1]).astype(np.int32)
         if self.standardize:
-            self.norm = keras.layers.BatchNormalization(center=False, scale=False, momentum=FSQ_MOMENTUM, epsilon=1e-6,
+            self.norm = keras.layers.BatchNormalization(center=False, scale=False, momentum=FSQ_MOMENTUM, epsilon=FSQ_VARIANCE_EPSILON,
                                                         synchronized=True, dtype="float32", name="standardize")
             self.norm.build((None, len(self.levels)))
         self.built = True

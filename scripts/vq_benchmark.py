@@ -56,7 +56,6 @@ PRESETS.update({
     "vq_vae-sprites": (dict(model="vq_vae", latent_dim=320, architecture="conv-64", vq_ema=True, prior_layers=6,
                             **SPRITES), True),
 })
-PRIOR_EPOCHS = {}  # a preset's own prior epochs; the others: --prior-epochs
 
 
 def measure(name, settings, priors, args, out_dir):
@@ -75,7 +74,6 @@ def measure(name, settings, priors, args, out_dir):
 
     run_dir = os.path.join(args.scratch, name)
     settings = {"dataset": args.dataset, "data_dir": args.data_dir, "epochs": args.epochs, **settings}
-    prior_epochs = PRIOR_EPOCHS.get(name, args.prior_epochs)
     config = FitConfig(precision="auto", run_dir=run_dir, export=False, **settings)
     times = timed_fit(config)  # a finished run of the same configuration is reused
     prior_history = None
@@ -85,7 +83,7 @@ def measure(name, settings, priors, args, out_dir):
             prior_history = json.load(open(history_path))
         else:
             start = time.time()
-            prior_history = fit_prior(run_dir, epochs=prior_epochs, export=False, verbose=2)["history"]
+            prior_history = fit_prior(run_dir, epochs=args.prior_epochs, export=False, verbose=2)["history"]
             times["prior"] = time.time() - start
     write_times(run_dir, times)
     config, model = load_run(run_dir)
@@ -109,7 +107,7 @@ def measure(name, settings, priors, args, out_dir):
         save_png(os.path.join(out_dir, f"{name}-samples.png"), explore.sample_grid(model, 100, seed=3))
     save_png(os.path.join(out_dir, f"{name}-reconstructions.png"), explore.reconstruction_grid(model, test.x[:20]))
     return {
-        "preset": name, "settings": settings, "epochs": settings["epochs"], "prior_epochs": prior_epochs,
+        "preset": name, "settings": settings, "epochs": settings["epochs"], "prior_epochs": args.prior_epochs,
         "rec_nats": result["reconstruction_loss"], "psnr": psnr(test.x), "psnr_grey": psnr(grey),
         "prior_nats": result["kl"] if priors else None, "bound": -result["elbo"] if priors else None,
         "bits_per_dim": -result["elbo"] / (math.prod(model.image_shape) * math.log(2)) if priors else None,

@@ -111,7 +111,7 @@ def test_keras_format_round_trip_restores_a_trainable_model(tmp_path):
 
 @pytest.mark.parametrize("architecture, shape", [
     *((a, s) for a in ("mlp", "mlp-200-tanh", "mlp-gated", "conv", "conv-small") for s in ((28, 28, 1), (32, 16, 3))),
-    ("conv-64", (64, 64, 1)), ("conv-64", (32, 48, 3)),
+    ("conv-64", (64, 64, 1)), ("conv-64", (32, 48, 3)), ("broadcast-64", (64, 64, 1)), ("broadcast-64", (32, 48, 3)),
 ])
 def test_every_architecture_maps_images_to_images(architecture, shape):
     model = VAE(shape, latent_dim=5, architecture=architecture)
@@ -127,6 +127,8 @@ def test_conv_architectures_need_sizes_their_strides_divide():
     with pytest.raises(UserError, match=r"'conv-64' architecture needs image height and width divisible by 16. "
                                         r"Received: image_shape=\(56, 56, 1\)"):
         VAE((56, 56, 1), architecture="conv-64")
+    with pytest.raises(UserError, match=r"'broadcast-64' architecture needs image height and width divisible by 16"):
+        VAE((56, 56, 1), architecture="broadcast-64")
 
 
 def test_bad_constructor_arguments_repeat_the_value():
@@ -134,7 +136,7 @@ def test_bad_constructor_arguments_repeat_the_value():
         VAE((28, 28, 1), latent_dim=0)
     with pytest.raises(UserError, match="Received: beta=-1"):
         VAE((28, 28, 1), beta=-1)
-    with pytest.raises(UserError, match="Unknown architecture 'resnet'. Valid architectures: conv, conv-64, conv-small, conv1d, mlp, mlp-200-tanh, mlp-gated"):
+    with pytest.raises(UserError, match="Unknown architecture 'resnet'. Valid architectures: broadcast-64, conv, conv-64, conv-small, conv1d, mlp, mlp-200-tanh, mlp-gated"):
         VAE((28, 28, 1), architecture="resnet")
 
 
@@ -203,6 +205,24 @@ def test_default_kl_warmup_spans_half_the_run(tiny_npz, tmp_path):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["kl_warmup_steps"] is None
     assert FitConfig(kl_warmup_steps=100).model_hyperparameters()["kl_warmup_steps"] == 100
     assert VAE.resolve_hyperparameters({"kl_warmup_steps": None}, 1000)["kl_warmup_steps"] == 500
+
+
+def test_spatial_broadcast_tiles_the_code_beside_the_grid_coordinates_and_survives_saving(tmp_path):
+    from keras_vae.networks import SpatialBroadcast
+
+    z = np.random.default_rng(0).normal(size=(2, 3)).astype(np.float32)
+    out = SpatialBroadcast(4, 5)(z).numpy()
+    assert out.shape == (2, 4, 5, 5)
+    np.testing.assert_array_equal(out[..., :3], np.broadcast_to(z[:, None, None, :], (2, 4, 5, 3)))
+    # The last two channels are x (along the width) and y (along the height), each from -1 to 1.
+    np.testing.assert_allclose(out[0, 0, :, 3], np.linspace(-1, 1, 5), atol=1e-6)
+    np.testing.assert_allclose(out[0, :, 0, 4], np.linspace(-1, 1, 4), atol=1e-6)
+    np.testing.assert_array_equal(out[0, ..., 3:], out[1, ..., 3:])  # the same grid for every example
+    model = VAE((32, 32, 1), latent_dim=4, architecture="broadcast-64")
+    codes = np.random.default_rng(1).normal(size=(2, 4)).astype(np.float32)
+    model.save(tmp_path / "broadcast.keras")
+    restored = keras.saving.load_model(tmp_path / "broadcast.keras")
+    np.testing.assert_allclose(restored.decode(codes), model.decode(codes), atol=1e-6)
 
 
 def test_gated_dense_is_a_linear_unit_times_a_sigmoid_gate_and_survives_saving(tmp_path):

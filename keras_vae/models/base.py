@@ -85,7 +85,7 @@ class Autoencoder(keras.Model):
 
     hyperparameters = (
         H("latent_dim", int, 16, "Size of the latent code (for vq_vae: code positions).", minimum=1),
-        H("architecture", str, "mlp", "Encoder/decoder design: mlp, mlp-200-tanh (Burda et al. 2016), mlp-gated (Tomczak & Welling 2018), conv, conv-small, conv-64; conv1d for signals [T, C]."),
+        H("architecture", str, "mlp", "Encoder/decoder design: mlp, mlp-200-tanh (Burda et al. 2016), mlp-gated (Tomczak & Welling 2018), conv, conv-small, conv-64, broadcast-64 (a spatial broadcast decoder, Watters et al. 2019); conv1d for signals [T, C]."),
         H("likelihood", str, "bernoulli", "p(x|z): bernoulli (binary pixels), gaussian, categorical over 256 "
           "levels in [-1, 1] (μ-law waveforms), or logistic_mixture (a discretized mixture of 10 logistics over "
           "8-bit values, Salimans et al. 2017).", choices=LIKELIHOODS, attribute="likelihood_name",

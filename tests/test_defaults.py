@@ -50,7 +50,7 @@ def test_a_model_with_its_own_meaning_of_a_setting_keeps_its_default():
     ("mine.npz", (64, 64, 3), SPRITES),
     ("mine.npz", (LARGE_IMAGE, LARGE_IMAGE, 1), SPRITES),
     ("mine.npz", (32, 32, 1), {}),
-    ("mine.npz", (72, 72, 1), {}),  # not divisible by 16: conv-64 cannot take it
+    ("mine.npz", (72, 72, 1), {}),  # not divisible by 16: broadcast-64 cannot take it
 ])
 def test_defaults_per_dataset_and_per_image_size(name, shape, expected):
     assert defaults_for(name, shape) == expected

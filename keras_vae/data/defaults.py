@@ -19,7 +19,7 @@ DATASET_DEFAULTS = {
     "fashion_mnist": {},  # the declared defaults were measured on it
     "mnist": {},
     # scripts/first_run.py; benchmarks/FIRST_RUN.md has the runs that chose it.
-    "sprites": {"architecture": "conv-64", "latent_dim": 10, "batch_size": 32, "precision": "auto",
+    "sprites": {"architecture": "broadcast-64", "latent_dim": 10, "batch_size": 32, "precision": "auto",
                 "prior": "mog", "prior_components": 100},
 }
 DATASET_DEFAULTS["dsprites"] = DATASET_DEFAULTS["sprites"]  # the same images, drawn from the whole grid
@@ -42,7 +42,7 @@ def defaults_for(name, image_shape, representation=None):
     if len(image_shape) == 2:  # signals [T, C]: real values
         return dict(SIGNAL_DEFAULTS)
     height, width = image_shape[:2]
-    if min(height, width) >= LARGE_IMAGE and height % 16 == 0 and width % 16 == 0:  # what conv-64 takes
+    if min(height, width) >= LARGE_IMAGE and height % 16 == 0 and width % 16 == 0:  # what conv-64 and broadcast-64 take
         return dict(DATASET_DEFAULTS["sprites"])
     return {}
 

@@ -6,6 +6,7 @@
     python scripts/benchmark.py levers           # throughput of fit options, for choosing defaults
     python scripts/benchmark.py scale            # cost vs dataset, batch, latent and image size
     python scripts/benchmark.py ab --architecture conv-small   # interleaved reference vs keras_vae speed
+    python scripts/benchmark.py quality          # time to quality: the defaults' seconds to each reference's ELBO
 
 The main run trains, in one run, on the same data (Fashion-MNIST), batch size,
 epochs and seed:
@@ -96,6 +97,41 @@ def throughput(times, examples):
             "samples_per_s": examples / median, "mean_samples_per_s": examples / (sum(steady) / len(steady))}
 
 
+class TestCurve:
+    """A Keras callback: after each epoch, (seconds since `launched` not spent in this callback, `score()`).
+
+    `launched` is the parent's time.time() when it started the process, so the seconds include start-up and
+    everything the run does between epochs (its own validation too), but not this callback's scoring."""
+
+    @staticmethod
+    def make(curve, launched, score):
+        import keras
+
+        class Curve(keras.callbacks.Callback):
+            scoring = 0.0
+
+            def on_epoch_end(self, epoch, logs=None):
+                begin = time.time()
+                elapsed = begin - launched - self.scoring
+                curve.append((elapsed, score(self.model)))
+                self.scoring += time.time() - begin
+
+        return Curve()
+
+
+def time_to_reach(curve, target):
+    """The seconds of the first point of `curve` [(seconds, test ELBO), ...] whose ELBO is at least `target`;
+    None when none is."""
+    return next((seconds for seconds, elbo in curve if elbo >= target), None)
+
+
+def test_elbo(model, data):
+    """The ELBO of the whole split (fixed noise, one sample per image), nats."""
+    from keras_vae.evaluate import evaluate_model
+
+    return evaluate_model(model, data, iw_samples=1, batch_size=500, progress=False)["elbo"]
+
+
 def evaluation(model, data, iw_samples, iw_examples):
     """Test ELBO on the whole split; nll_iw on its first `iw_examples` images, timed."""
     from keras_vae.data.splits import Split
@@ -116,14 +152,14 @@ def trained_examples(job):
     return job["train_examples"] // batch * batch
 
 
-def timed_fit(job, run_dir):
+def timed_fit(job, run_dir, callbacks=()):
     """keras_vae.train.fit (the keras-vae fit code path) with epoch timing; returns (config, result, figures)."""
     from keras_vae.config import FitConfig
     from keras_vae.train import fit
 
     times = []
     config = FitConfig(run_dir=run_dir, export=False, **job["config"])
-    result = fit(config, verbose=0, log=lambda *_: None, extra_callbacks=[EpochTimer.make(times)])
+    result = fit(config, verbose=0, log=lambda *_: None, extra_callbacks=[EpochTimer.make(times), *callbacks])
     return config, result, throughput(times, trained_examples(job))
 
 
@@ -271,9 +307,10 @@ def reference_adapter(encoder, decoder, latent_dim, image_shape):
     return Adapter()
 
 
-def train_reference(job):
+def train_reference(job, callbacks_for=None):
     """Trains the canonical Keras VAE plainly (dynamic binarization in a plain tf.data
-    pipeline); returns (config, dataset, encoder, decoder, throughput figures)."""
+    pipeline); returns (config, dataset, encoder, decoder, throughput figures).
+    `callbacks_for(config, dataset, encoder, decoder)` gives extra callbacks."""
     import keras
     import numpy as np
     import tensorflow as tf
@@ -296,7 +333,8 @@ def train_reference(job):
     vae = reference_vae_class()(encoder, decoder)
     vae.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
     times = []
-    vae.fit(train, epochs=config.epochs, verbose=0, callbacks=[EpochTimer.make(times)])
+    extra = callbacks_for(config, dataset, encoder, decoder) if callbacks_for else []
+    vae.fit(train, epochs=config.epochs, verbose=0, callbacks=[EpochTimer.make(times), *extra])
     return config, dataset, encoder, decoder, throughput(times, len(x_train))
 
 
@@ -317,10 +355,40 @@ def child_reference(job):
     return figures
 
 
+def child_reference_curve(job):
+    """The canonical Keras VAE's test ELBO after each epoch, against the seconds since its process started."""
+    from keras_vae.data.splits import load_split
+
+    curve = []
+
+    def callbacks_for(config, dataset, encoder, decoder):
+        model = reference_adapter(encoder, decoder, config.latent_dim, dataset.image_shape)
+        test = load_split(config, "test", dataset)
+        return [TestCurve.make(curve, job["launched"], lambda _: test_elbo(model, test))]
+
+    figures = train_reference(job, callbacks_for)[-1]
+    return dict(figures, curve=curve)
+
+
+def child_package_curve(job):
+    """`keras-vae fit`'s test ELBO after each epoch (its defaults for the data unless the job sets them), against
+    the seconds since its process started."""
+    from keras_vae.config import FitConfig
+    from keras_vae.data.splits import load_split
+
+    curve = []
+    test = load_split(FitConfig(**job["config"]), "test")
+    with tempfile.TemporaryDirectory() as scratch:
+        config, _, figures = timed_fit(job, os.path.join(scratch, "run"),
+                                       [TestCurve.make(curve, job["launched"], lambda model: test_elbo(model, test))])
+    return dict(figures, curve=curve, config=config.to_dict())
+
+
 def run_child(kind, job):
     """Runs one measurement in a fresh process; adds its wall time and peak RSS."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO)
     start = time.perf_counter()
+    job = dict(job, launched=time.time())  # the curve children count their seconds from here
     result = subprocess.run([sys.executable, __file__, "_child", kind, json.dumps(job)],
                             capture_output=True, text=True, env=env)
     if result.returncode != 0:
@@ -332,7 +400,8 @@ def run_child(kind, job):
 
 def child_main(kind, job):
     children = {"peak": child_peak, "package": child_package, "reference": child_reference, "fit": child_fit,
-                "reference_speed": child_reference_speed}
+                "reference_speed": child_reference_speed, "reference_curve": child_reference_curve,
+                "package_curve": child_package_curve}
     figures = children[kind](json.loads(job))
     figures["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(figures))
@@ -551,12 +620,45 @@ def ab(args):
     return speeds
 
 
+def quality(args):
+    """Time to quality: the seconds `keras-vae fit --dataset fashion_mnist` with the package's defaults takes to
+    reach each reference's final test ELBO, against the reference's own seconds for its `--epochs`.
+
+    Seconds run from each process's start (imports, data, tracing and the run's own validation included; the
+    per-epoch test scoring that draws the curves excluded). The package runs the same number of epochs; if it
+    never reaches a reference's ELBO, that row says so."""
+    data = {"dataset": "fashion_mnist", "data_dir": args.data_dir, "seed": args.seed, "epochs": args.epochs}
+    reference = dict(data, batch_size=args.batch_size, latent_dim=16)
+    rows = {}
+    for design in ("conv-small", "mlp"):
+        print(f"... reference {design}", file=sys.stderr, flush=True)
+        rows[f"reference {design}"] = run_child("reference_curve", {"design": design, "config": reference})
+    print("... keras_vae defaults", file=sys.stderr, flush=True)
+    rows["keras_vae defaults"] = run_child("package_curve", {"config": data, "train_examples": 54000})
+    package = rows["keras_vae defaults"]["curve"]
+    lines = ["| reference | its final test ELBO | its seconds | keras_vae defaults reach it at | ratio |",
+             "|---|---|---|---|---|"]
+    for name in ("reference conv-small", "reference mlp"):
+        seconds, elbo = rows[name]["curve"][-1]
+        reached = time_to_reach(package, elbo)
+        ratio = f"{seconds / reached:.2f}x" if reached else "not reached"
+        lines.append(f"| {name} | {elbo:.2f} | {seconds:.1f} | "
+                     f"{f'{reached:.1f} s' if reached else f'not in {args.epochs} epochs'} | {ratio} |")
+    for name, row in rows.items():
+        lines.append(f"\n{name}, (seconds, test ELBO) after each epoch: "
+                     + ", ".join(f"({t:.0f}, {e:.2f})" for t, e in row["curve"]))
+    print("\n".join(lines))
+    with open(os.path.join(OUT_DIR, "quality.json"), "w") as f:
+        json.dump({"cpu": cpu_model(), "settings": data, "rows": rows}, f, indent=1)
+    return rows
+
+
 def main(argv=None):
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "_child":
         child_main(sys.argv[2], sys.argv[3])
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", nargs="?", default="compare", choices=["compare", "replicas", "levers", "scale", "ab"])
+    parser.add_argument("mode", nargs="?", default="compare", choices=["compare", "replicas", "levers", "scale", "ab", "quality"])
     parser.add_argument("--rounds", type=int, default=3, help="ab: alternations")
     parser.add_argument("--data-dir", default=DEFAULT_DATA)
     parser.add_argument("--epochs", type=int, default=None)
@@ -569,10 +671,11 @@ def main(argv=None):
     parser.add_argument("--quick-train", type=int, default=8000, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.epochs is None:
-        args.epochs = 3 if args.quick else (3 if args.mode != "compare" else 10)
+        args.epochs = 3 if args.quick else (10 if args.mode in ("compare", "quality") else 3)
     args.iw_samples = args.iw_samples or (100 if args.quick else 1000)
     args.iw_examples = args.iw_examples or (200 if args.quick else 1000)
-    {"compare": main_benchmark, "replicas": replicas, "levers": levers, "scale": scale, "ab": ab}[args.mode](args)
+    {"compare": main_benchmark, "replicas": replicas, "levers": levers, "scale": scale, "ab": ab,
+     "quality": quality}[args.mode](args)
 
 
 if __name__ == "__main__":

@@ -83,6 +83,30 @@ def test_the_benchmark_scores_the_reference_with_the_same_evaluator():
     assert report["nll_iw"] <= -report["elbo"] + 0.5
 
 
+def test_time_to_quality_counts_the_run_but_not_the_scoring_that_draws_its_curve():
+    import os
+    import sys
+    import time
+
+    import numpy as np
+
+    from conftest import REPO
+
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    import benchmark
+
+    curve = []
+    slow_score = lambda model: (time.sleep(0.3), -100.0 + len(curve))[1]  # noqa: E731
+    callback = benchmark.TestCurve.make(curve, time.time() - 5.0, slow_score)  # launched 5 s ago
+    for epoch in range(3):
+        callback.on_epoch_end(epoch)
+    seconds = [t for t, _ in curve]
+    assert 5.0 <= seconds[0] < 5.3 and np.all(np.diff(seconds) < 0.1)  # 0.9 s of scoring is not counted
+    assert [elbo for _, elbo in curve] == [-100.0, -99.0, -98.0]
+    assert benchmark.time_to_reach([(10.0, -250.0), (20.0, -240.0), (30.0, -235.0)], -240.0) == 20.0
+    assert benchmark.time_to_reach([(10.0, -250.0)], -240.0) is None
+
+
 def test_chunked_scoring_equals_one_pass_and_goes_on_from_its_cache(tmp_path):
     """The benchmarks' long scorings: chunks kept in a file add up to the one-pass evaluation (the same
     importance samples per image), a later call reuses the kept chunks rather than scoring them again, and a

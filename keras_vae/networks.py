@@ -10,6 +10,7 @@ a Gaussian one).
 import math
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_vae.errors import UserError
@@ -243,6 +244,17 @@ def conv(image_shape, latent_dim, num_params):
     return encoder, decoder
 
 
+def conv_64_encoder(image_shape, num_params):
+    """`conv-64`'s encoder: four 4×4 stride-2 convolutions of 32, 32, 64 and 64 filters, a 256-unit layer."""
+    down = [layer for filters in (32, 32, 64, 64)
+            for layer in convolution(keras.layers.Conv2D, filters, 4, strides=2, activation="relu")]
+    return keras.Sequential(
+        [keras.Input(image_shape), *down, keras.layers.Flatten(), keras.layers.Dense(256, activation="relu"),
+         keras.layers.Dense(num_params, name="posterior_params")],
+        name="encoder",
+    )
+
+
 @ARCHITECTURES.register("conv-64")
 def conv_64(image_shape, latent_dim, num_params):
     """The convolutional pair of the disentanglement literature, made for 64×64 images (Higgins et al.
@@ -254,16 +266,10 @@ def conv_64(image_shape, latent_dim, num_params):
     """
     _check_divisible("conv-64", image_shape, 16)
     height, width, channels = image_shape
-    Conv2D, Conv2DTranspose = keras.layers.Conv2D, keras.layers.Conv2DTranspose
-    down = [layer for filters in (32, 32, 64, 64)
-            for layer in convolution(Conv2D, filters, 4, strides=2, activation="relu")]
+    encoder = conv_64_encoder(image_shape, num_params)  # built first: the layers' default names as before
+    Conv2DTranspose = keras.layers.Conv2DTranspose
     up = [layer for filters in (64, 32, 32)
           for layer in convolution(Conv2DTranspose, filters, 4, strides=2, activation="relu")]
-    encoder = keras.Sequential(
-        [keras.Input(image_shape), *down, keras.layers.Flatten(), keras.layers.Dense(256, activation="relu"),
-         keras.layers.Dense(num_params, name="posterior_params")],
-        name="encoder",
-    )
     decoder = keras.Sequential(
         [keras.Input((latent_dim,)), keras.layers.Dense(256, activation="relu"),
          keras.layers.Dense(height // 16 * width // 16 * 64, activation="relu"),
@@ -286,13 +292,14 @@ class SpatialBroadcast(keras.layers.Layer):
     def __init__(self, height, width, **kwargs):
         super().__init__(**kwargs)
         self.height, self.width = height, width
+        ys, xs = np.meshgrid(np.linspace(-1, 1, height), np.linspace(-1, 1, width), indexing="ij")
+        self.coordinates = np.stack([xs, ys], axis=-1).astype(np.float32)[None]  # [1, height, width, 2]
 
     def call(self, z):
         batch = tf.shape(z)[0]
         tiled = tf.tile(z[:, None, None, :], [1, self.height, self.width, 1])
-        ys, xs = tf.meshgrid(tf.linspace(-1.0, 1.0, self.height), tf.linspace(-1.0, 1.0, self.width), indexing="ij")
-        coordinates = tf.cast(tf.stack([xs, ys], axis=-1), z.dtype)  # [height, width, 2]
-        return tf.concat([tiled, tf.tile(coordinates[None], [batch, 1, 1, 1])], axis=-1)
+        coordinates = tf.tile(tf.cast(self.coordinates, z.dtype), [batch, 1, 1, 1])
+        return tf.concat([tiled, coordinates], axis=-1)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.height, self.width, input_shape[-1] + 2)
@@ -316,7 +323,7 @@ def broadcast_64(image_shape, latent_dim, num_params):
     """
     _check_divisible("broadcast-64", image_shape, 16)
     height, width, channels = image_shape
-    encoder, _ = conv_64(image_shape, latent_dim, num_params)
+    encoder = conv_64_encoder(image_shape, num_params)
     Conv2D, Conv2DTranspose = keras.layers.Conv2D, keras.layers.Conv2DTranspose
     decoder = keras.Sequential(
         [keras.Input((latent_dim,)), SpatialBroadcast(height // 4, width // 4),

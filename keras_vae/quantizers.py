@@ -210,8 +210,9 @@ class FiniteScalarQuantizer(keras.layers.Layer):
         self.half_width = np.array([level // 2 for level in self.levels], np.float32)
         self.basis = np.cumprod((1,) + self.levels[:-1]).astype(np.int32)
         if self.standardize:
-            self.norm = keras.layers.BatchNormalization(center=False, scale=False, momentum=FSQ_MOMENTUM, epsilon=FSQ_VARIANCE_EPSILON,
-                                                        synchronized=True, dtype="float32", name="standardize")
+            self.norm = keras.layers.BatchNormalization(center=False, scale=False, momentum=FSQ_MOMENTUM,
+                                                        epsilon=FSQ_VARIANCE_EPSILON, synchronized=True,
+                                                        dtype="float32", name="standardize")
             self.norm.build((None, len(self.levels)))
         self.built = True
 

@@ -18,7 +18,7 @@ setup(
         "pillow>=10",
     ],
     extras_require={
-        "test": ["pytest>=8", "tensorflow-serving-api==2.21.*"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "tensorflow-serving-api==2.21.*"],
         "grpc": ["tensorflow-serving-api==2.21.*"],
     },
     entry_points={"console_scripts": ["keras-vae=keras_vae.cli:main"]},

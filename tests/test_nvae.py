@@ -357,6 +357,25 @@ def test_the_residual_posterior_reads_the_prior_and_the_direct_one_does_not():
         assert moved == residual
 
 
+def test_group_free_bits_floor_each_groups_batch_mean_kl_once_the_balanced_warm_up_is_over():
+    x = tf.constant((tiny_images(8) / 255).astype(np.float32))
+    for balance in (True, False):
+        model = untrained_nvae(kl_balance=balance, spectral_reg=0.0)
+        model.compile(optimizer=keras.optimizers.Adamax(1e-3))
+        terms = model.compute_terms(x)
+        kl_groups = terms["kl_groups"]
+        group_means = np.mean(kl_groups.numpy(), 0)
+        floor = float(np.median(group_means))  # some groups above it, some below
+        assert np.any(group_means < floor) and np.any(group_means > floor)
+        model.group_free_bits = floor
+        floored = np.sum(np.maximum(group_means, floor))
+        balanced = float(tf.reduce_mean(balanced_kl(kl_groups, model.plan.group_sizes(), tf.constant(True))))
+        np.testing.assert_allclose(model.regularizer(terms, 1.0), balanced if balance else floored, rtol=1e-5)
+        model.optimizer.iterations.assign(100)  # the warm-up is over
+        np.testing.assert_allclose(model.regularizer(terms, 1.0), floored, rtol=1e-5)
+        assert floored > float(tf.reduce_mean(terms["kl"])) + 1e-3  # the floor binds here
+
+
 def test_without_kl_balance_the_warm_up_penalizes_the_plain_kl():
     x = tf.constant((tiny_images(8) / 255).astype(np.float32))
     for balance in (True, False):

@@ -20,6 +20,8 @@ branch). Stabilizers: spectral regularization of every convolution (one power
 iteration per step, the estimates kept as state), a penalty on batch-norm
 scales, a KL warm-up over `kl_warmup_steps` with KL balancing across groups
 during it, and Adamax with a cosine schedule as the run's default optimizer.
+After the warm-up, `group_free_bits` can floor each group's KL in the loss
+(free bits per group), against groups that collapse late in training.
 Images whose sides are not divisible by the hierarchy's total stride are
 padded (bottom and right) and the padding cropped before p(x | z). For
 ablations, the SE gates (`squeeze_excite`), the residual posterior
@@ -372,6 +374,9 @@ class NVAE(VAE):
           "(N(μp + Δμ, (σp e^Δ)²)); off, the posterior's head gives its mean and log-scale directly."),
         H("kl_balance", bool, True, "NVAE: weight each group's KL by its share during the KL warm-up, so that "
           "few groups cannot carry the whole code."),
+        H("group_free_bits", float, 0.0, "NVAE: floor, in nats, on each group's batch-mean KL in the loss once "
+          "the balanced warm-up is over (all along without `kl_balance`), so that no group collapses later.",
+          minimum=0, reference="Kingma et al. 2016 (free bits per group)"),
     )
     unused_hyperparameters = ("latent_dim", "architecture", "posterior_scale", "free_bits", "prior",
                               "prior_components", "dequantize", "aggressive_encoder", "decoder", "decoder_layers",
@@ -479,9 +484,15 @@ class NVAE(VAE):
                           **{f"kl_{g}": kl_groups[:, g] for g in range(self.plan.num_groups)})
 
     def regularizer(self, terms, beta):
-        """β × the (balanced, while warming up and `kl_balance`) KL, plus `spectral_reg` × the norm penalty."""
-        kl = balanced_kl(terms["kl_groups"], self.plan.group_sizes(), self.kl_balance and self.kl_weight() < 1.0)
-        return beta * tf.reduce_mean(kl) + self.spectral_reg * terms["norm_penalty"]
+        """β × the KL term, plus `spectral_reg` × the norm penalty. The KL term is balanced while warming up
+        (with `kl_balance`); otherwise it is the plain KL, each group's batch mean floored at
+        `group_free_bits` when that is set."""
+        warming_up = self.kl_balance and self.kl_weight() < 1.0
+        kl = tf.reduce_mean(balanced_kl(terms["kl_groups"], self.plan.group_sizes(), warming_up))
+        if self.group_free_bits > 0:
+            floored = losses.free_bits_kl(terms["kl_groups"], self.group_free_bits)
+            kl = floored if warming_up is False else tf.where(warming_up, kl, floored)
+        return beta * kl + self.spectral_reg * terms["norm_penalty"]
 
     def importance_log_weights(self, x, num_samples, seed, y=None):
         """log p(x, z) − log q(z | x) for K top-down posterior samples: ([K, B], elbo [B])."""

@@ -48,11 +48,19 @@ def test_fit_logs_the_elbo_terms_and_images_to_tensorboard(finished_run):
         event_tags(logs / "validation")
 
 
-def test_fit_exports_a_loadable_saved_model(finished_run):
+def test_fit_exports_the_trained_model(finished_run):
+    """The export answers as the run's final model does (not an earlier checkpoint or a fresh network)."""
+    from conftest import tiny_images
+    from keras_vae.runs import load_run
+
     root, _ = finished_run
     loaded = tf.saved_model.load(str(root / "exports" / "tiny" / "1"))
-    out = loaded.signatures["serving_default"](x=tf.zeros([2, 28, 28, 1]))
-    assert out["x_mean"].shape == (2, 28, 28, 1) and out["z_mean"].shape == (2, 3)
+    x = (tiny_images(4) / 255).astype(np.float32)
+    out = loaded.signatures["serving_default"](x=tf.constant(x))
+    assert out["x_mean"].shape == (4, 28, 28, 1) and out["z_mean"].shape == (4, 3)
+    _, model = load_run(str(root / "run"))
+    np.testing.assert_allclose(out["x_mean"], model.reconstruct(x), atol=1e-5)
+    np.testing.assert_allclose(out["z_mean"], model.encode(x)[0], atol=1e-5)
 
 
 def test_config_file_with_flags_overriding(tmp_path):

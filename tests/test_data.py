@@ -237,13 +237,27 @@ def test_shuffling_visits_every_example_once_per_epoch_in_a_new_order():
     assert first.shape == (32, 1, 1, 1) and first.dtype == np.float32
 
 
-def test_static_binarization_and_validation_split():
+def test_static_binarization_is_a_seeded_bernoulli_draw_of_each_intensity():
+    grey = np.full((4000, 4, 4, 1), 77, np.uint8)  # one intensity: the draw's mean must be 77/255
+    once = pipeline.binarize_once(grey, seed=2)
+    assert once.dtype == np.uint8 and set(np.unique(once)) == {0, 255}
+    assert abs(once.mean() / 255 - 77 / 255) < 0.005  # 64,000 draws: standard error 0.0018
+    np.testing.assert_array_equal(once, pipeline.binarize_once(grey, seed=2))
+    assert not np.array_equal(once, pipeline.binarize_once(grey, seed=3))
+    ends = np.array([0, 255], np.uint8).reshape(2, 1, 1, 1)  # black stays black, white stays white
+    np.testing.assert_array_equal(pipeline.binarize_once(ends, seed=0), ends)
+
+
+def test_the_validation_split_holds_out_a_seeded_fraction_with_each_image_beside_its_label():
     x = tiny_images(40)
-    once = pipeline.binarize_once(x, seed=2)
-    np.testing.assert_array_equal(once, pipeline.binarize_once(x, seed=2))
-    x_tr, y_tr, x_val, y_val = pipeline.split_validation(x, np.arange(40), 0.25, seed=0)
+    y = np.arange(40)  # labels are row indices, so each pair can be checked
+    x_tr, y_tr, x_val, y_val = pipeline.split_validation(x, y, 0.25, seed=0)
     assert len(x_val) == 10 and len(x_tr) == 30
     assert sorted(np.concatenate([y_tr, y_val])) == list(range(40))
+    np.testing.assert_array_equal(x_tr, x[y_tr])
+    np.testing.assert_array_equal(x_val, x[y_val])
+    assert list(pipeline.split_validation(x, y, 0.25, seed=0)[3]) == list(y_val)
+    assert list(pipeline.split_validation(x, y, 0.25, seed=1)[3]) != list(y_val)
 
 
 def registered_dataset_dir(name, tmp_path):

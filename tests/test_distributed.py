@@ -168,7 +168,11 @@ def test_multi_worker_training_on_two_local_processes(sprites_npz, tmp_path):
     assert os.listdir(run_dir / "logs") and not os.path.exists(run_dir / ".workers" / "worker-1" / "logs")
     loaded = tf.saved_model.load(str(export_dir / "mw" / "1"))
     x = np.load(sprites_npz)["x_test"][:4].astype(np.float32) / 255
-    assert loaded.signatures["serving_default"](x=tf.constant(x))["x_mean"].shape == (4, 28, 28, 1)
+    exported = loaded.signatures["serving_default"](x=tf.constant(x))["x_mean"]
+    assert exported.shape == (4, 28, 28, 1)
+    from keras_vae.runs import load_run
+
+    np.testing.assert_allclose(exported, load_run(str(run_dir))[1].reconstruct(x), atol=1e-5)  # the chief's model
 
 
 def test_a_killed_run_resumes_from_its_last_complete_epoch(sprites_npz, tmp_path):

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import SMALL_NVAE, config_for, invoke, tiny_images
-from keras_vae import losses
+from keras_vae import losses, runs
 from keras_vae.config import FitConfig
 from keras_vae.errors import UserError
 from keras_vae.export import export_saved_model
@@ -180,6 +180,8 @@ def test_cvae_from_the_command_line(cvae_run):
     run = root / "run"
     assert invoke("sample", run, "--out", root / "s.png", "--label", 1, "--num", 6).exit_code == 0
     assert Image.open(root / "s.png").size[0] > 0
+    assert invoke("sample", run, "--out", root / "s0.png", "--label", 0, "--num", 6).exit_code == 0
+    assert not np.array_equal(np.asarray(Image.open(root / "s.png")), np.asarray(Image.open(root / "s0.png")))
     for command in (["reconstruct", "--num", 4], ["interpolate", "--pairs", 2, "--steps", 3],
                     ["traverse", "--steps", 3], ["manifold", "--size", 3, "--label", 2]):
         result = invoke(command[0], run, "--out", root / f"{command[0]}.png", *command[1:])
@@ -191,11 +193,19 @@ def test_cvae_from_the_command_line(cvae_run):
     result = invoke("predict", "--saved-model", saved, "--signature", "sample", "--label", 2, "--num-samples", 5,
                     "--output", root / "p.npz")
     assert result.exit_code == 0, result.output
-    assert np.load(root / "p.npz")["x_mean"].shape == (5, 28, 28, 1)
-    np.save(root / "z.npy", np.zeros((4, 3), np.float32))
-    result = invoke("predict", "--saved-model", saved, "--signature", "decode", "--input", root / "z.npy",
-                    "--label", 0, "--output", root / "d.npz")
-    assert result.exit_code == 0 and np.load(root / "d.npz")["x_mean"].shape == (4, 28, 28, 1)
+    _, model = runs.load_run(str(run))
+    sampled = np.load(root / "p.npz")["x_mean"]
+    assert sampled.shape == (5, 28, 28, 1)
+    np.testing.assert_allclose(sampled, model.sample(5, seed=0, y=2)[0], atol=1e-5)  # the label reaches the export
+    z = np.zeros((4, 3), np.float32)
+    np.save(root / "z.npy", z)
+    for label in (0, 2):
+        result = invoke("predict", "--saved-model", saved, "--signature", "decode", "--input", root / "z.npy",
+                        "--label", label, "--output", root / f"d{label}.npz")
+        assert result.exit_code == 0, result.output
+        np.testing.assert_allclose(np.load(root / f"d{label}.npz")["x_mean"], model.decode(z, np.full(4, label)),
+                                   atol=1e-5)
+    assert not np.allclose(np.load(root / "d0.npz")["x_mean"], np.load(root / "d2.npz")["x_mean"], atol=1e-3)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -347,7 +357,6 @@ def test_em_stops_before_the_mixture_fits_the_noise_of_few_codes():
 def test_fit_prior_refits_a_trained_mixture_prior_to_the_aggregate_posterior(tmp_path):
     """`keras-vae fit-prior` on a `--prior mog` run: the refitted prior assigns the test split's codes a
     higher likelihood than the jointly trained one, the model file holds it, and training on is refused."""
-    from keras_vae import runs
     from keras_vae.codes import posterior_samples
     from keras_vae.data import datasets
     from keras_vae.data.splits import load_split

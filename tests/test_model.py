@@ -30,11 +30,14 @@ def test_terms_are_the_elbo_with_the_closed_form_kl():
     assert np.all(terms["reconstruction_loss"].numpy() > 0)
 
 
-def test_predict_returns_reconstruction_tensors():
+def test_predict_returns_the_decoder_mean_at_the_codes_mean():
     model = VAE((28, 28, 1), latent_dim=3)
-    out = model.predict(binary_batch(5), verbose=0)
+    x = binary_batch(5)
+    out = model.predict(x, verbose=0)
     assert isinstance(out, np.ndarray) and out.shape == (5, 28, 28, 1)
-    assert out.min() >= 0 and out.max() <= 1
+    mean, _ = model.encode(x)
+    np.testing.assert_allclose(out, model.likelihood(mean).mean(), atol=1e-6)  # not a draw: the mean, every call
+    np.testing.assert_array_equal(out, model.predict(x, verbose=0))
 
 
 def train_steps(model, x, steps):
@@ -117,8 +120,13 @@ def test_every_architecture_maps_images_to_images(architecture, shape):
     model = VAE(shape, latent_dim=5, architecture=architecture)
     x = np.random.default_rng(0).random((2,) + shape).astype(np.float32)
     mean, stddev = model.encode(x)
-    assert mean.shape == (2, 5) and stddev.shape == (2, 5)
-    assert model.decode(mean).shape == (2,) + shape
+    assert mean.shape == (2, 5) and stddev.shape == (2, 5) and np.all(stddev.numpy() > 0)
+    decoded = model.decode(mean)
+    assert decoded.shape == (2,) + shape
+    # Each example is its own: a reshape that mixed the batch with the pixels would break these.
+    np.testing.assert_allclose(model.encode(x[1:])[0], mean[1:], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(model.decode(mean[1:]), decoded[1:], rtol=1e-4, atol=1e-5)
+    assert not np.allclose(mean[0], mean[1])
 
 
 def test_conv_architectures_need_sizes_their_strides_divide():

@@ -205,6 +205,47 @@ def test_every_picture_command_writes_a_png_of_the_expected_size(run_dir, tmp_pa
     assert png_size(out) == size
 
 
+def grid_cell(grid, row, column, size=28, pad=2):
+    top, left = pad + row * (size + pad), pad + column * (size + pad)
+    return grid[top : top + size, left : left + size]
+
+
+def test_picture_grids_hold_the_decoded_points_their_rows_claim(run_dir):
+    """Reconstructions sit under their inputs, interpolations run from the first code to the second (on the
+    sphere with `spherical`), a traversal row sweeps its one dimension: each cell against the model."""
+    from conftest import tiny_images
+    from keras_vae.explore import interpolation_grid, reconstruction_grid, traversal_grid
+    from keras_vae.runs import load_run
+
+    _, model = load_run(run_dir)
+    x = (tiny_images(4) / 255).astype(np.float32)
+    means = model.encode(x)[0].numpy()
+
+    def decoded(code):
+        return model.decode(np.asarray(code, np.float32)[None])[0].numpy()
+
+    grid = reconstruction_grid(model, x, columns=4)
+    recon = model.reconstruct(x).numpy()
+    for i in range(4):
+        np.testing.assert_array_equal(grid_cell(grid, 0, i), x[i])
+        np.testing.assert_allclose(grid_cell(grid, 1, i), recon[i], atol=1e-6)
+
+    for spherical in (False, True):
+        grid = interpolation_grid(model, [(x[0], x[1])], steps=5, spherical=spherical)
+        np.testing.assert_allclose(grid_cell(grid, 0, 1), decoded(means[0]), atol=1e-5)
+        np.testing.assert_allclose(grid_cell(grid, 0, 5), decoded(means[1]), atol=1e-5)
+        middle = slerp(means[0], means[1], 0.5) if spherical else (means[0] + means[1]) / 2
+        np.testing.assert_allclose(grid_cell(grid, 0, 3), decoded(middle), atol=1e-5)
+    assert not np.allclose(slerp(means[0], means[1], 0.5), (means[0] + means[1]) / 2, atol=1e-3)
+
+    grid = traversal_grid(model, x[2], None, value_range=2.0, steps=3, dims=[1, 0])
+    for row, dim in enumerate([1, 0]):
+        for column, value in enumerate([-2.0, 0.0, 2.0]):
+            code = means[2].copy()
+            code[dim] = value
+            np.testing.assert_allclose(grid_cell(grid, row, column), decoded(code), atol=1e-5)
+
+
 def test_a_two_dimensional_manifold_needs_no_kl_ordering(monkeypatch):
     from keras_vae import explore
     from keras_vae.config import FitConfig

@@ -22,7 +22,6 @@ def test_kl_matches_the_closed_form():
     q = diag_normal([[6.0, 6.0, 6.0]], [[4.0, 4.0, 4.0]])
     p = diag_normal([0.0, 0.0, 0.0], [1.0, 1.0, 1.0])
     assert losses.kl_divergence(q, p).numpy() == pytest.approx([3 * closed_form], rel=1e-6)
-    assert closed_form == pytest.approx(24.11, abs=0.005)
     np.testing.assert_allclose(losses.kl_per_dimension(q, p).numpy(), [[closed_form] * 3], rtol=1e-6)
 
 
@@ -222,7 +221,6 @@ def test_total_correlation_separates_factorized_from_correlated_aggregates():
     scale = np.full((batch_size, 2), stddev, np.float32)
     noise = rng.normal(size=(batch_size, 2)).astype(np.float32)
     gaussian_tc = -0.5 * math.log(1 - 1 / (1 + stddev**2) ** 2)
-    assert gaussian_tc == pytest.approx(1.29, abs=0.01)
 
     factorized = losses.total_correlation_decomposition(independent + stddev * noise, independent, scale)
     correlated_terms = losses.total_correlation_decomposition(correlated + stddev * noise, correlated, scale)

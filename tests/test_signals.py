@@ -121,6 +121,9 @@ def test_models_train_evaluate_and_export_on_signals(tmp_path):
             assert np.isfinite(result["nll_iw"]) and result["nll_iw"] <= -result["elbo"] + 1.0, (name, result)
         if name in EXPORTED:
             paths.append(export_saved_model(model, str(tmp_path), name.replace("+", "_")))
+            labels = np.ones(2, np.int32) if model.uses_labels else None  # as signature_feeds gives
+            np.save(paths[-1] + ".expected.npy", np.asarray(model.reconstruct(x[:2], labels)))
+    np.save(tmp_path / "waves.npy", x[:2])
     # The exports answer in a TF-Serving-style v1 session, every signature with [batch, T, C] inputs.
     script = f"""
 import sys
@@ -137,12 +140,15 @@ for path in {paths!r}:
             feeds = signature_feeds(info)
             if "x" in info.inputs:
                 assert feeds["x"].shape[1:] == {SHAPE!r}, (path, name, feeds["x"].shape)
+                feeds["x"] = np.load({str(tmp_path / "waves.npy")!r})
             out = session.run({{k: t.name for k, t in info.outputs.items()}},
                               {{info.inputs[k].name: v for k, v in feeds.items()}})
             for key, value in out.items():
                 assert np.all(np.isfinite(value)), (path, name, key)
                 if key in ("x_mean", "reconstruction"):
                     assert value.shape[1:] == {SHAPE!r}, (path, name, key, value.shape)
+            if name == "reconstruct":  # what the model in memory made of the same waves
+                np.testing.assert_allclose(out["x_mean"], np.load(path + ".expected.npy"), atol=1e-5)
 print("ok", len({paths!r}))
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,

@@ -185,6 +185,18 @@ def test_convert_writes_the_recording_in_another_voice_at_its_length(voice_run, 
     original, _ = read_wav(source)
     assert rate == RATE and len(waveform) == len(original)
     assert np.isfinite(waveform).all() and np.abs(waveform).max() > 0
+    # It is the source's codes decoded as bob's (label 1), not ann's, made audible as `convert` says.
+    from keras_vae.data.recordings import read_mono
+    from keras_vae.listen import GRIFFIN_LIM_ITERATIONS, audio_of, convert_examples, silence_padding
+    from keras_vae.runs import load_run
+
+    config, model = load_run(run_dir)
+    audio, _ = audio_of(config)
+    x, mask = audio.examples([read_mono(source, audio.sample_rate)[0]])
+    as_bob, as_ann = convert_examples(model, x, [1]), convert_examples(model, x, [0])
+    assert np.abs(as_bob - as_ann).max() > 1e-3
+    expected = audio.to_waveforms(silence_padding(as_bob, mask, audio), GRIFFIN_LIM_ITERATIONS)[0][: len(original)]
+    np.testing.assert_allclose(waveform[:, 0], np.clip(expected, -1, 1), atol=2 / 32767)
     refused = CliRunner().invoke(cli, ["convert", run_dir, "--input", source, "--speaker", "carl", "--out", out])
     assert refused.exit_code == 2 and "Unknown label 'carl'. Valid: ann, bob." in refused.output
 

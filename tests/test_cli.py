@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import invoke, keras_vae_process
+from conftest import invoke, keras_vae_process, tiny_images
 
 
 def event_tags(folder):
@@ -50,7 +50,6 @@ def test_fit_logs_the_elbo_terms_and_images_to_tensorboard(finished_run):
 
 def test_fit_exports_the_trained_model(finished_run):
     """The export answers as the run's final model does (not an earlier checkpoint or a fresh network)."""
-    from conftest import tiny_images
     from keras_vae.runs import load_run
 
     root, _ = finished_run

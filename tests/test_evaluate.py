@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from conftest import invoke
+from conftest import invoke, tiny_images
 from keras_vae import losses, metrics
 from keras_vae.evaluate import DISENTANGLEMENT_KEYS, EVALUATION_KEYS, SAMPLE_KEYS, importance_weighted_nll
 from keras_vae.explore import attribute_vector, slerp
@@ -213,7 +213,6 @@ def grid_cell(grid, row, column, size=28, pad=2):
 def test_picture_grids_hold_the_decoded_points_their_rows_claim(run_dir):
     """Reconstructions sit under their inputs, interpolations run from the first code to the second (on the
     sphere with `spherical`), a traversal row sweeps its one dimension: each cell against the model."""
-    from conftest import tiny_images
     from keras_vae.explore import interpolation_grid, reconstruction_grid, traversal_grid
     from keras_vae.runs import load_run
 

@@ -357,12 +357,16 @@ def test_the_residual_posterior_reads_the_prior_and_the_direct_one_does_not():
         assert moved == residual
 
 
+def warming_nvae_terms(balance):
+    """An untrained NVAE at step 0 of its KL warm-up (with or without balancing), and its terms on 8 images."""
+    model = untrained_nvae(kl_balance=balance, spectral_reg=0.0)
+    model.compile(optimizer=keras.optimizers.Adamax(1e-3))
+    return model, model.compute_terms(tf.constant((tiny_images(8) / 255).astype(np.float32)))
+
+
 def test_group_free_bits_floor_each_groups_batch_mean_kl_once_the_balanced_warm_up_is_over():
-    x = tf.constant((tiny_images(8) / 255).astype(np.float32))
     for balance in (True, False):
-        model = untrained_nvae(kl_balance=balance, spectral_reg=0.0)
-        model.compile(optimizer=keras.optimizers.Adamax(1e-3))
-        terms = model.compute_terms(x)
+        model, terms = warming_nvae_terms(balance)
         kl_groups = terms["kl_groups"]
         group_means = np.mean(kl_groups.numpy(), 0)
         floor = float(np.median(group_means))  # some groups above it, some below
@@ -377,11 +381,8 @@ def test_group_free_bits_floor_each_groups_batch_mean_kl_once_the_balanced_warm_
 
 
 def test_without_kl_balance_the_warm_up_penalizes_the_plain_kl():
-    x = tf.constant((tiny_images(8) / 255).astype(np.float32))
     for balance in (True, False):
-        model = untrained_nvae(kl_balance=balance, spectral_reg=0.0)
-        model.compile(optimizer=keras.optimizers.Adamax(1e-3))
-        terms = model.compute_terms(x)
+        model, terms = warming_nvae_terms(balance)
         kl_groups = terms["kl_groups"]
         balanced = balanced_kl(kl_groups, model.plan.group_sizes(), tf.constant(True))
         expected = tf.reduce_mean(balanced if balance else tf.reduce_sum(kl_groups, -1))

@@ -237,6 +237,13 @@ def test_shuffling_visits_every_example_once_per_epoch_in_a_new_order():
     assert first.shape == (32, 1, 1, 1) and first.dtype == np.float32
 
 
+def test_the_pipeline_runs_without_tf_data_autotuning():
+    # Autotuning's background thread held each released iterator (every epoch's end) for up to 20 s.
+    for options in (pipeline.make_pipeline(np.zeros((8, 2, 2, 1), np.uint8), 4, shuffle=True).options(),
+                    pipeline.make_pipeline(np.zeros((8, 2, 2, 1), np.uint8), 4, y=np.arange(8)).options()):
+        assert options.autotune.enabled is False
+
+
 def test_static_binarization_is_a_seeded_bernoulli_draw_of_each_intensity():
     grey = np.full((4000, 4, 4, 1), 77, np.uint8)  # one intensity: the draw's mean must be 77/255
     once = pipeline.binarize_once(grey, seed=2)

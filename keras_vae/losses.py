@@ -15,6 +15,7 @@ import math
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from keras_vae.distribute import reduce_over_replicas
 from keras_vae.errors import UserError
 
 tfd = tfp.distributions
@@ -69,6 +70,11 @@ def free_bits_kl(kl_per_dim, free_bits):
     sum_j max(λ, E_batch[KL_j]). Dimensions already above λ are penalized as
     usual; those below stop being pushed towards the prior.
 
+    Under tf.distribute, which dimensions are floored is decided by the global
+    batch's means (sums and counts all-reduced), so that every replica floors
+    the same ones, as one device would; each replica's value is then its own
+    part's mean for the others.
+
     Args:
         kl_per_dim: [B, L] KL per example and dimension.
         free_bits: λ, nats per dimension.
@@ -77,7 +83,10 @@ def free_bits_kl(kl_per_dim, free_bits):
         Scalar: the regularizer for the batch (a per-example mean).
     """
     mean_kl = tf.reduce_mean(kl_per_dim, axis=0)  # (B, L) -> (L,)
-    return tf.reduce_sum(tf.maximum(mean_kl, free_bits))
+    sums, count = reduce_over_replicas([tf.reduce_sum(kl_per_dim, 0), tf.cast(tf.shape(kl_per_dim)[0], tf.float32)],
+                                       "SUM")
+    above = tf.stop_gradient(sums / tf.maximum(count, 1.0)) > free_bits
+    return tf.reduce_sum(tf.where(above, mean_kl, tf.cast(free_bits, mean_kl.dtype)))
 
 
 def warmup_beta(step, beta, warmup_steps):

@@ -1,7 +1,8 @@
 """Runs in its own process (the CPU must be split before TensorFlow starts).
 
-NVAE's KL balancing on two mirrored CPU replicas, each holding half of a batch whose halves use the groups
-very differently (in uneven parts), against the same batch on one device. Prints both as JSON.
+NVAE's KL balancing, and the free-bits floor, on two mirrored CPU replicas, each holding part of a batch
+whose parts use the groups very differently (in uneven parts), against the same batch on one device.
+Prints both as JSON.
 """
 
 import json
@@ -13,6 +14,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from keras_vae.distribute import split_cpu  # noqa: E402
+from keras_vae.losses import free_bits_kl  # noqa: E402
 from keras_vae.models.nvae import balanced_kl  # noqa: E402
 
 split_cpu(2)
@@ -28,5 +30,20 @@ halves = strategy.experimental_distribute_values_from_function(
     lambda context: tf.constant(KL[:3] if context.replica_id_in_sync_group == 0 else KL[3:]))
 per_replica = strategy.run(tf.function(lambda kl: balanced_kl(kl, SIZES, tf.constant(True))), args=(halves,))
 two_replicas = np.concatenate([t.numpy() for t in strategy.experimental_local_results(per_replica)])
+
+
+# Free bits at 2 nats: group 1's batch mean is 1.75 (floored) but replica 1's part has 3.0; group 0's is
+# 4.375 (not floored) but replica 1's part has 1.0. The gradient says which groups a replica floored.
+def floor_gradient(kl):
+    with tf.GradientTape() as tape:
+        tape.watch(kl)
+        value = free_bits_kl(kl, 2.0)
+    return tape.gradient(value, kl)
+
+
+one_device_floored = (floor_gradient(tf.constant(KL)).numpy() == 0).all(0)
+gradients = strategy.run(tf.function(floor_gradient), args=(halves,))
+replicas_floored = [(t.numpy() == 0).all(0).tolist() for t in strategy.experimental_local_results(gradients)]
 print(json.dumps({"replicas": strategy.num_replicas_in_sync, "one_device": one_device.tolist(),
-                  "two_replicas": two_replicas.tolist()}))
+                  "two_replicas": two_replicas.tolist(), "floored_one_device": one_device_floored.tolist(),
+                  "floored_replicas": replicas_floored}))

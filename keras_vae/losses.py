@@ -70,10 +70,10 @@ def free_bits_kl(kl_per_dim, free_bits):
     sum_j max(λ, E_batch[KL_j]). Dimensions already above λ are penalized as
     usual; those below stop being pushed towards the prior.
 
-    Under tf.distribute, which dimensions are floored is decided by the global
-    batch's means (sums and counts all-reduced), so that every replica floors
-    the same ones, as one device would; each replica's value is then its own
-    part's mean for the others.
+    Under tf.distribute, the global batch's means (sums and counts all-reduced)
+    decide which dimensions are floored, so that every replica floors the same
+    ones, as one device would; a dimension that is not floored contributes this
+    replica's own batch mean. Every replica must call it (it synchronizes them).
 
     Args:
         kl_per_dim: [B, L] KL per example and dimension.
@@ -83,10 +83,10 @@ def free_bits_kl(kl_per_dim, free_bits):
         Scalar: the regularizer for the batch (a per-example mean).
     """
     mean_kl = tf.reduce_mean(kl_per_dim, axis=0)  # (B, L) -> (L,)
-    sums, count = reduce_over_replicas([tf.reduce_sum(kl_per_dim, 0), tf.cast(tf.shape(kl_per_dim)[0], tf.float32)],
-                                       "SUM")
-    above = tf.stop_gradient(sums / tf.maximum(count, 1.0)) > free_bits
-    return tf.reduce_sum(tf.where(above, mean_kl, tf.cast(free_bits, mean_kl.dtype)))
+    dtype = kl_per_dim.dtype
+    sums, count = reduce_over_replicas([tf.reduce_sum(kl_per_dim, 0), tf.cast(tf.shape(kl_per_dim)[0], dtype)], "SUM")
+    above = tf.stop_gradient(sums / tf.maximum(count, 1)) >= free_bits  # at a tie, max()'s gradient: the mean's
+    return tf.reduce_sum(tf.where(above, mean_kl, tf.cast(free_bits, dtype)))
 
 
 def warmup_beta(step, beta, warmup_steps):

@@ -51,6 +51,11 @@ def test_free_bits_floors_each_dimension_batch_mean():
     kl_per_dim = tf.constant([[0.1, 2.0, 0.0], [0.3, 4.0, 0.0]])  # batch means 0.2, 3.0, 0.0
     assert losses.free_bits_kl(kl_per_dim, 0.5).numpy() == pytest.approx(0.5 + 3.0 + 0.5)
     assert losses.free_bits_kl(kl_per_dim, 0.0).numpy() == pytest.approx(3.2)
+    # The gradient is the batch mean's where it is at or above the floor (as max's), and none below it.
+    with tf.GradientTape() as tape:
+        tape.watch(kl_per_dim)
+        value = losses.free_bits_kl(kl_per_dim, 0.2)  # column 0's mean is exactly the floor
+    np.testing.assert_allclose(tape.gradient(value, kl_per_dim).numpy(), [[0.5, 0.5, 0.0]] * 2)
 
 
 def test_warmup_beta_rises_linearly_then_stays():

@@ -8,7 +8,6 @@ import pytest
 import tensorflow as tf
 
 from conftest import tiny_images
-from keras_vae import losses
 from keras_vae.data import datasets
 from keras_vae.errors import UserError
 from keras_vae.models.vae import VAE
@@ -63,9 +62,21 @@ def test_free_bits_floor_the_loss_but_not_the_reported_kl():
     terms = plain.compute_terms(x)
     loss_plain = plain.objective(terms, 1.0).numpy()
     loss_floored = floored.objective(terms, 1.0).numpy()
-    expected = losses.free_bits_kl(terms["kl_per_dim"], 5.0).numpy() - np.mean(terms["kl"])
+    expected = np.maximum(np.mean(terms["kl_per_dim"], 0), 5.0).sum() - np.mean(terms["kl"])
     assert loss_floored - loss_plain == pytest.approx(expected, rel=1e-5)
     assert loss_floored > loss_plain  # an untrained posterior has KL far below 5 nats per dimension
+
+
+def test_free_bits_floor_a_monte_carlo_kl_as_a_whole():
+    x = binary_batch()
+    plain = VAE((28, 28, 1), latent_dim=4, seed=1, prior="mog", prior_components=3)
+    floored = VAE((28, 28, 1), latent_dim=4, seed=1, prior="mog", prior_components=3, free_bits=5.0)
+    floored.set_weights(plain.get_weights())
+    terms = plain.compute_terms(x)
+    assert terms["kl_per_dim"] is None  # a mixture prior has no per-dimension KL
+    difference = floored.objective(terms, 1.0).numpy() - plain.objective(terms, 1.0).numpy()
+    mean_kl = np.mean(terms["kl"])
+    assert mean_kl < 20.0 and difference == pytest.approx(20.0 - mean_kl, rel=1e-5)  # the floor: 5 nats × 4
 
 
 def test_one_training_step_changes_every_trainable_weight():

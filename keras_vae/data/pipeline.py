@@ -87,8 +87,8 @@ def make_pipeline(x, batch_size, y=None, dynamic_binarization=False, shuffle=Fal
     # A sequential map: at ~180K images/s alone it never starves the model, and on
     # a 2-core machine a parallel map took cores from the training step (~15%).
     # No autotuning: its background thread outlives the epoch, and releasing the
-    # epoch's iterator (Keras makes one per epoch) waited for it, 4-22 s at the end
-    # of a 3-epoch run here. A fixed prefetch of two batches keeps the step fed.
+    # epoch's iterator (Keras makes one per epoch) waited for it: 4-44 s per
+    # 3-epoch run here. A fixed prefetch of two batches keeps the step fed.
     options = tf.data.Options()
     options.autotune.enabled = False
     return batches.map(load).prefetch(PREFETCH_BATCHES).with_options(options)

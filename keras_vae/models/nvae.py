@@ -486,8 +486,8 @@ class NVAE(VAE):
     def regularizer(self, terms, beta):
         """β × the KL term, plus `spectral_reg` × the norm penalty. The KL term is balanced while warming up
         (with `kl_balance`); otherwise it is the plain KL, each group's batch mean floored at
-        `group_free_bits` when that is set (under tf.distribute the floored groups are the global batch's, as
-        are the balancing's weights)."""
+        `group_free_bits` when that is set (under tf.distribute, both the balancing's weights and which groups
+        are floored come from the global batch)."""
         warming_up = self.kl_balance and self.kl_weight() < 1.0
         kl = tf.reduce_mean(balanced_kl(terms["kl_groups"], self.plan.group_sizes(), warming_up))
         if self.group_free_bits > 0:

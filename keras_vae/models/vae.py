@@ -196,6 +196,6 @@ class VAE(Autoencoder):
         if self.free_bits > 0:
             if terms["kl_per_dim"] is not None:
                 return beta * losses.free_bits_kl(terms["kl_per_dim"], self.free_bits)
-            # No per-dimension form (a Monte-Carlo KL): floor the total instead.
-            return beta * tf.maximum(tf.reduce_mean(terms["kl"]), self.free_bits * self.latent_dim)
+            # No per-dimension form (a Monte-Carlo KL): floor the total instead, as one dimension.
+            return beta * losses.free_bits_kl(terms["kl"][:, None], self.free_bits * self.latent_dim)
         return beta * tf.reduce_mean(terms["kl"])

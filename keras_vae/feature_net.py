@@ -32,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_vae import files
-from keras_vae.data.pipeline import split_validation, to_unit_float
+from keras_vae.data.pipeline import in_order, split_validation, to_unit_float
 from keras_vae.errors import UserError
 
 ARCHITECTURE_VERSION = 1  # part of the cache key: bump it when the classifier or its training changes
@@ -118,7 +118,7 @@ def train_classifier(x, y, num_classes, epochs=EPOCHS, seed=SEED):
     rng = np.random.default_rng(seed)
     for _ in range(epochs):
         order = rng.permutation(len(x))  # fit's own shuffle would draw from TensorFlow's global seed
-        classifier.fit(x[order], y[order], batch_size=BATCH_SIZE, epochs=1, shuffle=False, verbose=0)
+        classifier.fit(in_order(x[order], y[order], BATCH_SIZE), epochs=1, shuffle=False, verbose=0)
     return classifier
 
 

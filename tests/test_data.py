@@ -240,8 +240,17 @@ def test_shuffling_visits_every_example_once_per_epoch_in_a_new_order():
 def test_the_pipeline_runs_without_tf_data_autotuning():
     # Releasing an iterator (at every epoch's end) waited for autotuning's background thread: 4-44 s per run.
     for options in (pipeline.make_pipeline(np.zeros((8, 2, 2, 1), np.uint8), 4, shuffle=True).options(),
-                    pipeline.make_pipeline(np.zeros((8, 2, 2, 1), np.uint8), 4, y=np.arange(8)).options()):
+                    pipeline.make_pipeline(np.zeros((8, 2, 2, 1), np.uint8), 4, y=np.arange(8)).options(),
+                    pipeline.in_order(np.zeros((8, 2)), np.arange(8), 4).options()):
         assert options.autotune.enabled is False
+
+
+def test_in_order_cuts_the_arrays_into_batches_in_their_order():
+    x, y = np.arange(20, dtype=np.float32).reshape(10, 2), np.arange(10) * 3
+    cut = [(a.numpy(), b.numpy()) for a, b in pipeline.in_order(x, y, 4)]
+    assert [len(b) for _, b in cut] == [4, 4, 2]
+    np.testing.assert_array_equal(np.concatenate([a for a, _ in cut]), x)
+    np.testing.assert_array_equal(np.concatenate([b for _, b in cut]), y)
 
 
 def test_static_binarization_is_a_seeded_bernoulli_draw_of_each_intensity():

@@ -86,9 +86,22 @@ def make_pipeline(x, batch_size, y=None, dynamic_binarization=False, shuffle=Fal
 
     # A sequential map: at ~180K images/s alone it never starves the model, and on
     # a 2-core machine a parallel map took cores from the training step (~15%).
-    # No autotuning: its background thread outlives the epoch, and releasing the
-    # epoch's iterator (Keras makes one per epoch) waited for it: 4-44 s per
-    # 3-epoch run here. A fixed prefetch of two batches keeps the step fed.
+    return without_autotuning(batches.map(load))
+
+
+def in_order(x, y, batch_size):
+    """(x, y) batches [B, ...] in the arrays' order (the last may be smaller), as `fit` would cut the arrays,
+    but without tf.data's autotuning (see `without_autotuning`)."""
+    return without_autotuning(tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size))
+
+
+def without_autotuning(dataset):
+    """`dataset` prefetching PREFETCH_BATCHES, with tf.data's autotuning (on by default) off.
+
+    Autotuning's background thread outlives the epoch, and releasing the
+    epoch's iterator (Keras makes one per epoch) waited for it: 4-44 s per
+    3-epoch run here. A fixed prefetch of two batches keeps the step fed.
+    """
     options = tf.data.Options()
     options.autotune.enabled = False
-    return batches.map(load).prefetch(PREFETCH_BATCHES).with_options(options)
+    return dataset.prefetch(PREFETCH_BATCHES).with_options(options)

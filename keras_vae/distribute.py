@@ -24,6 +24,13 @@ def reduce_over_replicas(value, op="MEAN"):
     return value if context is None else context.all_reduce(op, value)
 
 
+def global_batch_mean(values):
+    """The mean over the global batch of `values` [B, ...] (per-replica sums and counts all-reduced, so parts
+    of unequal size weigh by their rows), as one device would take it; the local mean outside tf.distribute."""
+    sums, count = reduce_over_replicas([tf.reduce_sum(values, 0), tf.cast(tf.shape(values)[0], values.dtype)], "SUM")
+    return sums / tf.maximum(count, 1)
+
+
 def split_cpu(num_replicas):
     """Splits the host CPU into `num_replicas` logical devices (before TF initializes them)."""
     cpus = tf.config.list_physical_devices("CPU")

@@ -15,7 +15,7 @@ import math
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from keras_vae.distribute import reduce_over_replicas
+from keras_vae.distribute import global_batch_mean
 from keras_vae.errors import UserError
 
 tfd = tfp.distributions
@@ -83,10 +83,8 @@ def free_bits_kl(kl_per_dim, free_bits):
         Scalar: the regularizer for the batch (a per-example mean).
     """
     mean_kl = tf.reduce_mean(kl_per_dim, axis=0)  # (B, L) -> (L,)
-    dtype = kl_per_dim.dtype
-    sums, count = reduce_over_replicas([tf.reduce_sum(kl_per_dim, 0), tf.cast(tf.shape(kl_per_dim)[0], dtype)], "SUM")
-    above = tf.stop_gradient(sums / tf.maximum(count, 1)) >= free_bits  # at a tie, max()'s gradient: the mean's
-    return tf.reduce_sum(tf.where(above, mean_kl, tf.cast(free_bits, dtype)))
+    above = tf.stop_gradient(global_batch_mean(kl_per_dim)) >= free_bits  # at a tie, max()'s gradient: the mean's
+    return tf.reduce_sum(tf.where(above, mean_kl, tf.cast(free_bits, kl_per_dim.dtype)))
 
 
 def warmup_beta(step, beta, warmup_steps):

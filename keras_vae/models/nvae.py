@@ -48,7 +48,7 @@ import keras
 import tensorflow as tf
 
 from keras_vae import losses
-from keras_vae.distribute import reduce_over_replicas
+from keras_vae.distribute import global_batch_mean
 from keras_vae.errors import UserError
 from keras_vae.hparams import Hyperparameter as H
 from keras_vae.models import register_model
@@ -119,9 +119,7 @@ def balanced_kl(kl_groups, group_sizes, warming_up):
     if warming_up is False:
         return tf.reduce_sum(kl_groups, -1)
     alpha = tf.constant(group_sizes, tf.float32) / float(min(group_sizes))
-    sums, count = reduce_over_replicas([tf.reduce_sum(tf.abs(kl_groups), 0),
-                                        tf.cast(tf.shape(kl_groups)[0], tf.float32)], "SUM")
-    gamma = (sums / tf.maximum(count, 1.0) + BALANCE_FLOOR) / alpha
+    gamma = (global_batch_mean(tf.abs(kl_groups)) + BALANCE_FLOOR) / alpha
     gamma = tf.stop_gradient(gamma / tf.reduce_mean(gamma))
     gamma = tf.where(warming_up, gamma, tf.ones_like(gamma))
     return tf.reduce_sum(kl_groups * gamma, -1)

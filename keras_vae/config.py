@@ -47,6 +47,9 @@ RUN_SECTIONS = (
         H("optimizer", str, "adam", "Adam, or Adamax (its infinity-norm variant, NVAE's choice).", choices=OPTIMIZERS,
           reference="Kingma & Ba 2015"),
         H("learning_rate", float, 1e-3, "The optimizer's learning rate.", minimum=0, open_minimum=True),
+        H("optimizer_epsilon", float, None, "The optimizer's ε, added to the denominator of its step (default: "
+          "Keras's, 1e-7). The official NVAE code's Adamax uses 1e-3.", minimum=0, open_minimum=True,
+          nullable=True),
         H("lr_schedule", str, "constant", "constant, or cosine decay to 0 over the run.", choices=LR_SCHEDULES,
           reference="Loshchilov & Hutter 2017"),
         H("lr_warmup", float, 0.0, "Fraction of the run's steps over which the learning rate rises linearly from "

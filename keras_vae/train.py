@@ -219,12 +219,18 @@ def finish_export(config, state, log):
     return result
 
 
+def build_optimizer(config, total_steps):
+    """The configured optimizer, with its learning-rate schedule and, when set, its ε."""
+    extra = {} if config.optimizer_epsilon is None else {"epsilon": config.optimizer_epsilon}
+    return OPTIMIZERS[config.optimizer](learning_rate(config, total_steps), **extra)
+
+
 def build_compiled_model(config, dataset, strategy, total_steps):
     """The model `config` describes, built and compiled in the strategy's scope and dtype policy."""
     with dtype_policy(config.precision), strategy.scope():
         model = build_model(config, dataset.image_shape, condition_classes(config, dataset), total_steps)
         model.compile(
-            optimizer=OPTIMIZERS[config.optimizer](learning_rate(config, total_steps)),
+            optimizer=build_optimizer(config, total_steps),
             steps_per_execution=config.steps_per_execution,
             jit_compile=jit_setting(config.jit_compile, model, strategy),
         )

@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from keras_vae.config import REFIT_METHODS
 from keras_vae.errors import TrainingDiverged, UserError
 
 EXIT_USER_ERROR = 2
@@ -125,6 +126,9 @@ def fit(config_file, force, **flags):
                    f"(reconstruction {history['val_reconstruction_loss'][-1]:.2f}, KL {history['val_kl'][-1]:.2f})")
     else:
         summary = f"{split} reconstruction loss {history['val_reconstruction_loss'][-1]:.2f} nats/example"
+    refit = result.get("prior_refit")
+    if refit and refit["refitted"]:
+        summary += f"; {refit['test_elbo_after']:.2f} with the refitted prior (fixed noise)"
     exported = f"; exported to {result['export_path']}" if result["export_path"] else ""
     click.echo(f"Done. {summary}; run in {result['run_dir']}{exported}.")
     click.echo("Seconds: " + ", ".join(f"{phase} {value:.1f}" for phase, value in result["timings"].items()) + ".")
@@ -138,15 +142,20 @@ def fit(config_file, force, **flags):
 @click.option("--learning-rate", type=float, default=1e-3, show_default=True)
 @click.option("--export-dir", help="Where the new SavedModel version goes (default: the run's --export-dir).")
 @click.option("--export/--no-export", default=True, show_default=True, help="Export a new version with the prior.")
-def fit_prior(run_dir, epochs, batch_size, learning_rate, export_dir, export):
+@click.option("--method", type=click.Choice(REFIT_METHODS), default="em", show_default=True,
+              help="For a mixture prior: em (EM from the trained mixture) or aggregate (one component per "
+                   "training example's posterior, widened by a bandwidth chosen on held-out codes).")
+def fit_prior(run_dir, epochs, batch_size, learning_rate, export_dir, export, method):
     """Fit a finished run's prior to the codes its encoder makes.
 
     A discrete-code run (vq_vae, vq_vae2) trains its PixelCNN priors over its code maps, and sampling then goes
     through them. A run with a learned mixture prior (--prior mog) has the mixture refitted by EM to draws from
-    its aggregate posterior over the training split (ex-post density estimation)."""
+    its aggregate posterior over the training split (ex-post density estimation), by EM or, with --method
+    aggregate, replaced by that aggregate posterior's kernel estimate; a refit that held-out codes do not
+    prefer is not kept."""
     from keras_vae.code_prior import fit_prior as run_fit_prior
 
-    result = run_fit_prior(run_dir, epochs, batch_size, learning_rate, export, export_dir)
+    result = run_fit_prior(run_dir, epochs, batch_size, learning_rate, export, export_dir, method=method)
     exported = f"; exported to {result['export_path']}" if result["export_path"] else ""
     if "prior_em" in result["history"]:
         curve = result["history"]["prior_em"]
@@ -157,6 +166,18 @@ def fit_prior(run_dir, epochs, batch_size, learning_rate, export_dir, export):
         click.echo(f"Done. Refitted the mixture prior by EM ({result['iterations']} iterations): mean log p(z) "
                    f"of held-out training codes {curve[0]:.2f} -> {curve[-1]:.2f} nats; test ELBO "
                    f"{result['test_elbo_before']:.2f} -> {result['test_elbo_after']:.2f}{exported}.")
+        return
+    if "prior_aggregate" in result["history"]:
+        scores, trained = result["history"]["prior_aggregate"], result["history"]["trained_mixture"]
+        factor = max(scores, key=scores.get)
+        if not result["refitted"]:
+            click.echo(f"Done. Held-out codes are no likelier under the aggregate posterior ({scores[factor]:.2f} "
+                       f"nats) than under the trained mixture ({trained:.2f}): it is kept, unchanged.")
+            return
+        click.echo(f"Done. The mixture prior is now the aggregate posterior of {result['codes']} training codes "
+                   f"(bandwidth {factor} of each dimension's spread): mean log p(z) of held-out training codes "
+                   f"{trained:.2f} -> {scores[factor]:.2f} nats; test ELBO {result['test_elbo_before']:.2f} -> "
+                   f"{result['test_elbo_after']:.2f}{exported}.")
         return
     click.echo(f"Done. Test -log p(code maps) {result['test_nats']:.2f} nats under the PixelCNN priors "
                f"(uniform prior: {result['uniform_nats']:.2f}), trained on {result['replicas']} "

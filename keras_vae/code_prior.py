@@ -4,7 +4,10 @@ A discrete-code run (vq_vae, vq_vae2) trains its PixelCNN priors over its code m
 learned mixture prior (`--prior mog`) has it refitted by expectation-maximization to draws from the aggregate
 posterior q(z) = E_x q(z | x) of the training split: the maximum-likelihood mixture for those codes, which
 maximizes the ELBO's E_q[log p(z)] term for the trained encoder and decoder (a joint SGD fit lags it), and
-whose samples fall where the decoder was trained (ex-post density estimation, Ghosh et al. 2020).
+whose samples fall where the decoder was trained (ex-post density estimation, Ghosh et al. 2020); or
+replaced by the aggregate posterior itself, one component per training example's posterior widened by a
+bandwidth chosen on held-out codes (`priors.aggregate_posterior_mixture`). `train.fit` applies the same refit
+at the end of training when the model's `prior_refit` asks for it.
 """
 
 import math
@@ -15,8 +18,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_vae import distribute, priors, runs
-from keras_vae.codes import posterior_samples
-from keras_vae.config import RUN_HYPERPARAMETERS
+from keras_vae.codes import posterior_parameters
+from keras_vae.config import REFIT_METHODS, RUN_HYPERPARAMETERS
 from keras_vae.data.datasets import dataset_of
 from keras_vae.data.splits import batches, load_split
 from keras_vae.errors import UserError
@@ -57,9 +60,9 @@ class NatsPerMap(keras.callbacks.Callback):
 
 
 def fit_prior(run_dir, epochs=20, batch_size=128, learning_rate=1e-3, export=True, export_dir=None,
-              verbose="auto"):
-    """A run with a learned mixture prior (`--prior mog`): `refit_mixture(run_dir, max_iterations=epochs)`
-    (`batch_size`, `learning_rate` and `verbose` do not apply to EM). A discrete-code run: encodes the
+              verbose="auto", method="em"):
+    """A run with a learned mixture prior (`--prior mog`): `refit_mixture(run_dir, max_iterations=epochs,
+    method=method)` (`batch_size`, `learning_rate` and `verbose` do not apply to it). A discrete-code run: encodes the
     training split to code maps, fits each level's gated PixelCNN prior to them by maximum
     likelihood (top level first; a lower level's prior reads the codes above it), under the run's own
     distribution strategy, marks the prior fitted, and rewrites model.keras (atomically) so that `sample`,
@@ -75,7 +78,10 @@ def fit_prior(run_dir, epochs=20, batch_size=128, learning_rate=1e-3, export=Tru
     config = runs.finished_run_config(run_dir)
     prior = config.to_dict().get("prior")  # the continuous models' p(z); absent for the others
     if prior == "mog":
-        return refit_mixture(run_dir, max_iterations=epochs, export=export, export_dir=export_dir)
+        return refit_mixture(run_dir, max_iterations=epochs, export=export, export_dir=export_dir, method=method)
+    if method != "em":
+        raise UserError(f"--method {method} refits a learned mixture prior (--prior mog); {run_dir} holds a "
+                        f"{config.model} model{f' with the {prior} prior' if prior else ''}.")
     if not hasattr(get_model_class(config.model), "prior_of"):
         raise UserError(f"fit-prior trains the code priors of a discrete-code run (vq_vae, vq_vae2) or refits a "
                         f"learned mixture prior (--prior mog); {run_dir} holds a {config.model} model"
@@ -121,43 +127,79 @@ def keep_prior(model, config, run_dir, record_file, record, export, export_dir):
     return export_saved_model(model, export_dir or config.export_dir, runs.export_name(config, run_dir))
 
 
-def refit_mixture(run_dir, max_iterations=20, export=True, export_dir=None, tolerance=1e-4):
-    """Refits a finished run's mixture prior (`--prior mog`) by EM to one draw z ~ q(z | x) per training
-    example, started from the trained mixture and stopped when a held-out tenth of the draws stops gaining
-    `tolerance` nats, rewrites model.keras (atomically) and exports a new version; when not one EM step
-    gains, the run is left as it was. Training the run further is then refused (its checkpoints predate
-    the refit).
+def refit_mixture_prior(model, train, test, seed, method="em", max_iterations=20, tolerance=1e-4):
+    """Refits the mixture prior of a `--prior mog` model, in place, to its aggregate posterior over the split
+    `train`, and keeps the refit only where held-out codes (one draw z ~ q(z | x) for a tenth of `train`,
+    shuffled by `seed`) are likelier under it than under the trained mixture.
+
+    `method` "em": expectation-maximization on one draw per other training example, started from the
+    trained mixture and stopped when the held-out codes stop gaining `tolerance` nats (at most
+    `max_iterations` iterations). "aggregate": one component per training example, its posterior widened by a
+    bandwidth chosen on the held-out codes (`priors.aggregate_posterior_mixture`), for as many examples as
+    the mixture has components (the first after the held-out ones, repeated when there are fewer).
 
     Returns:
-        dict with `history` ({"prior_em": the held-out draws' mean log p(z) at the start and after each EM
-        iteration}),
-        `test_elbo_before` and `test_elbo_after` (the test split's ELBO with the old and the new prior, nats,
-        with the same fixed noise),
-        `iterations`, `export_path` and `replicas` (1: EM runs on the host).
+        dict with `method`, `history` ({"prior_em": the held-out codes' mean log p(z) at the start and after
+        each EM iteration} or {"prior_aggregate": {bandwidth factor: theirs}, "trained_mixture": theirs}),
+        `refitted` (whether the model's prior changed), `test_elbo_before` and `test_elbo_after` (the `test`
+        split's ELBO with the old and the new prior, nats, with the same fixed noise) and `codes` (the number
+        of training examples encoded).
     """
     from keras_vae.evaluate import evaluate_model
 
-    config, model = runs.load_run(run_dir)
-    dataset = dataset_of(config)
-    train, test = (load_split(config, split, dataset) for split in ("train", "test"))
-    noise, shuffle = np.random.SeedSequence(config.seed).spawn(2)
-    codes = posterior_samples(model, train, noise)
-    codes = codes[np.random.default_rng(shuffle).permutation(len(codes))]
-    held_out = max(1, int(HELD_OUT_CODES * len(codes)))  # EM stops where these stop gaining
+    if method not in REFIT_METHODS:
+        raise UserError(f"The mixture refit's method must be one of {', '.join(REFIT_METHODS)}. "
+                        f"Received: {method!r}.")
+    noise, shuffle = np.random.SeedSequence(seed).spawn(2)
+    mean, spread = posterior_parameters(model, train)
+    codes = mean + spread * np.random.default_rng(noise).standard_normal(mean.shape)
+    order = np.random.default_rng(shuffle).permutation(len(codes))
+    mean, spread, codes = mean[order], spread[order], codes[order]
+    held_out = max(1, int(HELD_OUT_CODES * len(codes)))  # what judges a refit
     # The ELBO with the evaluator's fixed noise (−nll_iw at K = 1), so that before and after see the same z.
     test_elbo = (lambda: -evaluate_model(model, test, iw_samples=1, progress=False)["nll_iw"])
     before = test_elbo()
-    current = (v.numpy() for v in (model.prior_logits, model.prior_loc, model.prior()
-                                                                      .components_distribution.distribution.scale))
-    logits, loc, scale, curve = priors.fit_mixture(codes[held_out:], *current, held_out=codes[:held_out],
-                                                   max_iterations=max_iterations, tolerance=tolerance)
-    result = {"history": {"prior_em": curve}, "test_elbo_before": before, "test_elbo_after": before,
-              "iterations": len(curve) - 1, "export_path": None, "replicas": 1}
-    if not result["iterations"]:  # no EM step gained on the held-out codes: the model stays as it is
+    current = tuple(v.numpy() for v in (model.prior_logits, model.prior_loc,
+                                        model.prior().components_distribution.distribution.scale))
+    if method == "em":
+        logits, loc, scale, curve = priors.fit_mixture(codes[held_out:], *current, held_out=codes[:held_out],
+                                                       max_iterations=max_iterations, tolerance=tolerance)
+        history, refitted = {"prior_em": curve}, len(curve) > 1
+    else:
+        chosen = np.resize(np.arange(held_out, len(codes)), len(current[0]))
+        logits, loc, scale, scores = priors.aggregate_posterior_mixture(mean[chosen], spread[chosen],
+                                                                        codes[:held_out])
+        trained = priors.mean_log_likelihood(codes[:held_out], *current)
+        history = {"prior_aggregate": {str(factor): value for factor, value in scores.items()},
+                   "trained_mixture": trained}
+        refitted = max(scores.values()) > trained
+    after = before
+    if refitted:
+        priors.assign_mixture(model, logits, loc, scale)
+        after = test_elbo()
+    return {"method": method, "history": history, "refitted": bool(refitted), "test_elbo_before": before,
+            "test_elbo_after": after, "codes": len(codes)}
+
+
+def refit_mixture(run_dir, max_iterations=20, export=True, export_dir=None, tolerance=1e-4, method="em"):
+    """`refit_mixture_prior` of a finished run's model (`--prior mog`) on its training split, judged on its
+    test split; a refit rewrites model.keras (atomically) and exports a new version; when the refit is not
+    kept, the run is left as it was. Training the run further is then refused (its checkpoints predate
+    the refit).
+
+    Returns:
+        `refit_mixture_prior`'s dict, with `iterations` (EM iterations taken; for "aggregate", 1 when the
+        refit was kept), `export_path` and `replicas` (1: the refit runs on the host).
+    """
+    config, model = runs.load_run(run_dir)
+    dataset = dataset_of(config)
+    train, test = (load_split(config, split, dataset) for split in ("train", "test"))
+    result = refit_mixture_prior(model, train, test, config.seed, method, max_iterations, tolerance)
+    iterations = len(result["history"]["prior_em"]) - 1 if method == "em" else int(result["refitted"])
+    result = dict(result, iterations=iterations, export_path=None, replicas=1)
+    if not result["refitted"]:
         return result
-    priors.assign_mixture(model, logits, loc, scale)
-    result["test_elbo_after"] = after = test_elbo()
-    result["export_path"] = keep_prior(
-        model, config, run_dir, runs.MIXTURE_REFIT_FILE,
-        dict(result["history"], test_elbo_before=before, test_elbo_after=after, codes=len(codes)), export, export_dir)
+    record = {key: result[key] for key in ("method", "test_elbo_before", "test_elbo_after", "codes")}
+    result["export_path"] = keep_prior(model, config, run_dir, runs.MIXTURE_REFIT_FILE,
+                                       dict(result["history"], **record), export, export_dir)
     return result

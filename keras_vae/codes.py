@@ -32,14 +32,16 @@ def labelled_batches(model, data, batch_size=BATCH, masks=False):
             yield tf.constant(x), y, mask
 
 
+def posterior_parameters(model, data, batch_size=BATCH):
+    """The posteriors q(z | x) of a split's examples: (mean, spread), each [N, code_dim]."""
+    parts = [tuple(a.numpy() for a in model.encode(x, y)) for x, y in labelled_batches(model, data, batch_size)]
+    return tuple(np.concatenate(column) for column in zip(*parts))
+
+
 def posterior_samples(model, data, seed, batch_size=BATCH):
     """One code z ~ q(z | x) per example of a split, [N, code_dim]: draws from the aggregate posterior."""
-    rng = np.random.default_rng(seed)
-    parts = []
-    for x, y in labelled_batches(model, data, batch_size):
-        mean, spread = (a.numpy() for a in model.encode(x, y))
-        parts.append(mean + spread * rng.standard_normal(mean.shape))
-    return np.concatenate(parts)
+    mean, spread = posterior_parameters(model, data, batch_size)
+    return mean + spread * np.random.default_rng(seed).standard_normal(mean.shape)
 
 
 def encode_means(model, data, batch_size=BATCH):

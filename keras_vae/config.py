@@ -20,6 +20,7 @@ PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "auto")
 JIT_CHOICES = ("auto", "on", "off")
 LR_SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("adam", "adamax")
+REFIT_METHODS = ("em", "aggregate")  # how a trained `mog` mixture prior is refitted (keras_vae.code_prior)
 STRATEGIES = ("auto", "one", "mirrored", "multi-worker")
 MAX_SEED = 2**31 - 1
 REPRESENTATIONS = ("logmel", "waveform")  # what recordings become (`keras_vae.audio.AudioFormat`)

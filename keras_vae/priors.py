@@ -9,6 +9,8 @@ References:
         Mixture Variational Autoencoders.
     Ghosh et al. (2020). From Variational to Deterministic Autoencoders. ICLR:
         a mixture fitted to the codes after training (ex-post density estimation).
+    Hoffman & Johnson (2016). ELBO surgery: the prior that maximizes the ELBO is the aggregate posterior.
+    Norouzi et al. (2020). Exemplar VAE. NeurIPS: a prior made of training examples' posteriors.
 """
 
 import keras
@@ -21,6 +23,8 @@ from keras_vae.errors import UserError
 tfd = tfp.distributions
 PRIORS = ("normal", "mog", "vamp")
 SCALE_FLOOR = 1e-4  # added to every learned mixture scale
+# Bandwidths tried by `aggregate_posterior_mixture`, as fractions of each code dimension's spread.
+BANDWIDTH_FACTORS = (0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5, 0.7, 1.0)
 
 
 def gaussian_mixture(logits, loc, scale):
@@ -115,3 +119,44 @@ def fit_mixture(points, logits, loc, scale, held_out=None, max_iterations=200, t
         params = candidate
         curve.append(score)
     return (*params, curve)
+
+
+def mean_log_likelihood(points, logits, loc, scale, chunk=500):
+    """The mean of `mixture_log_likelihood` over `points` [N, L], computed `chunk` points at a time (a mixture
+    of many components would otherwise hold [N, K] numbers several times over)."""
+    points = np.asarray(points, np.float64)
+    total = sum(float(mixture_log_likelihood(points[i:i + chunk], logits, loc, scale)[0].sum())
+                for i in range(0, len(points), chunk))
+    return total / len(points)
+
+
+def aggregate_posterior_mixture(loc, scale, held_out, factors=BANDWIDTH_FACTORS):
+    """The aggregate posterior q(z) = (1/N) Σ_n q(z | x_n) of N examples, as a mixture with one component per
+    example, each widened by a kernel bandwidth:
+
+        p(z) = (1/N) Σ_n N(z; loc_n, diag(scale_n² + h²)),   h_d = factor · std_n(loc_nd).
+
+    The aggregate posterior is the prior that maximizes the ELBO's E_q[log p(z)] over the training set (ELBO
+    surgery), and its samples land where the decoder was trained; but each q(z | x_n) is narrow, so without
+    the bandwidth the codes of unseen images fall between its components. The factor is the one of `factors`
+    under which `held_out` codes (draws from the posteriors of other examples) are most likely, as in a
+    kernel density estimate's bandwidth chosen by held-out likelihood; each dimension's bandwidth follows its
+    codes' spread.
+
+    Args:
+        loc, scale: [N, L] the examples' posterior means and standard deviations.
+        held_out: [M, L] codes drawn from the posteriors of examples not among the N.
+        factors: the bandwidths tried, as fractions of each dimension's spread.
+
+    Returns:
+        (logits [N], loc [N, L], scale [N, L], {factor: held-out mean log p(z) in nats}).
+    """
+    loc, scale = np.asarray(loc, np.float64), np.asarray(scale, np.float64)
+    logits = np.zeros(len(loc))
+    spread = loc.std(axis=0)
+    scores = {}
+    for factor in factors:
+        widened = np.sqrt(scale**2 + (factor * spread) ** 2)
+        scores[factor] = mean_log_likelihood(held_out, logits, loc, widened)
+    best = max(scores, key=scores.get)
+    return logits, loc, np.sqrt(scale**2 + (best * spread) ** 2), scores

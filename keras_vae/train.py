@@ -14,7 +14,7 @@ from keras_vae.config import FitConfig, condition_of, model_class
 from keras_vae.data import pipeline
 from keras_vae.data.datasets import dataset_of
 from keras_vae.data.defaults import defaults_for
-from keras_vae.data.splits import fixed_binarization, held_out_name, labels_named, train_and_held_out
+from keras_vae.data.splits import fixed_binarization, held_out_name, labels_named, load_split, train_and_held_out
 from keras_vae.errors import TrainingDiverged, UserError
 from keras_vae.export import check_name, export_saved_model, save_keras_model
 from keras_vae.models import build_model
@@ -355,10 +355,32 @@ def fit(config, verbose="auto", force=False, log=print, extra_callbacks=()):
             model.fit(train_data, validation_data=val_data, epochs=config.epochs, initial_epoch=initial_epoch,
                       callbacks=callbacks, verbose=verbose, shuffle=False)  # the pipeline shuffles, seeded
     history = checkpointer.history
+    refit = refit_prior(model, config, dataset, stopwatch, log)
     result = {"run_dir": run_dir, "history": history, "complete": False, "split": held_out_name(dataset),
-              "val_elbo": history["val_elbo"][-1] if "val_elbo" in history else None,
+              "val_elbo": history["val_elbo"][-1] if "val_elbo" in history else None, "prior_refit": refit,
               "export_path": save_outputs(model, config, history, strategy, stopwatch)}
     return dict(result, timings=phase_seconds(stopwatch))
+
+
+def refit_prior(model, config, dataset, stopwatch, log):
+    """Once training ends, a `--prior mog` model's `prior_refit` ("em" or "aggregate"): its mixture refitted
+    to the training split's codes (`code_prior.refit_mixture_prior`), before the model is saved and exported.
+    Returns the refit's record, or None when there is none. The checkpoints keep the trained mixture, so a
+    run resumed to more epochs refits again at its end."""
+    method = getattr(model, "prior_refit", "none")
+    if method == "none" or getattr(model, "prior_name", None) != "mog":
+        return None
+    from keras_vae.code_prior import refit_mixture_prior
+
+    with stopwatch("prior refit"):
+        train, held_out = (load_split(config, split, dataset) for split in ("train", "test"))
+        record = refit_mixture_prior(model, train, held_out, config.seed, method)
+    if record["refitted"]:
+        log(f"Refitted the mixture prior ({method}) to {record['codes']} training codes: "
+            f"{held_out_name(dataset)} ELBO {record['test_elbo_before']:.2f} -> {record['test_elbo_after']:.2f}.")
+    else:
+        log(f"Kept the trained mixture prior: held-out codes are likelier under it than under its {method} refit.")
+    return record
 
 
 def phase_seconds(stopwatch):

@@ -388,6 +388,66 @@ def test_fit_prior_refits_a_trained_mixture_prior_to_the_aggregate_posterior(tmp
     assert result.exit_code == 2 and "would resume from that checkpoint and lose the refit" in result.output
 
 
+def test_the_aggregate_posterior_mixture_widens_each_posterior_by_the_held_out_bandwidth():
+    """One equally weighted component per example, its scale √(σ² + h²) with h a factor of each dimension's
+    spread; the factor is the held-out codes' most likely one, and for codes of N(0, diag(1, 16)) that is
+    near a kernel density estimate's rule of thumb (about n^(-1/6) = 0.28 of the spread in 2-D), not an end
+    of the grid. Its scores are the tfd mixture's mean log-density."""
+    from keras_vae import priors
+
+    rng = np.random.default_rng(3)
+    spread = np.array([1.0, 4.0])
+    loc, held_out = rng.normal(size=(2000, 2)) * spread, rng.normal(size=(1000, 2)) * spread
+    scale = np.full_like(loc, 0.01)
+    logits, mixture_loc, mixture_scale, scores = priors.aggregate_posterior_mixture(loc, scale, held_out)
+    best = max(scores, key=scores.get)
+    assert 0.15 <= best <= 0.5 and scores[best] > scores[min(scores)] + 0.5 and scores[best] > scores[max(scores)]
+    np.testing.assert_array_equal(logits, np.zeros(2000))
+    np.testing.assert_array_equal(mixture_loc, loc)
+    np.testing.assert_allclose(mixture_scale, np.broadcast_to(np.sqrt(0.01**2 + (best * loc.std(axis=0)) ** 2), loc.shape),
+                               rtol=1e-12)
+    mixture = priors.gaussian_mixture(*(tf.constant(a, tf.float64) for a in (logits, mixture_loc, mixture_scale)))
+    np.testing.assert_allclose(scores[best], float(tf.reduce_mean(mixture.log_prob(held_out))), rtol=1e-9)
+
+
+def test_fit_refits_the_mixture_prior_to_the_aggregate_posterior_when_asked(tmp_path):
+    """`--prior-refit aggregate`: once training ends, each of the prior's components is a training example's
+    posterior (its mean, its scale widened), kept because held-out codes are likelier under it; the model
+    file holds it, the run says so, and (the checkpoints hold the trained mixture) the run can be trained
+    further, refitting again. `fit-prior --method aggregate` makes the same mixture of a finished run."""
+    from keras_vae.codes import posterior_parameters
+    from keras_vae.data import datasets
+    from keras_vae.data.splits import load_split
+
+    data = datasets.load_sprites(size=28, num_train=2048, num_test=512, seed=0)
+    np.savez(tmp_path / "sprites.npz", x=data.x_train, x_test=data.x_test)
+    run = tmp_path / "run"
+    flags = ["--dataset", tmp_path / "sprites.npz", "--prior", "mog", "--prior-components", 200, "--latent-dim", 4,
+             "--run-dir", run, "--no-export"]
+    result = invoke("fit", *flags, "--epochs", 2, "--prior-refit", "aggregate")
+    assert result.exit_code == 0, result.output
+    assert "Refitted the mixture prior (aggregate) to 2048 training codes" in result.output
+    assert "with the refitted prior" in result.output and "prior refit" in result.output  # the summary, the timings
+    config, model = runs.load_run(str(run))
+    mean, spread = posterior_parameters(model, load_split(config, "train"))
+    prior = model.prior().components_distribution.distribution
+    distance = np.abs(prior.loc.numpy()[:, None, :] - mean[None]).max(-1)  # [components, training examples]
+    nearest = distance.argmin(1)
+    np.testing.assert_allclose(distance.min(1), 0, atol=1e-5)  # every component sits on a training code
+    assert len(set(nearest)) == 200  # 200 different examples
+    assert (prior.scale.numpy() > spread[nearest] - 1e-4).all()  # their posteriors, widened
+    np.testing.assert_allclose(model.prior().mixture_distribution.probs_parameter().numpy(), 1 / 200, rtol=1e-4)
+    assert not (run / runs.MIXTURE_REFIT_FILE).exists()
+    result = invoke("fit", *flags, "--epochs", 3, "--prior-refit", "aggregate")
+    assert result.exit_code == 0 and "Resuming from epoch 2" in result.output, result.output
+    assert "Refitted the mixture prior (aggregate)" in result.output
+
+    # fit-prior's refit of the same codes is the same mixture, which held-out codes do not prefer: kept as is.
+    result = invoke("fit-prior", run, "--method", "aggregate", "--no-export")
+    assert result.exit_code == 0 and "no likelier under the aggregate posterior" in result.output, result.output
+    assert not (run / runs.MIXTURE_REFIT_FILE).exists()
+
+
 @pytest.mark.parametrize("name", model_names())
 def test_every_model_scores_8_bit_images_under_the_logistic_mixture(name):
     """Every decoder emits the mixture's parameters (K (1 + 2C) per pixel), not one number per channel:

@@ -209,6 +209,7 @@ def test_training_further_after_fit_prior_is_refused(vq_run):
 @pytest.mark.parametrize("args, message", [
     (["fit-prior", "VAE_RUN"], "fit-prior trains the code priors of a discrete-code run"),
     (["fit-prior", "RUN", "--epochs", 0], "--epochs must be a positive integer"),
+    (["fit-prior", "RUN", "--method", "aggregate"], "--method aggregate refits a learned mixture prior"),
     (["traverse", "RUN", "--out", "OUT"], "has a discrete one"),
     (["swap-levels", "RUN", "--out", "OUT"], "mixes the two code levels of a vq_vae2 model"),
     (["fit", "--model", "vq_vae", "--codebook-size", 0], "--codebook-size must be a positive integer"),

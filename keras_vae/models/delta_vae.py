@@ -35,7 +35,7 @@ class DeltaVAE(VAE):
           open_minimum=True, reference="Razavi et al. 2019"),
     )
     # The bound holds for the N(0, I) prior and the bounded scale; free bits would only floor what is floored.
-    unused_hyperparameters = ("posterior_scale", "prior", "prior_components", "free_bits")
+    unused_hyperparameters = ("posterior_scale", "prior", "prior_components", "prior_refit", "free_bits")
 
     def __init__(self, image_shape, **kwargs):
         super().__init__(image_shape, **kwargs)

@@ -82,7 +82,7 @@ class CVAE(VAE):
     """
 
     uses_labels = True
-    unused_hyperparameters = ("prior", "prior_components")
+    unused_hyperparameters = ("prior", "prior_components", "prior_refit")
 
     def __init__(self, image_shape, num_classes=10, **kwargs):
         if not isinstance(num_classes, int) or num_classes < 2:

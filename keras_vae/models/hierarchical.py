@@ -52,7 +52,7 @@ class HierarchicalVAE(VAE):
     is the whitened [ε1, z2] (2 × latent_dim), whose prior is N(0, I).
     """
 
-    unused_hyperparameters = ("prior", "prior_components", "dequantize")  # its prior is the hierarchy
+    unused_hyperparameters = ("prior", "prior_components", "prior_refit", "dequantize")  # its prior is the hierarchy
 
     def __init__(self, image_shape, **kwargs):
         super().__init__(image_shape, **kwargs)

@@ -377,7 +377,7 @@ class NVAE(VAE):
           minimum=0, reference="Kingma et al. 2016 (free bits per group)"),
     )
     unused_hyperparameters = ("latent_dim", "architecture", "posterior_scale", "free_bits", "prior",
-                              "prior_components", "dequantize", "aggressive_encoder", "decoder", "decoder_layers",
+                              "prior_components", "prior_refit", "dequantize", "aggressive_encoder", "decoder", "decoder_layers",
                               "decoder_filters", "decoder_dropout")
     reads_signals = False
     serves_temperature = True

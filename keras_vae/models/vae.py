@@ -23,6 +23,7 @@ import keras
 import tensorflow as tf
 
 from keras_vae import dequantization, losses, priors
+from keras_vae.config import REFIT_METHODS
 from keras_vae.distributions import NormalPosterior, standard_normal_prior
 from keras_vae.errors import UserError
 from keras_vae.hparams import Hyperparameter as H
@@ -45,6 +46,8 @@ class VAE(Autoencoder):
             the loss. Reported `kl` and `elbo` are the true values.
         prior: "normal" (N(0, I)), "mog" (a learned mixture) or "vamp" (VampPrior).
         prior_components: mixture components / pseudo-inputs of a learned prior.
+        prior_refit: "none", "em" or "aggregate": how `train.fit` refits a `mog` prior once training ends
+            (`keras_vae.code_prior.refit_mixture_prior`).
         dequantize: "none", "uniform" or "variational" (`keras_vae.dequantization`).
         aggressive_encoder: train in phases (`keras_vae.callbacks.AggressiveEncoder`, which `train.fit` adds).
 
@@ -64,6 +67,10 @@ class VAE(Autoencoder):
         H("prior", str, "normal", "p(z): normal, mog (learned mixture) or vamp (VampPrior).", choices=priors.PRIORS,
           attribute="prior_name", reference="Tomczak & Welling 2018"),
         H("prior_components", int, 10, "Components / pseudo-inputs of a learned prior.", minimum=1),
+        H("prior_refit", str, "none", "After training, refit a mog prior to the training codes: em (EM from the "
+          "trained mixture) or aggregate (one component per training example's posterior, widened by a bandwidth "
+          "chosen on held-out codes); kept where held-out codes are likelier under it. Ignored for other priors.",
+          choices=("none", *REFIT_METHODS), reference="Ghosh et al. 2020; Norouzi et al. 2020"),
         H("dequantize", str, "none", "For 8-bit data under a continuous likelihood: score y = (k + u)/256 with u "
           "uniform or from a learned flow q(u|k), so the ELBO bounds the discrete likelihood.",
           choices=dequantization.DEQUANTIZERS, reference="Ho et al. 2019"),

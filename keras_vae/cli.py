@@ -128,7 +128,8 @@ def fit(config_file, force, **flags):
         summary = f"{split} reconstruction loss {history['val_reconstruction_loss'][-1]:.2f} nats/example"
     refit = result.get("prior_refit")
     if refit and refit["refitted"]:
-        summary += f"; {refit['test_elbo_after']:.2f} with the refitted prior (fixed noise)"
+        summary += (f"; with the refitted prior {refit['test_elbo_after']:.2f} (fixed noise; "
+                    f"{refit['test_elbo_before']:.2f} with the trained one)")
     exported = f"; exported to {result['export_path']}" if result["export_path"] else ""
     click.echo(f"Done. {summary}; run in {result['run_dir']}{exported}.")
     click.echo("Seconds: " + ", ".join(f"{phase} {value:.1f}" for phase, value in result["timings"].items()) + ".")

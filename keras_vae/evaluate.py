@@ -73,6 +73,17 @@ def scored_dimensions(data):
     return steps * int(np.prod(data.x.shape[2:]))
 
 
+def fixed_noise_elbo(model, data, batch_size=100):
+    """A split's mean one-sample ELBO with the evaluator's fixed noise: `evaluate_model`'s −nll_iw at K = 1,
+    without its other figures. Two priors of one model are compared on the same codes."""
+    log_weights = masked(lambda x, k, seed, y: model.importance_log_weights(x, k, seed, y)[0])
+    total = 0.0
+    for x, y, mask in labelled_batches(model, data, batch_size, masks=True):
+        nll = importance_weighted_nll(lambda x, k, seed: log_weights(x, k, seed, y, mask=mask), x, 1, 1)
+        total += float(tf.reduce_sum(tf.cast(nll, tf.float64)))
+    return -total / len(data.x)
+
+
 def evaluate_model(model, data, iw_samples=1000, batch_size=100, train_data=None, progress=True):
     """The evaluation numbers for `model` on `data` (a `Split`).
 

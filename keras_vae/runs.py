@@ -29,12 +29,14 @@ CHECKPOINT_DIR = "checkpoints"
 LOG_DIR = "logs"
 PRIOR_HISTORY_FILE = "prior_history.json"  # written by fit-prior; its presence means the prior is fitted
 MIXTURE_REFIT_FILE = "prior_refit.json"  # fit-prior's EM refit of a mixture prior (the checkpoints predate it)
+FIT_REFIT_FILE = "prior_refit_at_fit.json"  # the mixture refit `fit` made when training ended (--prior-refit)
 
 # Settings that may change between the runs of one run directory: where
 # things go and how fast they run, not what is trained.
 RESUMABLE_CHANGES = {
     "epochs", "run_dir", "data_dir", "export", "export_dir", "export_name",
     "strategy", "cpu_replicas", "steps_per_execution", "jit_compile",
+    "prior_refit",  # applied after training: the checkpoints never hold it
 }
 
 
@@ -78,18 +80,21 @@ def write_history(path, history):
     write_json(path, plain_history(history))
 
 
-def save_finished_run(run_dir, model, history, config):
-    """model.keras, history.json and config.json of a finished run, staged and then renamed together."""
+def save_finished_run(run_dir, model, history, config, refit=None):
+    """model.keras, history.json and config.json of a finished run, and the record of the prior refit at
+    its end when there was one (`refit`, in FIT_REFIT_FILE), staged and then renamed together."""
     from keras_vae.export import save_keras_model
 
     model_path = os.path.join(run_dir, MODEL_FILE)
     staged = {save_keras_model(model, model_path, replace=False): model_path}
-    for name, values in ((HISTORY_FILE, plain_history(history)), (CONFIG_FILE, config.to_dict())):
+    files = [(HISTORY_FILE, plain_history(history)), (CONFIG_FILE, config.to_dict())]
+    for name, values in files + ([(FIT_REFIT_FILE, refit)] if refit else []):
         path = os.path.join(run_dir, name)
         staged[write_json(path, values, replace=False)] = path
     for temporary, path in staged.items():
         os.replace(temporary, path)
-    for name in (PRIOR_HISTORY_FILE, MIXTURE_REFIT_FILE):  # a retrained model has no fitted or refitted prior
+    stale = (PRIOR_HISTORY_FILE, MIXTURE_REFIT_FILE) + (() if refit else (FIT_REFIT_FILE,))
+    for name in stale:  # a retrained model has no fitted or refitted prior but its own
         if os.path.exists(os.path.join(run_dir, name)):
             os.remove(os.path.join(run_dir, name))
 

@@ -14,6 +14,7 @@ from keras_vae.config import FitConfig, condition_of, model_class
 from keras_vae.data import pipeline
 from keras_vae.data.datasets import dataset_of
 from keras_vae.data.defaults import defaults_for
+from keras_vae.code_prior import refit_mixture_prior
 from keras_vae.data.splits import fixed_binarization, held_out_name, labels_named, load_split, train_and_held_out
 from keras_vae.errors import TrainingDiverged, UserError
 from keras_vae.export import check_name, export_saved_model, save_keras_model
@@ -237,9 +238,10 @@ def build_compiled_model(config, dataset, strategy, total_steps):
     return model
 
 
-def save_outputs(model, config, history, strategy, stopwatch=None):
-    """model.keras, history.json and config.json (together, so that they always describe one model),
-    then the SavedModel export; returns the export path (chief) or None.
+def save_outputs(model, config, history, strategy, stopwatch=None, refit=None):
+    """model.keras, history.json and config.json (together, so that they always describe one model; with
+    the record of a prior refitted at the end of training, `refit`, when there is one), then the SavedModel
+    export; returns the export path (chief) or None.
 
     Every worker saves (a save may need all of them), the others into scratch.
     """
@@ -258,7 +260,7 @@ def save_outputs(model, config, history, strategy, stopwatch=None):
     stopwatch = stopwatch or kv_callbacks.Stopwatch()
     runs.remove_export_record(config.run_dir)  # the model about to be saved has not been exported yet
     with stopwatch("save"):
-        runs.save_finished_run(config.run_dir, model, history, config)
+        runs.save_finished_run(config.run_dir, model, history, config, refit)
     if not config.export:
         return None
     with stopwatch("export"):
@@ -358,7 +360,7 @@ def fit(config, verbose="auto", force=False, log=print, extra_callbacks=()):
     refit = refit_prior(model, config, dataset, stopwatch, log)
     result = {"run_dir": run_dir, "history": history, "complete": False, "split": held_out_name(dataset),
               "val_elbo": history["val_elbo"][-1] if "val_elbo" in history else None, "prior_refit": refit,
-              "export_path": save_outputs(model, config, history, strategy, stopwatch)}
+              "export_path": save_outputs(model, config, history, strategy, stopwatch, refit)}
     return dict(result, timings=phase_seconds(stopwatch))
 
 
@@ -368,16 +370,15 @@ def refit_prior(model, config, dataset, stopwatch, log):
     Returns the refit's record, or None when there is none. The checkpoints keep the trained mixture, so a
     run resumed to more epochs refits again at its end."""
     method = getattr(model, "prior_refit", "none")
-    if method == "none" or getattr(model, "prior_name", None) != "mog":
-        return None
-    from keras_vae.code_prior import refit_mixture_prior
-
+    if method == "none" or getattr(model, "prior_name", None) != "mog" or kv_callbacks.non_finite_weights(model):
+        return None  # (a diverged model is refused by save_outputs)
     with stopwatch("prior refit"):
         train, held_out = (load_split(config, split, dataset) for split in ("train", "test"))
         record = refit_mixture_prior(model, train, held_out, config.seed, method)
     if record["refitted"]:
-        log(f"Refitted the mixture prior ({method}) to {record['codes']} training codes: "
-            f"{held_out_name(dataset)} ELBO {record['test_elbo_before']:.2f} -> {record['test_elbo_after']:.2f}.")
+        log(f"Refitted the mixture prior ({method}, {record['components']} components) to {record['codes']} "
+            f"training codes: {held_out_name(dataset)} ELBO {record['test_elbo_before']:.2f} -> "
+            f"{record['test_elbo_after']:.2f} (fixed noise).")
     else:
         log(f"Kept the trained mixture prior: held-out codes are likelier under it than under its {method} refit.")
     return record

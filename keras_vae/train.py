@@ -356,8 +356,7 @@ def fit(config, verbose="auto", force=False, log=print, extra_callbacks=()):
         with stopwatch("model.fit"):
             model.fit(train_data, validation_data=val_data, epochs=config.epochs, initial_epoch=initial_epoch,
                       callbacks=callbacks, verbose=verbose, shuffle=False)  # the pipeline shuffles, seeded
-    history = checkpointer.history
-    refit = refit_prior(model, config, dataset, stopwatch, log)
+    history, refit = checkpointer.history, refit_prior(model, config, dataset, stopwatch, log)
     result = {"run_dir": run_dir, "history": history, "complete": False, "split": held_out_name(dataset),
               "val_elbo": history["val_elbo"][-1] if "val_elbo" in history else None, "prior_refit": refit,
               "export_path": save_outputs(model, config, history, strategy, stopwatch, refit)}

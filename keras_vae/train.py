@@ -14,7 +14,6 @@ from keras_vae.config import FitConfig, condition_of, model_class
 from keras_vae.data import pipeline
 from keras_vae.data.datasets import dataset_of
 from keras_vae.data.defaults import defaults_for
-from keras_vae.code_prior import refit_mixture_prior
 from keras_vae.data.splits import fixed_binarization, held_out_name, labels_named, load_split, train_and_held_out
 from keras_vae.errors import TrainingDiverged, UserError
 from keras_vae.export import check_name, export_saved_model, save_keras_model
@@ -371,6 +370,8 @@ def refit_prior(model, config, dataset, stopwatch, log):
     method = getattr(model, "prior_refit", "none")
     if method == "none" or getattr(model, "prior_name", None) != "mog" or kv_callbacks.non_finite_weights(model):
         return None  # (a diverged model is refused by save_outputs)
+    from keras_vae.code_prior import refit_mixture_prior  # here: it needs TFP, which train's importers may lack
+
     with stopwatch("prior refit"):
         train, held_out = (load_split(config, split, dataset) for split in ("train", "test"))
         record = refit_mixture_prior(model, train, held_out, config.seed, method)

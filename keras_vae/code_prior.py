@@ -30,6 +30,28 @@ from keras_vae.models import get_model_class
 from keras_vae.models.vq import keyed
 
 HELD_OUT_CODES = 0.1  # of the aggregate-posterior draws, judging when the mixture refit stops
+MAX_AGGREGATE_COMPONENTS = 20000  # training posteriors in an aggregate refit (its prior's size), at most
+
+
+def with_mixture_components(model, components):
+    """A copy of a `mog` model whose mixture prior has `components` components (set to the trained mixture's
+    first ones, repeated): every other weight is the model's own."""
+    resized_config = dict(model.get_config(), mixture_components=int(components))
+    with model.distribute_strategy.scope():
+        resized = model.__class__.from_config(resized_config)
+    prior = ("prior_logits", "prior_loc", "prior_raw_scale")
+    skip = (lambda m: {id(getattr(m, name)) for name in prior})
+    source = [v for v in model.weights if id(v) not in skip(model)]
+    target = [v for v in resized.weights if id(v) not in skip(resized)]
+    if [tuple(v.shape) for v in source] != [tuple(v.shape) for v in target]:
+        raise RuntimeError(f"Rebuilding the {model.name} model with a mixture of {components} components "
+                           "changed more than its prior's weights.")
+    for old, new in zip(source, target):
+        new.assign(old)
+    for name in prior:
+        old = getattr(model, name).numpy()
+        getattr(resized, name).assign(np.resize(old, (components,) + old.shape[1:]))
+    return resized
 
 
 def code_maps(model, data, batch_size=500):
@@ -136,16 +158,17 @@ def refit_mixture_prior(model, train, test, seed, method="em", max_iterations=20
     `method` "em": expectation-maximization on one draw per other training example, started from the
     trained mixture and stopped when the held-out codes stop gaining `tolerance` nats (at most
     `max_iterations` iterations). "aggregate": one component per training example, its posterior widened by a
-    bandwidth chosen on the held-out codes (`priors.aggregate_posterior_mixture`), for as many examples as
-    the mixture has components (the first after the held-out ones, repeated when there are fewer), kept when
-    it raises the held-out codes' mean log p(z) by `tolerance` nats or more.
+    bandwidth chosen on the held-out codes (`priors.aggregate_posterior_mixture`), for every other training
+    example (at most MAX_AGGREGATE_COMPONENTS): the model is then rebuilt with a mixture of that size
+    (`with_mixture_components`); kept when it raises the held-out codes' mean log p(z) by `tolerance` nats
+    or more.
 
     Returns:
-        dict with `method`, `history` ({"prior_em": the held-out codes' mean log p(z) at the start and after
+        (the model with the refitted prior, or the model unchanged, and a dict with `method`, `history` ({"prior_em": the held-out codes' mean log p(z) at the start and after
         each EM iteration} or {"prior_aggregate": {bandwidth factor: theirs}, "trained_mixture": theirs}),
         `refitted` (whether the model's prior changed), `test_elbo_before` and `test_elbo_after` (the `test`
         split's ELBO with the old and the new prior, nats, with the same fixed noise: `fixed_noise_elbo`),
-        `codes` (the number of training examples encoded) and `components` (the mixture's).
+        `codes` (the number of training examples encoded) and `components` (the mixture's)).
     """
     if method not in REFIT_METHODS:
         raise UserError(f"The mixture refit's method must be one of {', '.join(REFIT_METHODS)}. "
@@ -167,7 +190,7 @@ def refit_mixture_prior(model, train, test, seed, method="em", max_iterations=20
                                                        max_iterations=max_iterations, tolerance=tolerance)
         history, refitted = {"prior_em": curve}, len(curve) > 1
     else:
-        chosen = np.resize(np.arange(held_out, len(codes)), len(current[0]))
+        chosen = np.arange(held_out, min(len(codes), held_out + MAX_AGGREGATE_COMPONENTS))
         logits, loc, scale, scores = priors.aggregate_posterior_mixture(mean[chosen], spread[chosen],
                                                                         codes[:held_out])
         trained = priors.mean_log_likelihood(codes[:held_out], *current)
@@ -178,10 +201,13 @@ def refit_mixture_prior(model, train, test, seed, method="em", max_iterations=20
         refitted = max(scores.values()) - trained >= tolerance
     after = before
     if refitted:
+        if len(logits) != len(current[0]):
+            model = with_mixture_components(model, len(logits))
         priors.assign_mixture(model, logits, loc, scale)
         after = fixed_noise_elbo(model, test)
-    return {"method": method, "history": history, "refitted": bool(refitted), "test_elbo_before": before,
-            "test_elbo_after": after, "codes": len(codes), "components": len(current[0])}
+    return model, {"method": method, "history": history, "refitted": bool(refitted), "test_elbo_before": before,
+                   "test_elbo_after": after, "codes": len(codes),
+                   "components": len(logits) if refitted else len(current[0])}
 
 
 def refit_mixture(run_dir, max_iterations=20, export=True, export_dir=None, tolerance=1e-4, method="em"):
@@ -197,7 +223,7 @@ def refit_mixture(run_dir, max_iterations=20, export=True, export_dir=None, tole
     config, model = runs.load_run(run_dir)
     dataset = dataset_of(config)
     train, test = (load_split(config, split, dataset) for split in ("train", "test"))
-    result = refit_mixture_prior(model, train, test, config.seed, method, max_iterations, tolerance)
+    model, result = refit_mixture_prior(model, train, test, config.seed, method, max_iterations, tolerance)
     iterations = len(result["history"]["prior_em"]) - 1 if method == "em" else int(result["refitted"])
     result = dict(result, iterations=iterations, export_path=None, replicas=1)
     if not result["refitted"]:

@@ -355,7 +355,7 @@ def fit(config, verbose="auto", force=False, log=print, extra_callbacks=()):
         with stopwatch("model.fit"):
             model.fit(train_data, validation_data=val_data, epochs=config.epochs, initial_epoch=initial_epoch,
                       callbacks=callbacks, verbose=verbose, shuffle=False)  # the pipeline shuffles, seeded
-    history, refit = checkpointer.history, refit_prior(model, config, dataset, stopwatch, log)
+    history, (model, refit) = checkpointer.history, refit_prior(model, config, dataset, stopwatch, log)
     result = {"run_dir": run_dir, "history": history, "complete": False, "split": held_out_name(dataset),
               "val_elbo": history["val_elbo"][-1] if "val_elbo" in history else None, "prior_refit": refit,
               "export_path": save_outputs(model, config, history, strategy, stopwatch, refit)}
@@ -365,23 +365,23 @@ def fit(config, verbose="auto", force=False, log=print, extra_callbacks=()):
 def refit_prior(model, config, dataset, stopwatch, log):
     """Once training ends, a `--prior mog` model's `prior_refit` ("em" or "aggregate"): its mixture refitted
     to the training split's codes (`code_prior.refit_mixture_prior`), before the model is saved and exported.
-    Returns the refit's record, or None when there is none. The checkpoints keep the trained mixture, so a
-    run resumed to more epochs refits again at its end."""
+    Returns (the model, refitted or not, and the refit's record, or None when there is none). The checkpoints
+    keep the trained mixture, so a run resumed to more epochs refits again at its end."""
     method = getattr(model, "prior_refit", "none")
     if method == "none" or getattr(model, "prior_name", None) != "mog" or kv_callbacks.non_finite_weights(model):
-        return None  # (a diverged model is refused by save_outputs)
+        return model, None  # (a diverged model is refused by save_outputs)
     from keras_vae.code_prior import refit_mixture_prior  # here: it needs TFP, which train's importers may lack
 
     with stopwatch("prior refit"):
         train, held_out = (load_split(config, split, dataset) for split in ("train", "test"))
-        record = refit_mixture_prior(model, train, held_out, config.seed, method)
+        model, record = refit_mixture_prior(model, train, held_out, config.seed, method)
     if record["refitted"]:
         log(f"Refitted the mixture prior ({method}, {record['components']} components) to {record['codes']} "
             f"training codes: {held_out_name(dataset)} ELBO {record['test_elbo_before']:.2f} -> "
             f"{record['test_elbo_after']:.2f} (fixed noise).")
     else:
         log(f"Kept the trained mixture prior: held-out codes are likelier under it than under its {method} refit.")
-    return record
+    return model, record
 
 
 def phase_seconds(stopwatch):

@@ -410,6 +410,23 @@ def test_the_aggregate_posterior_mixture_widens_each_posterior_by_the_held_out_b
     np.testing.assert_allclose(scores[best], float(tf.reduce_mean(mixture.log_prob(held_out))), rtol=1e-9)
 
 
+def test_a_mixture_prior_resized_keeps_every_other_weight_and_bounds_the_evaluations_chunks():
+    from keras_vae.code_prior import with_mixture_components
+    from keras_vae.evaluate import MAX_PRIOR_ENTRIES, samples_per_chunk
+
+    model = make("vae", prior="mog", prior_components=3, latent_dim=4)
+    resized = with_mixture_components(model, 7)
+    x = images(8)
+    np.testing.assert_array_equal(resized.reconstruct(x).numpy(), model.reconstruct(x).numpy())
+    assert tuple(resized.prior_loc.shape) == (7, 4) and resized.get_config()["mixture_components"] == 7
+    np.testing.assert_array_equal(resized.prior_loc.numpy()[:3], model.prior_loc.numpy())
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(resized))
+    assert tuple(restored.prior_loc.shape) == (7, 4)  # the size travels with the model's config
+    assert samples_per_chunk(resized, 1000, 100) == 40  # the decoder's bound: 4,000 rows
+    huge = with_mixture_components(model, MAX_PRIOR_ENTRIES // 4000)  # 100 × 4 × components = 10 × the bound
+    assert samples_per_chunk(huge, 1000, 100) == 10
+
+
 def test_the_fixed_noise_elbo_is_the_evaluations_one_sample_bound():
     from keras_vae.data.splits import Split
     from keras_vae.evaluate import evaluate_model, fixed_noise_elbo
@@ -438,7 +455,8 @@ def test_fit_refits_the_mixture_prior_to_the_aggregate_posterior_when_asked(tmp_
              "--run-dir", run, "--no-export"]
     result = invoke("fit", *flags, "--epochs", 2, "--prior-refit", "aggregate")
     assert result.exit_code == 0, result.output
-    assert "Refitted the mixture prior (aggregate, 200 components) to 2048 training codes" in result.output
+    # 2,048 training codes, a tenth held out: one component for each of the other 1,844
+    assert "Refitted the mixture prior (aggregate, 1844 components) to 2048 training codes" in result.output
     assert "with the refitted prior" in result.output and "prior refit" in result.output  # the summary, the timings
     record = json.load(open(run / runs.FIT_REFIT_FILE))
     scores = {float(factor): value for factor, value in record["history"]["prior_aggregate"].items()}
@@ -451,10 +469,11 @@ def test_fit_refits_the_mixture_prior_to_the_aggregate_posterior_when_asked(tmp_
     distance = np.abs(loc[:, None, :] - mean[None]).max(-1)  # [components, training examples]
     nearest = distance.argmin(1)
     np.testing.assert_allclose(distance.min(1), 0, atol=1e-5)  # every component sits on a training code
-    assert len(set(nearest)) == 200  # 200 different examples
-    # each its posterior, widened by the chosen fraction of each dimension's spread over the 200
+    assert len(set(nearest)) > 1800  # as many different examples (identical small sprites share a code)
+    assert model.get_config()["mixture_components"] == 1844 and config.prior_components == 200  # trained with 200
+    # each its posterior, widened by the chosen fraction of each dimension's spread over them
     np.testing.assert_allclose(scale, np.sqrt(spread[nearest] ** 2 + (factor * loc.std(axis=0)) ** 2), rtol=2e-3)
-    np.testing.assert_allclose(model.prior().mixture_distribution.probs_parameter().numpy(), 1 / 200, rtol=1e-4)
+    np.testing.assert_allclose(model.prior().mixture_distribution.probs_parameter().numpy(), 1 / 1844, rtol=1e-4)
     assert not (run / runs.MIXTURE_REFIT_FILE).exists()
     result = invoke("fit", *flags, "--epochs", 3, "--prior-refit", "aggregate")
     assert result.exit_code == 0 and "Resuming from epoch 2" in result.output, result.output

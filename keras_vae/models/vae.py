@@ -48,6 +48,8 @@ class VAE(Autoencoder):
         prior_components: mixture components / pseudo-inputs of a learned prior.
         prior_refit: "none", "em" or "aggregate": how `train.fit` refits a `mog` prior once training ends
             (`keras_vae.code_prior.refit_mixture_prior`).
+        mixture_components: the `mog` prior's size when it is not `prior_components` (set by an aggregate
+            refit, which gives it one component per training example).
         dequantize: "none", "uniform" or "variational" (`keras_vae.dequantization`).
         aggressive_encoder: train in phases (`keras_vae.callbacks.AggressiveEncoder`, which `train.fit` adds).
 
@@ -88,12 +90,15 @@ class VAE(Autoencoder):
             values["kl_warmup_steps"] = (total_steps or 0) // 2
         return values
 
-    def __init__(self, image_shape, **kwargs):
+    def __init__(self, image_shape, mixture_components=None, **kwargs):
         super().__init__(image_shape, **kwargs)
         self.kl_warmup_steps = self.kl_warmup_steps or 0
         self.posterior_layer = NormalPosterior(self.latent_dim, self.posterior_scale, name="posterior")
+        # A `mog` prior refitted to the aggregate posterior after training has its own size, recorded here
+        # (not a hyperparameter: training, and a resumed run, use `prior_components`).
+        self.mixture_components = mixture_components
         if self.prior_name != "normal":
-            priors.add_prior_weights(self, self.prior_name, self.prior_components)
+            priors.add_prior_weights(self, self.prior_name, mixture_components or self.prior_components)
         if self.aggressive_encoder:  # (aggressive now, I(x; z) at the last epoch's end), read by the callback
             self.aggressive_state = keras.Variable([1.0, -1e9], dtype="float32", trainable=False,
                                                    name="aggressive_state")
@@ -105,6 +110,12 @@ class VAE(Autoencoder):
 
     def encoder_outputs(self):
         return 2 * self.latent_dim  # loc and raw scale
+
+    def get_config(self):
+        config = super().get_config()
+        if self.mixture_components is not None:
+            config["mixture_components"] = self.mixture_components
+        return config
 
     def apply_gradients(self, gradients, variables, phase=None):
         """An inference-only step counts in `inference_iterations`, not in the optimizer's `iterations`.

@@ -20,7 +20,7 @@ DATASET_DEFAULTS = {
     "mnist": {},
     # scripts/first_run.py; benchmarks/FIRST_RUN.md has the runs that chose it.
     "sprites": {"architecture": "broadcast-64", "latent_dim": 10, "batch_size": 32, "precision": "auto",
-                "prior": "mog", "prior_components": 100},
+                "prior": "mog", "prior_components": 100, "prior_refit": "aggregate"},
 }
 DATASET_DEFAULTS["dsprites"] = DATASET_DEFAULTS["sprites"]  # the same images, drawn from the whole grid
 SIGNAL_DEFAULTS = {"likelihood": "gaussian", "binarize": "none"}  # the user's 1-D signals [N, T, C]

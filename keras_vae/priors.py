@@ -122,11 +122,18 @@ def fit_mixture(points, logits, loc, scale, held_out=None, max_iterations=200, t
 
 
 def mean_log_likelihood(points, logits, loc, scale, chunk=500):
-    """The mean of `mixture_log_likelihood` over `points` [N, L], computed `chunk` points at a time (a mixture
-    of many components would otherwise hold [N, K] numbers several times over)."""
+    """The mean over `points` [N, L] of log Σ_k π_k N(x; loc_k, diag(scale_k²)), in float64 as
+    `mixture_log_likelihood`, without its responsibilities, in TensorFlow's threads (4× NumPy's time on a
+    2-core machine for 18,000 components), `chunk` points at a time (so [chunk, K] numbers at once)."""
+    logits, loc, scale = (tf.constant(np.asarray(a, np.float64)) for a in (logits, loc, scale))
+    precision = 1.0 / scale**2  # [K, L]; the squared distances as matrix products, as mixture_log_likelihood
+    constant = tf.nn.log_softmax(logits) - 0.5 * tf.reduce_sum(loc**2 * precision + tf.math.log(2 * np.pi * scale**2), 1)
     points = np.asarray(points, np.float64)
-    total = sum(float(mixture_log_likelihood(points[i:i + chunk], logits, loc, scale)[0].sum())
-                for i in range(0, len(points), chunk))
+    total = 0.0
+    for start in range(0, len(points), chunk):
+        x = tf.constant(points[start:start + chunk])
+        cross = tf.matmul(x * x, precision, transpose_b=True) - 2 * tf.matmul(x, loc * precision, transpose_b=True)
+        total += float(tf.reduce_sum(tf.reduce_logsumexp(constant - 0.5 * cross, axis=1)))
     return total / len(points)
 
 

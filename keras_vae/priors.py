@@ -72,15 +72,25 @@ def assign_mixture(model, logits, loc, scale):
     model.prior_raw_scale.assign((scale + np.log(-np.expm1(-scale))).astype(np.float32))  # softplus⁻¹
 
 
+def mixture_log_joint(points, logits, loc, scale):
+    """log π_k + log N(x_n; loc_k, diag(scale_k²)) for points [N, L] and K components: [N, K] float64.
+
+    Σ_l (x_l − μ_kl)² / σ_kl² is expanded into matrix products, so no [N, K, L] array is made; float64 keeps
+    the expansion exact enough for narrow components. In TensorFlow, whose threads make it about 4× faster
+    than NumPy on 2 cores at 18,000 components."""
+    points, logits, loc, scale = (tf.constant(np.asarray(a, np.float64)) for a in (points, logits, loc, scale))
+    precision = 1.0 / scale**2  # [K, L]
+    constant = tf.nn.log_softmax(logits) - 0.5 * tf.reduce_sum(loc**2 * precision + tf.math.log(2 * np.pi * scale**2), 1)
+    cross = tf.matmul(points * points, precision, transpose_b=True) - 2 * tf.matmul(points, loc * precision,
+                                                                                      transpose_b=True)
+    return constant - 0.5 * cross
+
+
 def mixture_log_likelihood(points, logits, loc, scale):
     """log Σ_k π_k N(x; loc_k, diag(scale_k²)) per point [N] and the responsibilities [N, K] (float64 NumPy)."""
-    points, loc, scale = (np.asarray(a, np.float64) for a in (points, loc, scale))
-    log_pi = np.asarray(logits, np.float64) - np.logaddexp.reduce(logits)
-    precision = 1.0 / scale**2  # [K, L]; Σ_l (x_l − μ_kl)² / σ_kl² expanded into matrix products, not [N, K, L]
-    squares = (points * points) @ precision.T - 2 * points @ (loc * precision).T + np.sum(loc**2 * precision, 1)
-    log_joint = log_pi - 0.5 * (squares + np.sum(np.log(2 * np.pi * scale**2), 1))
-    log_likelihood = np.logaddexp.reduce(log_joint, axis=1)
-    return log_likelihood, np.exp(log_joint - log_likelihood[:, None])
+    log_joint = mixture_log_joint(points, logits, loc, scale)
+    log_likelihood = tf.reduce_logsumexp(log_joint, axis=1)
+    return log_likelihood.numpy(), tf.exp(log_joint - log_likelihood[:, None]).numpy()
 
 
 def mixture_em_step(points, logits, loc, scale, min_scale):
@@ -110,10 +120,10 @@ def fit_mixture(points, logits, loc, scale, held_out=None, max_iterations=200, t
     points = np.asarray(points, np.float64)
     judged = points if held_out is None else np.asarray(held_out, np.float64)
     params = tuple(np.array(a, np.float64) for a in (logits, loc, scale))
-    curve = [float(mixture_log_likelihood(judged, *params)[0].mean())]
+    curve = [mean_log_likelihood(judged, *params)]
     for _ in range(max_iterations):
         candidate = mixture_em_step(points, *params, min_scale)
-        score = float(mixture_log_likelihood(judged, *candidate)[0].mean())
+        score = mean_log_likelihood(judged, *candidate)
         if score - curve[-1] < tolerance:
             break
         params = candidate
@@ -122,18 +132,11 @@ def fit_mixture(points, logits, loc, scale, held_out=None, max_iterations=200, t
 
 
 def mean_log_likelihood(points, logits, loc, scale, chunk=500):
-    """The mean over `points` [N, L] of log Σ_k π_k N(x; loc_k, diag(scale_k²)), in float64 as
-    `mixture_log_likelihood`, without its responsibilities, in TensorFlow's threads (4× NumPy's time on a
-    2-core machine for 18,000 components), `chunk` points at a time (so [chunk, K] numbers at once)."""
-    logits, loc, scale = (tf.constant(np.asarray(a, np.float64)) for a in (logits, loc, scale))
-    precision = 1.0 / scale**2  # [K, L]; the squared distances as matrix products, as mixture_log_likelihood
-    constant = tf.nn.log_softmax(logits) - 0.5 * tf.reduce_sum(loc**2 * precision + tf.math.log(2 * np.pi * scale**2), 1)
+    """The mean of `mixture_log_likelihood`'s log-likelihood over `points` [N, L], without its
+    responsibilities, `chunk` points at a time (so [chunk, K] numbers at once)."""
     points = np.asarray(points, np.float64)
-    total = 0.0
-    for start in range(0, len(points), chunk):
-        x = tf.constant(points[start:start + chunk])
-        cross = tf.matmul(x * x, precision, transpose_b=True) - 2 * tf.matmul(x, loc * precision, transpose_b=True)
-        total += float(tf.reduce_sum(tf.reduce_logsumexp(constant - 0.5 * cross, axis=1)))
+    total = sum(float(tf.reduce_sum(tf.reduce_logsumexp(mixture_log_joint(points[i:i + chunk], logits, loc, scale), 1)))
+                for i in range(0, len(points), chunk))
     return total / len(points)
 
 
@@ -161,9 +164,6 @@ def aggregate_posterior_mixture(loc, scale, held_out, factors=BANDWIDTH_FACTORS)
     loc, scale = np.asarray(loc, np.float64), np.asarray(scale, np.float64)
     logits = np.zeros(len(loc))
     spread = loc.std(axis=0)
-    scores = {}
-    for factor in factors:
-        widened = np.sqrt(scale**2 + (factor * spread) ** 2)
-        scores[factor] = mean_log_likelihood(held_out, logits, loc, widened)
-    best = max(scores, key=scores.get)
-    return logits, loc, np.sqrt(scale**2 + (best * spread) ** 2), scores
+    widened = (lambda factor: np.sqrt(scale**2 + (factor * spread) ** 2))
+    scores = {factor: mean_log_likelihood(held_out, logits, loc, widened(factor)) for factor in factors}
+    return logits, loc, widened(max(scores, key=scores.get)), scores

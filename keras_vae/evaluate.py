@@ -40,15 +40,15 @@ DISENTANGLEMENT_POINTS = 10_000  # disentanglement_lib's training points per met
 PSNR_CAP = 100.0  # dB: a pixel-exact reconstruction has infinite PSNR; it counts as this in the mean
 MUTUAL_INFORMATION_POINTS = 10_000  # posteriors in the aggregate of the I(x; z) estimate (it is at most log N)
 MAX_DECODER_ROWS = 4000  # importance samples x batch per chunk: bounds memory for any K (~0.6 GB for conv-small)
-# A mixture prior's log-density holds [samples, batch, components, code] numbers: at most this many per chunk
-# (a prior refitted to 18,000 training posteriors would otherwise take gigabytes per chunk).
-MAX_PRIOR_ENTRIES = 50_000_000
+# A mixture prior's log-density holds [samples, batch, components] float64 numbers (`priors.mixture_log_joint`):
+# at most this many per chunk (160 MB; a prior refitted to 18,000 training posteriors is that large).
+MAX_PRIOR_ENTRIES = 20_000_000
 
 
 def samples_per_chunk(model, iw_samples, batch_size):
     """Importance samples scored per call: bounded by the decoder's rows and by a mixture prior's size."""
     prior = getattr(model, "prior_loc", None)  # a `mog` prior's [components, code]
-    entries = 1 if prior is None else int(np.prod(prior.shape))
+    entries = 1 if prior is None else int(prior.shape[0])
     return max(1, min(iw_samples, MAX_DECODER_ROWS // batch_size, MAX_PRIOR_ENTRIES // (batch_size * entries)))
 
 

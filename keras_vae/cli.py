@@ -120,12 +120,12 @@ def fit(config_file, force, **flags):
     result = run_fit(merge_config(config_file, flags), force=force, log=click.echo)
     if result["complete"]:
         return
-    history, split = result["history"], result["split"].capitalize()
-    if result["val_elbo"] is not None:
-        summary = (f"{split} ELBO {result['val_elbo']:.2f} nats/example "
-                   f"(reconstruction {history['val_reconstruction_loss'][-1]:.2f}, KL {history['val_kl'][-1]:.2f})")
+    validation, split = result["validation"], result["split"].capitalize()
+    if validation.get("elbo") is not None:
+        summary = (f"{split} ELBO {validation['elbo']:.2f} nats/example "
+                   f"(reconstruction {validation['reconstruction_loss']:.2f}, KL {validation['kl']:.2f})")
     else:
-        summary = f"{split} reconstruction loss {history['val_reconstruction_loss'][-1]:.2f} nats/example"
+        summary = f"{split} reconstruction loss {validation['reconstruction_loss']:.2f} nats/example"
     refit = result.get("prior_refit")
     if refit and refit["refitted"]:
         summary += (f"; with the refitted prior {refit['test_elbo_after']:.2f} (fixed noise; "

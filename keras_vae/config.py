@@ -51,6 +51,10 @@ RUN_SECTIONS = (
         H("optimizer_epsilon", float, None, "The optimizer's ε, added to the denominator of its step (default: "
           "Keras's, 1e-7). The official NVAE code's Adamax uses 1e-3.", minimum=0, open_minimum=True,
           nullable=True),
+        H("weight_ema", float, 0.0, "Momentum of an exponential moving average of the weights, which replaces "
+          "them when training ends (0: none; 0.999 averages about the last thousand steps). Batch-norm statistics are "
+          "not averaged.", minimum=0, maximum=1,
+          open_maximum=True, reference="Polyak & Juditsky 1992"),
         H("lr_schedule", str, "constant", "constant, or cosine decay to 0 over the run.", choices=LR_SCHEDULES,
           reference="Loshchilov & Hutter 2017"),
         H("lr_warmup", float, 0.0, "Fraction of the run's steps over which the learning rate rises linearly from "

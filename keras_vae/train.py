@@ -43,6 +43,9 @@ def prepare_data(config, dataset, replicas=1):
     number: Keras averages the first batch over replicas before evaluating,
     which needs equal shards.
     """
+    if config.batch_size % replicas:
+        raise UserError(f"--batch-size is the global batch and must divide evenly over the {replicas} replicas. "
+                        f"Received: batch_size={config.batch_size}.")
     condition = condition_of(config)
     (x_train, y_train, f_train, m_train), (x_val, y_val, f_val, m_val) = train_and_held_out(config, dataset)
     if condition:  # the labels the model reads
@@ -220,8 +223,11 @@ def finish_export(config, state, log):
 
 
 def build_optimizer(config, total_steps):
-    """The configured optimizer, with its learning-rate schedule and, when set, its ε."""
+    """The configured optimizer, with its learning-rate schedule and, when set, its ε and the moving average of
+    the weights that Keras's `fit` puts in their place at its end (`finalize_variable_values`)."""
     extra = {} if config.optimizer_epsilon is None else {"epsilon": config.optimizer_epsilon}
+    if config.weight_ema:
+        extra.update(use_ema=True, ema_momentum=config.weight_ema)
     return OPTIMIZERS[config.optimizer](learning_rate(config, total_steps), **extra)
 
 
@@ -291,7 +297,8 @@ def fit(config, verbose="auto", force=False, log=print, extra_callbacks=()):
         extra_callbacks: more Keras callbacks (benchmarks use this to time epochs).
 
     Returns:
-        dict with `run_dir`, `history`, `val_elbo`, `split`, `export_path`,
+        dict with `run_dir`, `history`, `validation` (the saved model's figures on the held-out split:
+        the last epoch's, or the averaged weights' under `--weight-ema`), `val_elbo`, `split`, `export_path`,
         `timings` (seconds per phase: data, build, train steps, validation,
         summaries, checkpoints, other, save, export) and `complete` (True when
         the run had already finished).
@@ -323,10 +330,6 @@ def fit(config, verbose="auto", force=False, log=print, extra_callbacks=()):
 
     keras.utils.set_random_seed(config.seed)
     with stopwatch("data"):
-        if config.batch_size % strategy.num_replicas_in_sync:
-            raise UserError(
-                f"--batch-size is the global batch and must divide evenly over the "
-                f"{strategy.num_replicas_in_sync} replicas. Received: batch_size={config.batch_size}.")
         train_data, val_data, summary_images, num_train = prepare_data(config, dataset, strategy.num_replicas_in_sync)
     os.makedirs(run_dir, exist_ok=True)
     with stopwatch("build"):
@@ -349,17 +352,33 @@ def fit(config, verbose="auto", force=False, log=print, extra_callbacks=()):
         callbacks.append(kv_callbacks.Summaries(os.path.join(run_dir, runs.LOG_DIR), *summary_images[:2],
                                                 model.metric_names(), config.seed, stopwatch=stopwatch,
                                                 audio=dataset.audio, masks=summary_images[2]))
-    if verbose == "auto":  # off a terminal, one line per epoch instead of a bar redrawn every step
-        verbose = 1 if sys.stdout.isatty() else 2
+    verbose = (1 if sys.stdout.isatty() else 2) if verbose == "auto" else verbose  # off a terminal: a line an epoch
     if initial_epoch < config.epochs:
         with stopwatch("model.fit"):
             model.fit(train_data, validation_data=val_data, epochs=config.epochs, initial_epoch=initial_epoch,
                       callbacks=callbacks, verbose=verbose, shuffle=False)  # the pipeline shuffles, seeded
-    history, (model, refit) = checkpointer.history, refit_prior(model, config, dataset, stopwatch, log)
-    result = {"run_dir": run_dir, "history": history, "complete": False, "split": held_out_name(dataset),
-              "val_elbo": history["val_elbo"][-1] if "val_elbo" in history else None, "prior_refit": refit,
-              "export_path": save_outputs(model, config, history, strategy, stopwatch, refit)}
-    return dict(result, timings=phase_seconds(stopwatch))
+    history = checkpointer.history
+    validation = final_validation(model, config, history, val_data, stopwatch, log)
+    model, refit = refit_prior(model, config, dataset, stopwatch, log)
+    return {"run_dir": run_dir, "history": history, "complete": False, "split": held_out_name(dataset),
+            "validation": validation, "val_elbo": validation.get("elbo"), "prior_refit": refit,
+            "export_path": save_outputs(model, config, history, strategy, stopwatch, refit),
+            "timings": phase_seconds(stopwatch)}  # after the export, which it times
+
+
+def final_validation(model, config, history, val_data, stopwatch, log):
+    """The held-out figures of the model that is saved: the last epoch's, or under `--weight-ema` those of the
+    moving average of the weights, which this puts in their place as Keras's `fit` does at its end (again here,
+    so that a run resumed after its last epoch is saved averaged too); the history keeps the raw weights'."""
+    if not config.weight_ema:
+        return {key[4:]: values[-1] for key, values in history.items() if key.startswith("val_") and values}
+    model.optimizer.finalize_variable_values(model.trainable_variables)
+    if val_data is None:
+        return {}
+    with stopwatch("validation"):
+        validation = model.evaluate(val_data, verbose=0, return_dict=True)
+    log(f"Weights replaced by their moving average (momentum {config.weight_ema}).")
+    return validation
 
 
 def refit_prior(model, config, dataset, stopwatch, log):

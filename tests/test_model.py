@@ -258,3 +258,38 @@ def test_gated_dense_is_a_linear_unit_times_a_sigmoid_gate_and_survives_saving(t
     model.save(tmp_path / "gated.keras")
     restored = keras.saving.load_model(tmp_path / "gated.keras")
     np.testing.assert_allclose(restored.encode(images)[0], model.encode(images)[0], atol=1e-6)
+
+
+class Trajectory(keras.callbacks.Callback):
+    """The trainable weights after every training step."""
+
+    def on_train_begin(self, logs=None):
+        self.steps = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps.append([w.numpy() for w in self.model.trainable_variables])
+
+
+def test_weight_ema_saves_the_moving_average_of_the_weights_and_resumes_it(tiny_npz, tmp_path):
+    from keras_vae.config import FitConfig
+    from keras_vae.runs import load_run
+    from keras_vae.train import fit
+
+    # 86 training images, 2 whole batches of 32 per epoch: 4 steps, then 2 more when resumed to 3 epochs.
+    config = FitConfig(dataset=tiny_npz, epochs=2, batch_size=32, latent_dim=2, run_dir=str(tmp_path / "run"),
+                       export=False, jit_compile="off", weight_ema=0.6, learning_rate=0.01)
+    steps = []
+    for epochs in (2, 3):
+        trajectory = Trajectory()
+        result = fit(config.replace(epochs=epochs), verbose=0, log=lambda *_: None, extra_callbacks=(trajectory,))
+        steps += trajectory.steps
+        average = steps[0]  # Keras's average starts at the first step's weights
+        for weights in steps[1:]:
+            average = [0.6 * a + 0.4 * w for a, w in zip(average, weights)]
+        _, saved = load_run(str(tmp_path / "run"))
+        for got, want in zip(saved.trainable_variables, average):
+            np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
+        assert max(np.abs(a - w).max() for a, w in zip(average, steps[-1])) > 1e-3  # not the last step's weights
+        # The run's summary is the averaged model's, not its last epoch's (the history keeps the raw weights').
+        assert result["val_elbo"] == result["validation"]["elbo"] != result["history"]["val_elbo"][-1]
+    assert len(steps) == 6

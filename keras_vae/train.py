@@ -116,8 +116,13 @@ def with_data_defaults(config, dataset):
     """`config` with the data's defaults (`keras_vae.data.defaults`), then the model's own run settings
     (`run_defaults`, e.g. NVAE's optimizer), for the settings it was not given."""
     representation = dataset.audio.representation if dataset.audio is not None else None
-    return config.with_defaults({**defaults_for(config.dataset, dataset.image_shape, representation),
-                                 **model_run_defaults(config)})
+    filled = config.with_defaults({**defaults_for(config.dataset, dataset.image_shape, representation),
+                                   **model_run_defaults(config)})
+    # A refit the data's defaults ask for applies to a `mog` prior only; one the user asks for must have it.
+    if "prior_refit" in config.given and filled.prior_refit != "none" and filled.prior != "mog":
+        raise UserError(f"--prior-refit {filled.prior_refit} refits a learned mixture: it needs --prior mog. "
+                        f"Received: --prior {filled.prior}.")
+    return filled
 
 
 def model_run_defaults(config):

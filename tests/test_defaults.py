@@ -120,3 +120,23 @@ def test_native_bfloat16_reads_the_cpu_flags(monkeypatch, tmp_path):
                             lambda path, *a, **k: real_open(cpuinfo if path == "/proc/cpuinfo" else path, *a, **k))
         assert train.native_bfloat16() is expected
         monkeypatch.setattr(builtins, "open", real_open)
+
+
+def test_a_prior_refit_asked_for_needs_a_mixture_prior_but_the_datas_default_one_does_not(tiny_npz, tmp_path):
+    from types import SimpleNamespace
+
+    from keras_vae.errors import UserError
+    from keras_vae.train import with_data_defaults
+
+    sprites = SimpleNamespace(audio=None, image_shape=(64, 64, 1))
+    # sprites' own defaults ask for an aggregate refit of their mixture prior; with --prior normal it is moot.
+    assert SPRITES["prior_refit"] == "aggregate"
+    assert with_data_defaults(FitConfig(prior="normal"), sprites).prior == "normal"
+    assert with_data_defaults(FitConfig(prior_refit="em"), sprites).prior == "mog"  # the data's mixture prior
+    with pytest.raises(UserError, match="--prior-refit em refits a learned mixture: it needs --prior mog. "
+                                        "Received: --prior normal."):
+        with_data_defaults(FitConfig(prior="normal", prior_refit="em"), sprites)
+    result = invoke("fit", "--dataset", tiny_npz, "--prior-refit", "aggregate", "--epochs", 1, "--no-export",
+                    "--run-dir", tmp_path / "run")
+    assert result.exit_code == 2 and "it needs --prior mog. Received: --prior normal." in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "run").exists()

@@ -71,7 +71,8 @@ class VAE(Autoencoder):
         H("prior_components", int, 10, "Components / pseudo-inputs of a learned prior.", minimum=1),
         H("prior_refit", str, "none", "After training, refit a mog prior to the training codes: em (EM from the "
           "trained mixture) or aggregate (one component per training example's posterior, widened by a bandwidth "
-          "chosen on held-out codes); kept where held-out codes are likelier under it. Ignored for other priors.",
+          "chosen on held-out codes); kept where held-out codes are likelier under it. Given, it needs --prior mog; "
+          "a dataset's default refit is skipped for other priors.",
           choices=("none", *REFIT_METHODS), reference="Ghosh et al. 2020; Norouzi et al. 2020"),
         H("dequantize", str, "none", "For 8-bit data under a continuous likelihood: score y = (k + u)/256 with u "
           "uniform or from a learned flow q(u|k), so the ELBO bounds the discrete likelihood.",

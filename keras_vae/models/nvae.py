@@ -372,6 +372,9 @@ class NVAE(VAE):
           "(N(μp + Δμ, (σp e^Δ)²)); off, the posterior's head gives its mean and log-scale directly."),
         H("kl_balance", bool, True, "NVAE: weight each group's KL by its share during the KL warm-up, so that "
           "few groups cannot carry the whole code."),
+        # Its own β, so that a dataset's default β does not reach it: sprites' 0.5, chosen for the `vae`, cost this
+        # model 2.6 nats of −log p(x) and its samples' shapes (benchmarks/NVAE.md).
+        H("beta", float, 1.0, "Weight of the groups' summed KL.", minimum=0, reference="Higgins et al. 2017"),
         H("group_free_bits", float, 0.0, "NVAE: floor, in nats, on each group's batch-mean KL in the loss once "
           "the balanced warm-up is over (all along without `kl_balance`), so that no group collapses later.",
           minimum=0, reference="Kingma et al. 2016 (free bits per group)"),

@@ -40,7 +40,7 @@ DISENTANGLEMENT_POINTS = 10_000  # disentanglement_lib's training points per met
 PSNR_CAP = 100.0  # dB: a pixel-exact reconstruction has infinite PSNR; it counts as this in the mean
 MUTUAL_INFORMATION_POINTS = 10_000  # posteriors in the aggregate of the I(x; z) estimate (it is at most log N)
 MAX_DECODER_ROWS = 4000  # importance samples x batch per chunk: bounds memory for any K (~0.6 GB for conv-small)
-# A mixture prior's log-density holds [samples, batch, components] float64 numbers (`priors.mixture_log_joint`):
+# A mixture prior's log-density holds [samples, batch, components] float64 numbers (`metrics.mixture_log_joint`):
 # at most this many per chunk (160 MB; a prior refitted to 18,000 training posteriors is that large).
 MAX_PRIOR_ENTRIES = 20_000_000
 

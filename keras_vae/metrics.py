@@ -62,21 +62,33 @@ def active_units(posterior_means, threshold=ACTIVE_THRESHOLD):
     return int(np.sum(variances > threshold)), variances
 
 
-def gaussian_mixture_log_density(z, loc, scale, rows=1000):
-    """log (1/N) Σ_j N(z_i; loc_j, diag scale_j²) [M] for points z [M, L] and N diagonal Gaussians [N, L].
+def mixture_log_joint(points, logits, loc, scale):
+    """log π_k + log N(x_n; loc_k, diag(scale_k²)) for points [N, L] and K components: [N, K] float64.
 
-    The quadratic form is expanded into matrix products, so memory is `rows` × N per step, not M × N × L.
-    """
-    z, loc, scale = (np.asarray(a, np.float64) for a in (z, loc, scale))
-    precision = 1.0 / np.square(scale)  # (N, L)
-    constant = -0.5 * np.sum(np.square(loc) * precision + np.log(2 * np.pi * np.square(scale)), axis=1)  # (N,)
-    out = []
-    for start in range(0, len(z), rows):
-        part = z[start : start + rows]  # (m, L)
-        log_densities = (-0.5 * np.square(part) @ precision.T + part @ (loc * precision).T + constant)  # (m, N)
-        peak = log_densities.max(axis=1, keepdims=True)
-        out.append(peak[:, 0] + np.log(np.mean(np.exp(log_densities - peak), axis=1)))
-    return np.concatenate(out)
+    Σ_l (x_l − μ_kl)² / σ_kl² is expanded into matrix products, so no [N, K, L] array is made; float64 keeps
+    the expansion exact enough for narrow components (gradients flow through it). In TensorFlow, whose threads
+    make it about 4× faster than NumPy on 2 cores at 18,000 components."""
+    points, logits, loc, scale = (tf.cast(a, tf.float64) for a in (points, logits, loc, scale))
+    precision = 1.0 / scale**2  # [K, L]
+    constant = tf.nn.log_softmax(logits) - 0.5 * tf.reduce_sum(loc**2 * precision + tf.math.log(2 * np.pi * scale**2), 1)
+    cross = tf.matmul(points * points, precision, transpose_b=True) - 2 * tf.matmul(points, loc * precision,
+                                                                                      transpose_b=True)
+    return constant - 0.5 * cross
+
+
+def mixture_log_density(points, logits, loc, scale, rows=None):
+    """log Σ_k π_k N(x_n; loc_k, diag(scale_k²)) per point [N] float64, from `mixture_log_joint`; with `rows`,
+    that many points at a time, so [rows, K] numbers at once."""
+    if rows is None:
+        return tf.reduce_logsumexp(mixture_log_joint(points, logits, loc, scale), axis=1)
+    return tf.concat([mixture_log_density(points[i:i + rows], logits, loc, scale)
+                      for i in range(0, len(points), rows)], 0)
+
+
+def gaussian_mixture_log_density(z, loc, scale, rows=1000):
+    """log (1/N) Σ_j N(z_i; loc_j, diag scale_j²) [M] for points z [M, L] and N diagonal Gaussians [N, L]
+    (`mixture_log_density` with equal weights, `rows` points at a time), as NumPy."""
+    return mixture_log_density(np.asarray(z, np.float64), np.zeros(len(loc)), loc, scale, rows).numpy()
 
 
 def posterior_mutual_information(loc, scale, seed=0):

@@ -32,8 +32,8 @@ On 64×64 `sprites` the `nvae-sprites` row (`benchmarks/reproduce/nvae-sprites.j
 with sprites' learned mixture prior, `benchmarks/reproduce/vae-conv-sprites.json`) at the same wall time, and
 both are also judged by issue 19's sprites judge: the share of 1,000 samples it classifies confidently, each
 shape's share of those, and the factors it reads back from the test reconstructions. `nvae-sprites-beta` is
-`nvae-sprites` with the KL weighted by 0.5 in training, the β that `sprites`' data defaults give any model that
-is not told otherwise (the preset pins β = 1).
+`nvae-sprites` with the KL weighted by 0.5 in training, the β of `sprites`' data defaults for the `vae` (the NVAE
+declares its own β = 1, which they do not reach).
 
 The `vampprior-gated` row is the package's best single-layer model (`benchmarks/reproduce/vampprior-gated.json`:
 gated MLP, 40-d code, VampPrior of 500 pseudo-inputs) for `--single-layer-epochs`, chosen so that its wall time

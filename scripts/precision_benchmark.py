@@ -7,6 +7,13 @@ built from Keras's Conv2D/Conv2DTranspose with their own bias, interleaved round
 process, under float32 and mixed_bfloat16.
 
     python scripts/precision_benchmark.py [--rounds 5] [--steps 30] [--batch-size 128]
+
+`policies` measures instead what `--precision auto` (mixed_bfloat16 on a CPU with AVX512-BF16 or AMX)
+buys each kind of model the package trains by default: the train step of the default `mlp` (with and
+without XLA, which its default turns on), `sprites`' `broadcast-64` VAE and the two NVAE presets, float32
+against mixed_bfloat16, interleaved round by round on one fixed batch:
+
+    python scripts/precision_benchmark.py policies [--rounds 3] [--steps 15]
 """
 
 import argparse
@@ -20,8 +27,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from keras_vae import networks  # noqa: E402
+from keras_vae.data.defaults import DATASET_DEFAULTS  # noqa: E402
 from keras_vae.models.vae import VAE  # noqa: E402
 from keras_vae.train import dtype_policy  # noqa: E402
+from reproduce import load_config  # noqa: E402
 
 
 def keras_biased_conv_small(image_shape, latent_dim, num_params):
@@ -61,12 +70,65 @@ def step_time(cls, precision, x, steps):
     return (time.perf_counter() - started) / steps
 
 
+POLICY_CASES = {  # name: (FitConfig values, or a preset of benchmarks/reproduce by name; image shape; jit_compile)
+    "mlp (the default), XLA": ({}, (28, 28, 1), True),
+    "mlp, no XLA": ({}, (28, 28, 1), False),
+    "broadcast-64 (sprites' default)": (DATASET_DEFAULTS["sprites"], (64, 64, 1), False),
+    "nvae-fashion preset": ("nvae-fashion", (32, 32, 1), False),
+    "nvae-sprites preset": ("nvae-sprites", (64, 64, 1), False),
+}
+
+
+def case_config(values, precision):
+    """The FitConfig of a `POLICY_CASES` entry under `precision`."""
+    from keras_vae.config import FitConfig
+
+    config = load_config(values, None, None) if isinstance(values, str) else FitConfig.from_dict(values)
+    return config.replace(precision=precision)
+
+
+def policy_step_time(values, image_shape, jit, precision, steps):
+    """Seconds per training step of a case's model under `precision` (after three warm-up calls)."""
+    from keras_vae.models import build_model
+    from keras_vae.train import build_optimizer
+
+    config = case_config(values, precision)
+    x = (np.random.default_rng(0).random((config.batch_size,) + image_shape) < 0.3).astype(np.float32)
+    with dtype_policy(precision):
+        model = build_model(config, image_shape, 0, total_steps=10_000)
+        model.compile(optimizer=build_optimizer(config, 10_000), jit_compile=jit)
+    model.make_train_function()
+    data = iter([(x,)] * (steps + 3))
+    for _ in range(3):
+        model.train_function(data)
+    started = time.perf_counter()
+    for _ in range(steps):
+        model.train_function(data)
+    return (time.perf_counter() - started) / steps, config.batch_size
+
+
+def policies(rounds, steps):
+    print(f"train step, float32 against mixed_bfloat16, median of {rounds} interleaved rounds of {steps} steps")
+    for name, (values, image_shape, jit) in POLICY_CASES.items():
+        times = {"float32": [], "mixed_bfloat16": []}
+        for _ in range(rounds):
+            for precision, values_ in times.items():
+                seconds, batch = policy_step_time(values, image_shape, jit, precision, steps)
+                values_.append(seconds)
+        f32, bf16 = (statistics.median(times[p]) for p in ("float32", "mixed_bfloat16"))
+        print(f"{name:34s} batch {batch:3d}: float32 {1000 * f32:6.1f} ms ({batch / f32:5.0f} images/s), "
+              f"bf16 {1000 * bf16:6.1f} ms ({batch / bf16:5.0f} images/s): bf16 {f32 / bf16:.2f}x", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", nargs="?", default="bias", choices=["bias", "policies"])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=128)
     args = parser.parse_args()
+    if args.mode == "policies":
+        return policies(args.rounds, args.steps)
     x = (np.random.default_rng(0).random((args.batch_size, 28, 28, 1)) < 0.3).astype(np.float32)
     print(f"conv-small train step, batch {args.batch_size}, median of {args.rounds} interleaved rounds "
           f"of {args.steps} steps")

@@ -81,10 +81,18 @@ def cancelled_shifts(model):
             and isinstance(cell.branch[1], keras.layers.Conv2D) and not cell.branch[1].use_bias}
 
 
-@pytest.mark.parametrize("precision", sorted(TOLERANCE))
+# The NVAE's honest bfloat16 errors reach further: up to 28% (relative L2) at the squeeze-and-excitation gates of
+# the encoder's cells, whose gradients are small and partly cancel, over the weight draws tried (5-12% at
+# seeds 0-3 of this test); computing the gates in float32 did not lower them. The defect guarded against is an
+# order larger (a bias gradient 74-93% off, a cancelled shift 400-1,500x).
+NVAE_TOLERANCE = {"mixed_bfloat16": 0.35}
+
+
+@pytest.mark.parametrize("precision", sorted(NVAE_TOLERANCE))
 def test_every_nvae_gradient_under_mixed_precision_matches_float32(precision):
     # The deepest network: depthwise convolutions, batch norms, squeeze-and-excitation and a residual posterior
     # per group, whose bias and scale gradients are sums over batch x pixels like the convolutions' above.
+    keras.backend.clear_session()  # the same weights whatever ran before in this process
     keras.utils.set_random_seed(0)
     x = tf.constant((np.random.default_rng(0).random((64, 28, 28, 1)) < 0.3).astype(np.float32))
     reference, expected = nvae_gradients("float32", None, x)
@@ -97,4 +105,4 @@ def test_every_nvae_gradient_under_mixed_precision_matches_float32(precision):
     for beta, gamma in cancelled.items():  # zero but for rounding, beside its own scale's gradient
         assert norms[beta] < 1e-4 * norms[gamma], (beta, norms[beta], norms[gamma])
     errors = gradient_errors(reference.trainable_variables, expected, got)
-    assert_within({path: e for path, e in errors.items() if path not in cancelled}, TOLERANCE[precision])
+    assert_within({path: e for path, e in errors.items() if path not in cancelled}, NVAE_TOLERANCE[precision])

@@ -74,7 +74,7 @@ POLICY_CASES = {  # name: (FitConfig values, or a preset of benchmarks/reproduce
     "mlp (the default), XLA": ({}, (28, 28, 1), True),
     "mlp, no XLA": ({}, (28, 28, 1), False),
     "broadcast-64 (sprites' default)": (DATASET_DEFAULTS["sprites"], (64, 64, 1), False),
-    "nvae-fashion preset": ("nvae-fashion", (32, 32, 1), False),
+    "nvae-fashion preset": ("nvae-fashion", (32, 32, 1), False),  # Fashion-MNIST, padded to 32x32 as the NVAE does
     "nvae-sprites preset": ("nvae-sprites", (64, 64, 1), False),
 }
 

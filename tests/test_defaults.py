@@ -24,6 +24,13 @@ def test_sprites_has_its_own_measured_defaults():
         assert declared[name].check(value) == value  # every default is a valid value of its setting
 
 
+def test_sprites_trains_longer_but_the_large_images_that_share_its_network_do_not():
+    assert FitConfig().with_defaults(defaults_for("sprites", (64, 64, 1))).epochs == 12
+    declared = general_declarations()["epochs"].default
+    assert FitConfig().with_defaults(defaults_for("dsprites", (64, 64, 1))).epochs == declared
+    assert FitConfig().with_defaults(defaults_for("mine.npz", (64, 64, 1))).epochs == declared
+
+
 def test_a_config_knows_which_settings_were_given():
     config = FitConfig(epochs=3)
     assert config.given == {"epochs"}

@@ -288,6 +288,10 @@ def test_nvae_trains_with_adamax_and_a_cosine_schedule_by_default():
     sprites = SimpleNamespace(audio=None, image_shape=(64, 64, 1))
     run = with_data_defaults(FitConfig(model="nvae", dataset="sprites", learning_rate=0.003), sprites)
     assert (run.batch_size, run.optimizer, run.learning_rate, run.lr_schedule) == (32, "adamax", 0.003, "cosine")
+    # ... but not sprites' `--precision auto`, which made the NVAE slower; a flag still asks for it.
+    assert run.precision == "float32" and run.epochs == 12
+    asked = with_data_defaults(FitConfig(model="nvae", dataset="sprites", precision="mixed_bfloat16"), sprites)
+    assert asked.precision == "mixed_bfloat16"
     # Adamax's rate is not Adam's: another optimizer alone brings the declared rate back, the schedule stays.
     adam = with_data_defaults(FitConfig(model="nvae", dataset="sprites", optimizer="adam"), sprites)
     assert (adam.optimizer, adam.learning_rate, adam.lr_schedule) == ("adam", FitConfig().learning_rate, "cosine")

@@ -384,7 +384,10 @@ class NVAE(VAE):
                               "decoder_filters", "decoder_dropout")
     reads_signals = False
     serves_temperature = True
-    run_defaults = {"optimizer": "adamax", "learning_rate": 1e-2, "lr_schedule": "cosine", "lr_warmup": 0.05}
+    # float32 over sprites' `--precision auto`: bfloat16 made both presets' train step slower on an AMX CPU
+    # (0.64-0.66x; `scripts/precision_benchmark.py policies`, benchmarks/NVAE.md).
+    run_defaults = {"optimizer": "adamax", "learning_rate": 1e-2, "lr_schedule": "cosine", "lr_warmup": 0.05,
+                    "precision": "float32"}
     warmup_fraction = 0.3  # of the run's steps, NVAE's KL annealing portion
 
     @classmethod

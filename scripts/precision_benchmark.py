@@ -59,52 +59,46 @@ def step_time(cls, precision, x, steps):
     with dtype_policy(precision):
         model = cls((28, 28, 1), latent_dim=16, architecture="conv-small", kl_warmup_steps=0)
         model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=False)
+    return timed_steps(model, x, steps, warmup=2)
+
+
+def timed_steps(model, x, steps, warmup):
+    """Seconds per call of a compiled model's train function on batch `x`, after `warmup` calls."""
     model.make_train_function()
-    step = model.train_function
-    data = iter([(x,)] * (steps + 2))
-    step(data)
-    step(data)
+    data = iter([(x,)] * (steps + warmup))
+    for _ in range(warmup):
+        model.train_function(data)
     started = time.perf_counter()
     for _ in range(steps):
-        step(data)
+        model.train_function(data)
     return (time.perf_counter() - started) / steps
 
 
-POLICY_CASES = {  # name: (FitConfig values, or a preset of benchmarks/reproduce by name; image shape; jit_compile)
-    "mlp (the default), XLA": ({}, (28, 28, 1), True),
-    "mlp, no XLA": ({}, (28, 28, 1), False),
-    "broadcast-64 (sprites' default)": (DATASET_DEFAULTS["sprites"], (64, 64, 1), False),
-    "nvae-fashion preset": ("nvae-fashion", (32, 32, 1), False),  # Fashion-MNIST, padded to 32x32 as the NVAE does
-    "nvae-sprites preset": ("nvae-sprites", (64, 64, 1), False),
+POLICY_CASES = {  # name: (FitConfig values, or a preset of benchmarks/reproduce by name; image shape; --jit-compile)
+    "mlp (the default), XLA": ({}, (28, 28, 1), "on"),
+    "mlp, no XLA": ({}, (28, 28, 1), "off"),
+    "broadcast-64 (sprites' default)": (DATASET_DEFAULTS["sprites"], (64, 64, 1), "off"),
+    "nvae-fashion preset": ("nvae-fashion", (32, 32, 1), "off"),  # Fashion-MNIST, padded to 32x32 as the NVAE does
+    "nvae-sprites preset": ("nvae-sprites", (64, 64, 1), "off"),
 }
 
 
-def case_config(values, precision):
-    """The FitConfig of a `POLICY_CASES` entry under `precision`."""
+def policy_step_time(values, image_shape, jit, precision, steps):
+    """Seconds per training step of a case's model under `precision`, built and compiled as `fit` does it
+    (after three warm-up calls), and the batch size."""
+    from types import SimpleNamespace
+
+    import tensorflow as tf
+
     from keras_vae.config import FitConfig
+    from keras_vae.train import build_compiled_model
 
     config = load_config(values, None, None) if isinstance(values, str) else FitConfig.from_dict(values)
-    return config.replace(precision=precision)
-
-
-def policy_step_time(values, image_shape, jit, precision, steps):
-    """Seconds per training step of a case's model under `precision` (after three warm-up calls)."""
-    from keras_vae.models import build_model
-    from keras_vae.train import build_optimizer
-
-    config = case_config(values, precision)
+    config = config.replace(precision=precision, jit_compile=jit)
+    data = SimpleNamespace(image_shape=image_shape, num_classes=0)  # what the model is built for
+    model = build_compiled_model(config, data, tf.distribute.get_strategy(), total_steps=10_000)
     x = (np.random.default_rng(0).random((config.batch_size,) + image_shape) < 0.3).astype(np.float32)
-    with dtype_policy(precision):
-        model = build_model(config, image_shape, 0, total_steps=10_000)
-        model.compile(optimizer=build_optimizer(config, 10_000), jit_compile=jit)
-    model.make_train_function()
-    data = iter([(x,)] * (steps + 3))
-    for _ in range(3):
-        model.train_function(data)
-    started = time.perf_counter()
-    for _ in range(steps):
-        model.train_function(data)
-    return (time.perf_counter() - started) / steps, config.batch_size
+    return timed_steps(model, x, steps, warmup=3), config.batch_size
 
 
 def policies(rounds, steps):

@@ -25,9 +25,10 @@ def image_shape(architecture):
     return SHAPE.get(architecture, (28, 28, 1))
 
 
-def gradients(precision, architecture, weights, x):
+def gradients(precision, build, weights, x):
+    """The model `build()` makes under `precision` (with `weights`, when given) and its loss gradients on `x`."""
     with dtype_policy(precision):
-        model = VAE(tuple(x.shape[1:]), latent_dim=4, architecture=architecture, kl_warmup_steps=0, seed=3)
+        model = build()
     if weights is not None:
         model.set_weights(weights)
     with tf.GradientTape() as tape:
@@ -51,21 +52,18 @@ def assert_within(errors, tolerance):
 def test_every_gradient_under_mixed_precision_matches_float32(architecture, precision):
     keras.utils.set_random_seed(0)
     x = tf.constant((np.random.default_rng(0).random((128, *image_shape(architecture))) < 0.3).astype(np.float32))
-    reference, expected = gradients("float32", architecture, None, x)
-    _, got = gradients(precision, architecture, reference.get_weights(), x)
+    def build():
+        return VAE(tuple(x.shape[1:]), latent_dim=4, architecture=architecture, kl_warmup_steps=0, seed=3)
+
+    reference, expected = gradients("float32", build, None, x)
+    _, got = gradients(precision, build, reference.get_weights(), x)
     assert_within(gradient_errors(reference.trainable_variables, expected, got), TOLERANCE[precision])
 
 
-def nvae_gradients(precision, weights, x):
-    with dtype_policy(precision):
-        model = build_model(config_for("nvae", channels=8, latent_channels=2, kl_warmup_steps=0, seed=5),
-                            tuple(x.shape[1:]))
-        model.compile(optimizer=keras.optimizers.Adamax(1e-3))  # its KL balancing reads the optimizer's step
-    if weights is not None:
-        model.set_weights(weights)
-    with tf.GradientTape() as tape:
-        loss = model.objective(model.compute_terms(x, training=True), tf.constant(1.0))
-    return model, tape.gradient(loss, model.trainable_variables)
+def tiny_nvae():
+    model = build_model(config_for("nvae", channels=8, latent_channels=2, kl_warmup_steps=0, seed=5), (28, 28, 1))
+    model.compile(optimizer=keras.optimizers.Adamax(1e-3))  # its KL balancing reads the optimizer's step
+    return model
 
 
 def cancelled_shifts(model):
@@ -95,8 +93,8 @@ def test_every_nvae_gradient_under_mixed_precision_matches_float32(precision):
     keras.backend.clear_session()  # the same weights whatever ran before in this process
     keras.utils.set_random_seed(0)
     x = tf.constant((np.random.default_rng(0).random((64, 28, 28, 1)) < 0.3).astype(np.float32))
-    reference, expected = nvae_gradients("float32", None, x)
-    mixed, got = nvae_gradients(precision, reference.get_weights(), x)
+    reference, expected = gradients("float32", tiny_nvae, None, x)
+    mixed, got = gradients(precision, tiny_nvae, reference.get_weights(), x)
     assert mixed.dtype_policy.compute_dtype == precision.removeprefix("mixed_")  # the comparison is not float32's
     norms = {v.path: float(tf.norm(g)) for v, g in zip(reference.trainable_variables, expected)}
     cancelled = cancelled_shifts(reference)

@@ -361,6 +361,25 @@ def swap_levels(run_dir, out, num):
 @cli.command()
 @_run_arg
 @_out_opt
+@click.option("--num", type=int, default=8, show_default=True)
+@click.option("--temperature", type=float, default=1.0, show_default=True,
+              help="Scale of the drawn groups' noise (nvae: its batch norms are first readjusted to samples at it).")
+@click.option("--seed", type=int, default=0, show_default=True)
+def resample(run_dir, out, num, temperature, seed):
+    """nvae, hvae: test images, then rows keeping each image's top k latent groups and drawing the rest, k from
+    all groups (the reconstruction) down to none (samples)."""
+    from keras_vae.explore import check_positive, open_run, resample_picture
+
+    check_positive(num=num, temperature=temperature)
+    _, model, data = open_run(run_dir)
+    if model.generation_order() is not None:
+        model.prepare_sampling(temperature)
+    _write(out, resample_picture(model, data, num, temperature, seed), run_dir, "resampled_groups")
+
+
+@cli.command()
+@_run_arg
+@_out_opt
 @click.option("--pairs", type=int, default=6, show_default=True)
 @click.option("--steps", type=int, default=10, show_default=True)
 @click.option("--spherical", is_flag=True, help="Spherical (slerp) instead of linear interpolation.")

@@ -63,6 +63,31 @@ def level_swap_grid(model, x_a, x_b):
     return make_grid(np.concatenate([x_a, x_b, *[np.asarray(m) for m in mixed]]), len(x_a))
 
 
+def group_mask(sizes, kept):
+    """[Σ sizes] booleans over a code laid out as groups of `sizes`: True on the groups whose indices are in
+    `kept`."""
+    return np.concatenate([np.full(size, g in kept) for g, size in enumerate(sizes)])
+
+
+def resampled_codes(model, loc, noise, keep):
+    """Whitened codes [N, L] that keep the first `keep` groups of `model.generation_order()` at `loc` (an
+    image's posterior means) and take the groups below from `noise` (ε of their conditional priors)."""
+    sizes = [size for _, size in model.code_groups()]
+    return np.where(group_mask(sizes, set(model.generation_order()[:keep])), loc, noise)
+
+
+def resample_grid(model, x, temperature=1.0, seed=0):
+    """What each group of a hierarchy carries (the resampling figures of NVAE and VDVAE). Rows: the images;
+    then, for k from every group down to none, their codes with the top k groups kept (at the posterior
+    means) and the groups below drawn from their priors given those (ε ~ N(0, T² I), the same ε in every
+    row). The first such row is the reconstruction, the last is unconditional samples."""
+    loc = _means(model, x)
+    noise = temperature * np.random.default_rng(seed).standard_normal(loc.shape).astype(np.float32)
+    groups = len(model.generation_order())
+    rows = [_decode(model, resampled_codes(model, loc, noise, keep)) for keep in range(groups, -1, -1)]
+    return make_grid(np.concatenate([x, *rows]), len(x))
+
+
 def slerp(a, b, t):
     """Spherical interpolation between codes a and b (Shoemake 1985; White 2016 for VAEs)."""
     a_norm, b_norm = a / np.linalg.norm(a), b / np.linalg.norm(b)
@@ -193,6 +218,15 @@ def level_swap_picture(model, data, num=10):
     if len(data.x) < 2 * num:
         raise UserError(f"--num {num} needs {2 * num} images; the {data.name} split has {len(data.x)}.")
     return level_swap_grid(model, data.x[:num], data.x[num : 2 * num])
+
+
+def resample_picture(model, data, num=8, temperature=1.0, seed=0):
+    """`resample_grid` of a split's first `num` images."""
+    check_positive(num=num, temperature=temperature)
+    if model.generation_order() is None:
+        raise UserError(f"`resample` keeps the top groups of a hierarchical code (nvae, hvae) and draws the "
+                        f"others; this {type(model).__name__} has no such groups. Use sample or reconstruct.")
+    return resample_grid(model, data.x[:num], temperature, seed)
 
 
 def interpolation_picture(model, data, pairs=6, steps=10, spherical=False):

@@ -252,6 +252,25 @@ def model_scores(judge, model, data, num_samples=1000):
             "reconstructions": reconstruction_scores(judge, reconstructions, data.factors)}
 
 
+def resample_scores(judge, model, data, num_samples=1000, seed=0):
+    """Where in a hierarchy (a model with a `generation_order`) its samples lose what its reconstructions
+    keep: {k: `sample_scores`} of the first `num_samples` images of `data` decoded with their top k groups at
+    the posterior means and the groups below drawn from their priors (`keras-vae resample`'s rows, one ε
+    ~ N(0, I) draw at `seed`), for k = 1 .. groups − 1. (k = 0 are plain samples, k = groups the
+    reconstructions: `model_scores`.)"""
+    from keras_vae.codes import encode_means
+    from keras_vae.explore import resampled_codes
+
+    loc = encode_means(model, data.head(num_samples))
+    noise = np.random.default_rng(seed).standard_normal(loc.shape).astype(np.float32)
+    scores = {}
+    for keep in range(1, len(model.generation_order())):
+        codes = resampled_codes(model, loc, noise, keep)
+        images = np.concatenate([np.asarray(model.decode(codes[s: s + 500])) for s in range(0, len(codes), 500)])
+        scores[keep] = sample_scores(judge, images)
+    return scores
+
+
 def judge_accuracy(judge, num=2000, seed=1):
     """The judge's own factor agreement and confident fraction on fresh real sprites (its test)."""
     x, factors, _, _ = sprites.make_sprites(num, 1, seed=seed)

@@ -31,7 +31,9 @@ On 64×64 `sprites` the `nvae-sprites` row (`benchmarks/reproduce/nvae-sprites.j
 8-channel maps at 16×16, 8×8 and 4×4, 16 channels) stands beside `vae-conv-sprites` (`vae --architecture conv`
 with sprites' learned mixture prior, `benchmarks/reproduce/vae-conv-sprites.json`) at the same wall time, and
 both are also judged by issue 19's sprites judge: the share of 1,000 samples it classifies confidently, each
-shape's share of those, and the factors it reads back from the test reconstructions. `nvae-sprites-beta` is
+shape's share of those, and the factors it reads back from the test reconstructions; for the NVAE also the
+same shares of 1,000 test images decoded with their top k groups kept and the groups below drawn from their
+priors (`keras-vae resample`'s rows), which shows at which group the samples lose the shapes. `nvae-sprites-beta` is
 `nvae-sprites` with the KL weighted by 0.5 in training, the β of `sprites`' data defaults for the `vae` (the NVAE
 declares its own β = 1, which they do not reach).
 
@@ -126,8 +128,12 @@ def measure(row, args):
                               os.path.join(config.run_dir, f"nll_iw-K{args.iw_samples}.json"),
                               file_fingerprint(os.path.join(config.run_dir, "model.keras")),
                               budget_seconds=None if args.score_minutes is None else 60 * args.score_minutes)
-    judged = (judge.model_scores(judge.load_judge(), model, test) if config.dataset == "sprites"
-              else None)  # before the grids readjust the batch norms
+    judged = None
+    if config.dataset == "sprites":  # before the grids readjust the batch norms
+        sprites_judge = judge.load_judge()
+        judged = judge.model_scores(sprites_judge, model, test)
+        if model.generation_order() is not None:
+            judged["resampled"] = judge.resample_scores(sprites_judge, model, test)
     sample_grids(model, f"{row}-{config.epochs}ep", os.path.join(os.path.dirname(args.out), "nvae"))
     steps_per_epoch = len(load_split(config, "train", dataset).x) // config.batch_size
     trained = steps_per_epoch * config.batch_size * config.epochs

@@ -293,6 +293,7 @@ def test_embed_writes_projector_files(run_dir, tmp_path):
         (["traverse", "--dims", "9"], "--dims must lie in 0..2"),
         (["traverse", "--dims", "a,b"], "comma-separated integers"),
         (["attribute", "--label", "9"], "must name a label present"),
+        (["resample"], "`resample` keeps the top groups of a hierarchical code (nvae, hvae)"),
     ],
 )
 def test_picture_mistakes_get_a_message(run_dir, tmp_path, command, message):

@@ -84,3 +84,35 @@ def test_a_trained_judge_reads_real_sprites_and_rejects_broken_ones(small_judge)
 def test_the_judge_refuses_images_of_another_size(small_judge):
     with pytest.raises(ValueError, match=r"reads \[N, 64, 64, 1\] images; received \(2, 28, 28, 1\)"):
         judge.predict(small_judge, np.zeros((2, 28, 28, 1)))
+
+
+def test_resample_scores_judge_images_that_keep_the_top_groups_and_draw_the_rest():
+    """The scores of `keras-vae resample`'s rows: the top k groups of each image's code at their posterior
+    means, the rest the ε of one N(0, I) draw at the seed, decoded and judged (by a stand-in judge, confident
+    of a square exactly when an image is brighter than a threshold: the median of the expected images)."""
+    import tensorflow as tf
+
+    from conftest import config_for
+    from keras_vae.data.splits import Split
+    from keras_vae.models import build_model
+
+    model = build_model(config_for("nvae", scales=2, groups_per_scale=1, channels=8, latent_channels=2, seed=1),
+                        (64, 64, 1))
+    x = np.random.default_rng(0).uniform(size=(40, 64, 64, 1)).astype(np.float32)
+    loc = model.encode(x[:30])[0].numpy()
+    noise = np.random.default_rng(5).standard_normal(loc.shape)
+    top = model.plan.group_sizes()[0]
+    expected = model.decode(np.concatenate([loc[:, :top], noise[:, top:]], 1).astype(np.float32)).numpy()
+    brightness = expected.mean((1, 2, 3))
+    threshold = np.median(brightness)
+
+    def bright_means_square(images, training=False):
+        margin = tf.reduce_mean(images, [1, 2, 3]) - threshold
+        shape = tf.stack([tf.where(margin > 0, 10.0, -10.0), *[tf.zeros_like(margin)] * 3], -1)
+        return {name: shape if name == "shape" else tf.zeros([len(images), size]) for name, size in judge.HEADS}
+
+    scores = judge.resample_scores(bright_means_square, model, Split("test", x), num_samples=30, seed=5)
+    assert list(scores) == [1]  # two groups: k = 1 only
+    assert scores[1] == {"confident": pytest.approx(np.mean(brightness > threshold), abs=0.04), "square": 1.0,
+                         "ellipse": 0.0, "heart": 0.0}
+    assert 0.4 <= scores[1]["confident"] <= 0.6

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from conftest import config_for, tiny_images
+from conftest import config_for, invoke, tiny_images
 from keras_vae import losses
 from keras_vae.config import FitConfig
 from keras_vae.distributions import LogisticMixtureLikelihood, diagonal_normal, split_seeds
@@ -406,3 +406,71 @@ def test_without_kl_balance_the_warm_up_penalizes_the_plain_kl():
         expected = tf.reduce_mean(balanced if balance else tf.reduce_sum(kl_groups, -1))
         np.testing.assert_allclose(model.regularizer(terms, 1.0), expected, rtol=1e-5)
     assert abs(float(tf.reduce_mean(balanced)) - float(tf.reduce_mean(terms["kl"]))) > 1e-3  # they differ here
+
+
+# ------------------------------------------------------------------ resampling the groups below
+def test_the_group_mask_marks_the_kept_groups_dimensions():
+    from keras_vae.explore import group_mask
+
+    np.testing.assert_array_equal(group_mask([2, 3, 1], {0, 2}), [True, True, False, False, False, True])
+    assert not group_mask([4], set()).any()
+
+
+def test_resampled_codes_keep_the_top_groups_in_the_order_each_hierarchy_draws_them(nvae):
+    from keras_vae.explore import resampled_codes
+
+    model, _ = nvae
+    sizes = model.plan.group_sizes()  # the NVAE's code holds its groups top first
+    loc, noise = np.ones((2, model.code_dim), np.float32), np.zeros((2, model.code_dim), np.float32)
+    for keep in range(len(sizes) + 1):
+        code = resampled_codes(model, loc, noise, keep)
+        assert np.all(code[:, :sum(sizes[:keep])] == 1) and np.all(code[:, sum(sizes[:keep]):] == 0), keep
+    hvae = build_model(config_for("hvae", latent_dim=3), (28, 28, 1))  # its code is [ε1, z2]: z2 is drawn first
+    loc, noise = np.ones((2, 6), np.float32), np.zeros((2, 6), np.float32)
+    np.testing.assert_array_equal(resampled_codes(hvae, loc, noise, 1)[0], [0, 0, 0, 1, 1, 1])
+    np.testing.assert_array_equal(resampled_codes(hvae, loc, noise, 2)[0], np.ones(6))
+
+
+def grid_rows(grid, rows, columns, size=28, pad=2):
+    """The cells of a `make_grid` picture as [rows, columns, size, size, 1]."""
+    step = size + pad
+    return np.array([[grid[pad + r * step: pad + r * step + size, pad + c * step: pad + c * step + size]
+                      for c in range(columns)] for r in range(rows)])
+
+
+def test_resample_rows_run_from_the_reconstruction_to_samples_that_ignore_the_image(nvae):
+    """Row 0 the images; row 1 keeps every group (the reconstruction); each next row draws one more group
+    from its prior; the last row draws them all, whatever the image. The same noise serves every row."""
+    from keras_vae.explore import resample_grid
+
+    model, x = nvae
+    groups = model.plan.num_groups
+    grid = resample_grid(model, x[:3], seed=1)
+    rows = grid_rows(grid, groups + 2, 3)
+    np.testing.assert_allclose(rows[0], x[:3], atol=1e-6)
+    np.testing.assert_allclose(rows[1], model.reconstruct(x[:3]).numpy(), atol=1e-5)
+    other = grid_rows(resample_grid(model, x[3:6], seed=1), groups + 2, 3)
+    np.testing.assert_allclose(other[-1], rows[-1], atol=1e-6)  # samples: the images do not reach them
+    for r in range(2, groups + 1):  # a kept group still carries the image
+        assert np.abs(other[r] - rows[r]).max() > 1e-3, r
+    reseeded = grid_rows(resample_grid(model, x[:3], seed=2), groups + 2, 3)
+    np.testing.assert_allclose(reseeded[1], rows[1], atol=1e-6)  # nothing drawn
+    for r in range(2, groups + 2):  # each row draws a group more than the one above it: the noise reaches it
+        assert np.abs(reseeded[r] - rows[r]).max() > 1e-3, r
+
+
+def test_resample_from_the_command_line(nvae, tmp_path):
+    from PIL import Image
+
+    model, x = nvae
+    np.savez(tmp_path / "tiny.npz", x=(x * 255).astype(np.uint8))
+    config = config_for("nvae", kl_warmup_steps=0, channels=16, latent_channels=4, seed=3,
+                        dataset=str(tmp_path / "tiny.npz"))
+    (tmp_path / "run").mkdir()
+    config.save(str(tmp_path / "run" / "config.json"))
+    model.save(str(tmp_path / "run" / "model.keras"))
+    result = invoke("resample", tmp_path / "run", "--out", tmp_path / "r.png", "--num", 3)
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "r.png").size == (3 * 30 + 2, (model.plan.num_groups + 2) * 30 + 2)
+    result = invoke("resample", tmp_path / "run", "--out", tmp_path / "r.png", "--temperature", -1)
+    assert result.exit_code == 2 and "--temperature must be positive" in result.output

@@ -265,6 +265,13 @@ class Autoencoder(keras.Model):
         `evaluate` reports the KL and active units of each."""
         return None
 
+    def generation_order(self):
+        """For a hierarchical model whose whitened code has each group's prior conditioned on the groups drawn
+        before it (`decode` forms z_l = μp + σp ε_l top down): the indices into `code_groups()` in the order
+        they are drawn, the top of the hierarchy first. None for the others. `keras-vae resample` keeps the
+        first k of an image's groups and draws the rest."""
+        return None
+
     def prepare_sampling(self, temperature):
         """Called once before `keras-vae sample` draws at `temperature`; nothing here (NVAE readjusts its
         batch-norm statistics)."""

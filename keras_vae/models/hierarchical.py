@@ -75,6 +75,9 @@ class HierarchicalVAE(VAE):
     def code_groups(self):
         return [("z1 (as ε1)", self.latent_dim), ("z2", self.latent_dim)]
 
+    def generation_order(self):
+        return [1, 0]  # z2, then ε1 (z1 drawn given z2)
+
     def inference_layers(self):
         return [self.encoder, self.bottom_up_z1, self.bottom_up_z2]  # top_down is p(z1|z2), generative
 

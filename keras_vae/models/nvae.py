@@ -441,6 +441,9 @@ class NVAE(VAE):
             names.append((f"group {g} ({h}×{w}×{c})", h * w * c))
         return names
 
+    def generation_order(self):
+        return list(range(self.plan.num_groups))  # the code holds the groups top first
+
     def inference_layers(self):
         return [self.encoder, *self.decoder.posterior_heads]
 

@@ -367,7 +367,8 @@ def swap_levels(run_dir, out, num):
 @click.option("--seed", type=int, default=0, show_default=True)
 def resample(run_dir, out, num, temperature, seed):
     """nvae, hvae: test images, then rows keeping each image's top k latent groups and drawing the rest, k from
-    all groups (the reconstruction) down to none (samples)."""
+    all groups (the reconstruction) down to none (samples). (nvae below T = 1: the batch norms are readjusted
+    first, which changes its encoding too, as in NVAE.)"""
     from keras_vae.explore import check_positive, open_run, resample_picture
 
     check_positive(num=num, temperature=temperature)

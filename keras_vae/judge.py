@@ -254,20 +254,27 @@ def model_scores(judge, model, data, num_samples=1000):
 
 def resample_scores(judge, model, data, num_samples=1000, seed=0):
     """Where in a hierarchy (a model with a `generation_order`) its samples lose what its reconstructions
-    keep: {k: `sample_scores`} of the first `num_samples` images of `data` decoded with their top k groups at
-    the posterior means and the groups below drawn from their priors (`keras-vae resample`'s rows, one ε
-    ~ N(0, I) draw at `seed`), for k = 1 .. groups − 1. (k = 0 are plain samples, k = groups the
-    reconstructions: `model_scores`.)"""
+    keep: for k = 1 .. groups − 1, the first `num_samples` images of `data` decoded with their top k groups
+    at the posterior means and the groups below drawn from their priors (`keras-vae resample`'s rows, one
+    ε ~ N(0, I) draw at `seed`), scored as `sample_scores` plus `agreement` (`factor_agreement` with the
+    originals' factors, when `data` has them): which factors the kept groups hold. (k = 0 are plain
+    samples, k = groups the reconstructions: `model_scores`.)"""
     from keras_vae.codes import encode_means
     from keras_vae.explore import resampled_codes
 
-    loc = encode_means(model, data.head(num_samples))
+    if model.generation_order() is None:
+        raise ValueError(f"resample_scores needs a hierarchical model (nvae, hvae); received {type(model).__name__}.")
+    data = data.head(num_samples)
+    loc = encode_means(model, data)
     noise = np.random.default_rng(seed).standard_normal(loc.shape).astype(np.float32)
     scores = {}
     for keep in range(1, len(model.generation_order())):
         codes = resampled_codes(model, loc, noise, keep)
         images = np.concatenate([np.asarray(model.decode(codes[s: s + 500])) for s in range(0, len(codes), 500)])
-        scores[keep] = sample_scores(judge, images)
+        probs = predict(judge, images)
+        scores[keep] = score_decisions(shape_decisions(probs["shape"]))
+        if data.factors is not None:
+            scores[keep]["agreement"] = agreement_of(probs, data.factors)
     return scores
 
 

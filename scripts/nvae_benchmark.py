@@ -33,7 +33,8 @@ with sprites' learned mixture prior, `benchmarks/reproduce/vae-conv-sprites.json
 both are also judged by issue 19's sprites judge: the share of 1,000 samples it classifies confidently, each
 shape's share of those, and the factors it reads back from the test reconstructions; for the NVAE also the
 same shares of 1,000 test images decoded with their top k groups kept and the groups below drawn from their
-priors (`keras-vae resample`'s rows), which shows at which group the samples lose the shapes. `nvae-sprites-beta` is
+priors (`keras-vae resample`'s rows), with the factors the judge reads back from them against the originals',
+which shows at which group the samples lose the shapes. `nvae-sprites-beta` is
 `nvae-sprites` with the KL weighted by 0.5 in training, the β of `sprites`' data defaults for the `vae` (the NVAE
 declares its own β = 1, which they do not reach).
 

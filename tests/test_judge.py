@@ -88,8 +88,9 @@ def test_the_judge_refuses_images_of_another_size(small_judge):
 
 def test_resample_scores_judge_images_that_keep_the_top_groups_and_draw_the_rest():
     """The scores of `keras-vae resample`'s rows: the top k groups of each image's code at their posterior
-    means, the rest the ε of one N(0, I) draw at the seed, decoded and judged (by a stand-in judge, confident
-    of a square exactly when an image is brighter than a threshold: the median of the expected images)."""
+    means, the rest the ε of one N(0, I) draw at the seed, decoded and judged (by a stand-in judge that
+    records what it is shown and is confident of a square exactly when an image is brighter than the median
+    of the expected images), with the factors it reads compared with the originals'."""
     import tensorflow as tf
 
     from conftest import config_for
@@ -105,14 +106,21 @@ def test_resample_scores_judge_images_that_keep_the_top_groups_and_draw_the_rest
     expected = model.decode(np.concatenate([loc[:, :top], noise[:, top:]], 1).astype(np.float32)).numpy()
     brightness = expected.mean((1, 2, 3))
     threshold = np.median(brightness)
+    shown = []
 
     def bright_means_square(images, training=False):
+        shown.append(np.asarray(images))
         margin = tf.reduce_mean(images, [1, 2, 3]) - threshold
         shape = tf.stack([tf.where(margin > 0, 10.0, -10.0), *[tf.zeros_like(margin)] * 3], -1)
         return {name: shape if name == "shape" else tf.zeros([len(images), size]) for name, size in judge.HEADS}
 
-    scores = judge.resample_scores(bright_means_square, model, Split("test", x), num_samples=30, seed=5)
+    factors = np.zeros((40, 5), np.int64)  # every original a small square at the corner: index 0 everywhere
+    scores = judge.resample_scores(bright_means_square, model, Split("test", x, factors=factors), num_samples=30,
+                                   seed=5)
     assert list(scores) == [1]  # two groups: k = 1 only
-    assert scores[1] == {"confident": pytest.approx(np.mean(brightness > threshold), abs=0.04), "square": 1.0,
-                         "ellipse": 0.0, "heart": 0.0}
-    assert 0.4 <= scores[1]["confident"] <= 0.6
+    np.testing.assert_allclose(np.concatenate(shown), expected, atol=1e-5)
+    confident = scores[1]["confident"]
+    assert 0.4 <= confident <= 0.6 and scores[1]["square"] == 1.0 and scores[1]["heart"] == 0.0
+    # Read as a square exactly when confident (an ellipse otherwise), so the shape agrees that often; the other
+    # heads read index 0 everywhere, as the factors are.
+    assert scores[1]["agreement"] == {"shape": pytest.approx(confident), "scale": 1.0, "position": 1.0}

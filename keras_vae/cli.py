@@ -285,6 +285,12 @@ def _wrote_audio(paths):
     click.echo(f"Wrote {len(paths)} files to {os.path.dirname(paths[0])}: " + ", ".join(os.path.basename(p) for p in paths))
 
 
+_temperature_opt = click.option("--temperature", type=float, default=1.0, show_default=True,
+                                help="Scale of the prior's noise (nvae: its batch norms are first readjusted to "
+                                     "samples at it).")
+_seed_opt = click.option("--seed", type=int, default=0, show_default=True)
+
+
 def _on_signals(model):
     return len(model.image_shape) == 2
 
@@ -293,9 +299,8 @@ def _on_signals(model):
 @_run_arg
 @_out_opt
 @click.option("--num", type=int, default=64, show_default=True)
-@click.option("--temperature", type=float, default=1.0, show_default=True,
-              help="Scale of the prior's noise (nvae: its batch norms are first readjusted to samples at it).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@_temperature_opt
+@_seed_opt
 @click.option("--label", type=int, help="Conditional models: the class to draw (default: one row per class).")
 def sample(run_dir, out, num, temperature, seed, label):
     """A grid of samples from the prior."""
@@ -362,9 +367,8 @@ def swap_levels(run_dir, out, num):
 @_run_arg
 @_out_opt
 @click.option("--num", type=int, default=8, show_default=True)
-@click.option("--temperature", type=float, default=1.0, show_default=True,
-              help="Scale of the drawn groups' noise (nvae: its batch norms are first readjusted to samples at it).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@_temperature_opt
+@_seed_opt
 def resample(run_dir, out, num, temperature, seed):
     """nvae, hvae: test images, then rows keeping each image's top k latent groups and drawing the rest, k from
     all groups (the reconstruction) down to none (samples). (nvae below T = 1: the batch norms are readjusted

@@ -13,7 +13,9 @@ buys each kind of model the package trains by default: the train step of the def
 without XLA, which its default turns on), `sprites`' `broadcast-64` VAE and the two NVAE presets, float32
 against mixed_bfloat16, interleaved round by round on one fixed batch:
 
-    python scripts/precision_benchmark.py policies [--rounds 3] [--steps 15]
+    python scripts/precision_benchmark.py policies [--rounds 3] [--steps 15] [--batch-size N]
+
+(each case at its own batch size, the one `fit` would use, unless `--batch-size` is given)
 """
 
 import argparse
@@ -83,9 +85,9 @@ POLICY_CASES = {  # name: (FitConfig values, or a preset of benchmarks/reproduce
 }
 
 
-def policy_step_time(values, image_shape, jit, precision, steps):
+def policy_step_time(values, image_shape, jit, precision, steps, batch_size=None):
     """Seconds per training step of a case's model under `precision`, built and compiled as `fit` does it
-    (after three warm-up calls), and the batch size."""
+    (after three warm-up calls), and the batch size (the case's own unless `batch_size` is given)."""
     from types import SimpleNamespace
 
     import tensorflow as tf
@@ -94,20 +96,20 @@ def policy_step_time(values, image_shape, jit, precision, steps):
     from keras_vae.train import build_compiled_model
 
     config = load_config(values, None, None) if isinstance(values, str) else FitConfig.from_dict(values)
-    config = config.replace(precision=precision, jit_compile=jit)
+    config = config.replace(precision=precision, jit_compile=jit, batch_size=batch_size or config.batch_size)
     data = SimpleNamespace(image_shape=image_shape, num_classes=0)  # what the model is built for
     model = build_compiled_model(config, data, tf.distribute.get_strategy(), total_steps=10_000)
     x = (np.random.default_rng(0).random((config.batch_size,) + image_shape) < 0.3).astype(np.float32)
     return timed_steps(model, x, steps, warmup=3), config.batch_size
 
 
-def policies(rounds, steps):
+def policies(rounds, steps, batch_size=None):
     print(f"train step, float32 against mixed_bfloat16, median of {rounds} interleaved rounds of {steps} steps")
     for name, (values, image_shape, jit) in POLICY_CASES.items():
         times = {"float32": [], "mixed_bfloat16": []}
         for _ in range(rounds):
             for precision, values_ in times.items():
-                seconds, batch = policy_step_time(values, image_shape, jit, precision, steps)
+                seconds, batch = policy_step_time(values, image_shape, jit, precision, steps, batch_size)
                 values_.append(seconds)
         f32, bf16 = (statistics.median(times[p]) for p in ("float32", "mixed_bfloat16"))
         print(f"{name:34s} batch {batch:3d}: float32 {1000 * f32:6.1f} ms ({batch / f32:5.0f} images/s), "
@@ -119,10 +121,12 @@ def main():
     parser.add_argument("mode", nargs="?", default="bias", choices=["bias", "policies"])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int,
+                        help="the batch size (bias: default 128; policies: default each case's own)")
     args = parser.parse_args()
     if args.mode == "policies":
-        return policies(args.rounds, args.steps)
+        return policies(args.rounds, args.steps, args.batch_size)
+    args.batch_size = args.batch_size or 128
     x = (np.random.default_rng(0).random((args.batch_size, 28, 28, 1)) < 0.3).astype(np.float32)
     print(f"conv-small train step, batch {args.batch_size}, median of {args.rounds} interleaved rounds "
           f"of {args.steps} steps")

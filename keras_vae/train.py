@@ -366,6 +366,7 @@ def fit(config, verbose="auto", force=False, log=print, extra_callbacks=()):
     validation = final_validation(model, config, history, val_data, stopwatch, log)
     model, refit = refit_prior(model, config, dataset, stopwatch, log)
     return {"run_dir": run_dir, "history": history, "complete": False, "split": held_out_name(dataset),
+            "epochs_trained": max(0, config.epochs - initial_epoch),  # by this call: fewer when it resumed
             "validation": validation, "val_elbo": validation.get("elbo"), "prior_refit": refit,
             "export_path": save_outputs(model, config, history, strategy, stopwatch, refit),
             "timings": phase_seconds(stopwatch)}  # after the export, which it times

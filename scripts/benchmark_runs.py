@@ -20,14 +20,16 @@ def write_times(run_dir, times):
 
 def timed_fit(config):
     """`keras_vae.train.fit(config)`, unless its run is already complete: returns the run's times, `fit` being
-    the seconds of the training that finished it and `train_steps` those of its optimizer steps alone."""
+    the seconds of the training that finished it, `train_steps` those of its optimizer steps alone and
+    `epochs` the epochs they cover (fewer than the run's when that call resumed a run stopped earlier)."""
     from keras_vae.train import fit
 
     times = read_times(config.run_dir)
     start = time.time()
     result = fit(config, verbose=2)
     if not result["complete"]:
-        times.update(fit=time.time() - start, train_steps=result["timings"].get("train steps"))
+        times.update(fit=time.time() - start, train_steps=result["timings"].get("train steps"),
+                     epochs=result["epochs_trained"])
         write_times(config.run_dir, times)
     return times
 

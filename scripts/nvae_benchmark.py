@@ -140,10 +140,11 @@ def measure(row, args):
             judged["resampled"] = judge.resample_scores(sprites_judge, model, test)
     sample_grids(model, f"{row}-{config.epochs}ep", os.path.join(os.path.dirname(args.out), "nvae"))
     steps_per_epoch = len(load_split(config, "train", dataset).x) // config.batch_size
-    trained = steps_per_epoch * config.batch_size * config.epochs
+    timed_epochs = times.get("epochs", config.epochs)  # fewer when the timed call resumed a stopped run
+    trained = steps_per_epoch * config.batch_size * timed_epochs
     return {"row": row, "what": ROWS[row][0], "machine": machine(),
             "settings": dict(config.to_dict(), run_dir=f"<scratch>/{os.path.basename(config.run_dir)}"),
-            "fit_seconds": times.get("fit"), "train_step_seconds": times.get("train_steps"),
+            "fit_seconds": times.get("fit"), "fit_epochs": timed_epochs, "train_step_seconds": times.get("train_steps"),
             "images_per_second": trained / times["train_steps"] if times.get("train_steps") else None,
             "score_seconds": head["seconds"], "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
             "test_elbo": whole["elbo"], "test_reconstruction": whole["reconstruction_loss"], "test_kl": whole["kl"],
@@ -160,6 +161,8 @@ def table(reports):
         groups = list((r["groups"] or {}).values())
         rate = "–" if r["images_per_second"] is None else f"{r['images_per_second']:.0f}"
         fit = "–" if r["fit_seconds"] is None else f"{r['fit_seconds'] / 60:.1f}"
+        if r.get("fit_epochs", r["settings"]["epochs"]) != r["settings"]["epochs"]:
+            fit += f" (its last {r['fit_epochs']} epochs, resumed)"
         kls = " / ".join(f"{g['kl']:.1f}" for g in groups)
         units = " / ".join(str(g["active_units"]) for g in groups)
         lines.append(

@@ -152,7 +152,7 @@ def measure(row, args, dataset, judges):
            "iw_samples": args.iw_samples, "reconstruction_nats": figures["reconstruction_loss"],
            "real_values_per_utterance": steps * test.x.shape[2],
            "digit_probe": figures["linear_probe_accuracy"],
-           "train_examples_per_second": len(train.x) * config.epochs / times["fit"] if times.get("fit") else None,
+           "train_examples_per_second": len(train.x) * times.get("epochs", config.epochs) / times["fit"] if times.get("fit") else None,
            "fit_seconds": times.get("fit"), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     labels = speakers if model.uses_labels else None
     rebuilt = np.asarray(model.reconstruct(tf.constant(test.x), None if labels is None else tf.constant(labels)))

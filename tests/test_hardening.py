@@ -266,8 +266,10 @@ def test_a_finished_run_whose_export_was_interrupted_is_exported_on_the_next_fit
 
 def test_a_resumed_run_continues_its_schedules(finished):
     # 64 images, 10% held out: 57 to train, 3 steps per epoch, 6 for 2 epochs: warm-up over 3 steps.
-    history = fit(finished.replace(epochs=4), verbose=0, log=quiet)["history"]
+    result = fit(finished.replace(epochs=4), verbose=0, log=quiet)
+    history = result["history"]
     assert len(history["beta"]) == 4 and history["beta"][2:] == [1.0, 1.0]
+    assert result["epochs_trained"] == 2  # epochs 3 and 4: what a benchmark's throughput divides by
     _, model = runs.load_run(finished.run_dir)
     assert model.kl_warmup_steps == 3  # half the first run's 6 steps, not half of 12
 

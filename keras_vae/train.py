@@ -305,8 +305,9 @@ def fit(config, verbose="auto", force=False, log=print, extra_callbacks=()):
         dict with `run_dir`, `history`, `validation` (the saved model's figures on the held-out split:
         the last epoch's, or the averaged weights' under `--weight-ema`), `val_elbo`, `split`, `export_path`,
         `timings` (seconds per phase: data, build, train steps, validation,
-        summaries, checkpoints, other, save, export) and `complete` (True when
-        the run had already finished).
+        summaries, checkpoints, other, save, export), `epochs_trained` (by this call: fewer than the
+        run's when it resumed) and `complete` (True when the run had already finished; then only
+        `run_dir` and `complete` are certain).
 
     Raises:
         UserError: for bad configuration or data.

@@ -145,7 +145,7 @@ def measure(row, args):
     return {"row": row, "what": ROWS[row][0], "machine": machine(),
             "settings": dict(config.to_dict(), run_dir=f"<scratch>/{os.path.basename(config.run_dir)}"),
             "fit_seconds": times.get("fit"), "fit_epochs": timed_epochs, "train_step_seconds": times.get("train_steps"),
-            "images_per_second": trained / times["train_steps"] if times.get("train_steps") else None,
+            "images_per_second": trained / times["train_steps"] if times.get("train_steps") and trained else None,
             "score_seconds": head["seconds"], "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
             "test_elbo": whole["elbo"], "test_reconstruction": whole["reconstruction_loss"], "test_kl": whole["kl"],
             "elbo_curve": history.get("val_elbo", []),
@@ -161,7 +161,7 @@ def table(reports):
         groups = list((r["groups"] or {}).values())
         rate = "–" if r["images_per_second"] is None else f"{r['images_per_second']:.0f}"
         fit = "–" if r["fit_seconds"] is None else f"{r['fit_seconds'] / 60:.1f}"
-        if r.get("fit_epochs", r["settings"]["epochs"]) != r["settings"]["epochs"]:
+        if 0 < r.get("fit_epochs", r["settings"]["epochs"]) < r["settings"]["epochs"]:
             fit += f" (its last {r['fit_epochs']} epochs, resumed)"
         kls = " / ".join(f"{g['kl']:.1f}" for g in groups)
         units = " / ".join(str(g["active_units"]) for g in groups)
@@ -205,6 +205,7 @@ def main(argv=None):
         reports[(row, report["settings"]["epochs"])] = report
         with open(args.out, "w") as f:  # after each row, so that a long run keeps what it measured
             json.dump({"rows": sorted(reports.values(), key=order)}, f, indent=1)
+            f.write("\n")
     ordered = sorted(reports.values(), key=order)
     print(table(ordered))
     print()

@@ -141,6 +141,7 @@ def measure(row, args, dataset, judges):
 
     requested = config_for(row, args)
     times = timed_fit(requested)
+    fit_epochs = times.get("epochs", requested.epochs)  # fewer when the timed call resumed a stopped run
     config, model = load_run(requested.run_dir)  # as trained: with the data's defaults
     test, train = load_split(config, "test", dataset), load_split(config, "train", dataset)
     speakers, digits = (test.labels(name) for name in ("speaker", "digit"))
@@ -152,8 +153,8 @@ def measure(row, args, dataset, judges):
            "iw_samples": args.iw_samples, "reconstruction_nats": figures["reconstruction_loss"],
            "real_values_per_utterance": steps * test.x.shape[2],
            "digit_probe": figures["linear_probe_accuracy"],
-           "train_examples_per_second": len(train.x) * times.get("epochs", config.epochs) / times["fit"] if times.get("fit") else None,
-           "fit_seconds": times.get("fit"), "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+           "train_examples_per_second": len(train.x) * fit_epochs / times["fit"] if times.get("fit") and fit_epochs else None,
+           "fit_seconds": times.get("fit"), "fit_epochs": fit_epochs, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     labels = speakers if model.uses_labels else None
     rebuilt = np.asarray(model.reconstruct(tf.constant(test.x), None if labels is None else tf.constant(labels)))
     out["reconstructions"] = judged(judges, rebuilt, test.mask, dataset.audio, speakers, digits)

@@ -38,7 +38,8 @@ which shows at which group the samples lose the shapes. `nvae-sprites-beta` is
 `nvae-sprites` with the KL weighted by 0.5 in training, the β of `sprites`' data defaults for the `vae` (the NVAE
 declares its own β = 1, which they do not reach). `nvae-sprites-groups` has two groups at each scale, so
 that the second group's prior at a resolution conditions on the first's draw (the official NVAE's way to give
-each scale's prior more than one step).
+each scale's prior more than one step); `nvae-sprites-global` has five scales, 16×16 down to 1×1, so that the top
+group is a code of the whole image, like the single-layer VAE's, in which a shape can be drawn whole.
 
 The `vampprior-gated` row is the package's best single-layer model (`benchmarks/reproduce/vampprior-gated.json`:
 gated MLP, 40-d code, VampPrior of 500 pseudo-inputs) for `--single-layer-epochs`, chosen so that its wall time
@@ -80,6 +81,8 @@ ROWS = {  # row: (what it is, its preset in benchmarks/reproduce, FitConfig valu
     "nvae-sprites-beta": ("the same with the KL weighted by 0.5 in training (sprites' default β)", "nvae-sprites",
                           {"beta": 0.5}),
     "nvae-sprites-groups": ("the same with 2 groups per scale (6 groups)", "nvae-sprites", {"groups_per_scale": 2}),
+    "nvae-sprites-global": ("the same with 5 scales, down to one 1×1 group (a global code)", "nvae-sprites",
+                            {"scales": 5}),
     # Single-layer rows for --single-layer-epochs, chosen to match an NVAE row's wall time:
     "vampprior-gated": ("single-layer VAE + VampPrior (500), gated MLP", "vampprior-gated", None),
     "vae-conv-sprites": ("single-layer VAE, `conv` architecture, on sprites", "vae-conv-sprites", None),

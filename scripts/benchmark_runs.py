@@ -21,7 +21,8 @@ def write_times(run_dir, times):
 def timed_fit(config):
     """`keras_vae.train.fit(config)`, unless its run is already complete: returns the run's times, `fit` being
     the seconds of the training that finished it, `train_steps` those of its optimizer steps alone and
-    `epochs` the epochs they cover (fewer than the run's when that call resumed a run stopped earlier)."""
+    `epochs` the epochs they cover (fewer than the run's when that call resumed a run stopped earlier; the
+    run's own for times recorded before this was kept)."""
     from keras_vae.train import fit
 
     times = read_times(config.run_dir)
@@ -31,7 +32,7 @@ def timed_fit(config):
         times.update(fit=time.time() - start, train_steps=result["timings"].get("train steps"),
                      epochs=result["epochs_trained"])
         write_times(config.run_dir, times)
-    return times
+    return dict(times, epochs=times.get("epochs", config.epochs))
 
 
 def chunked_evaluation(model, split, count, iw_samples, cache, fingerprint, chunk=500, batch_size=100,

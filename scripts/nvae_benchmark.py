@@ -143,7 +143,7 @@ def measure(row, args):
             judged["resampled"] = judge.resample_scores(sprites_judge, model, test)
     sample_grids(model, f"{row}-{config.epochs}ep", os.path.join(os.path.dirname(args.out), "nvae"))
     steps_per_epoch = len(load_split(config, "train", dataset).x) // config.batch_size
-    timed_epochs = times.get("epochs", config.epochs)  # fewer when the timed call resumed a stopped run
+    timed_epochs = times["epochs"]  # fewer than the run's when the timed call resumed a stopped run
     trained = steps_per_epoch * config.batch_size * timed_epochs
     return {"row": row, "what": ROWS[row][0], "machine": machine(),
             "settings": dict(config.to_dict(), run_dir=f"<scratch>/{os.path.basename(config.run_dir)}"),

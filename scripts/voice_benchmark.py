@@ -141,7 +141,7 @@ def measure(row, args, dataset, judges):
 
     requested = config_for(row, args)
     times = timed_fit(requested)
-    fit_epochs = times.get("epochs", requested.epochs)  # fewer when the timed call resumed a stopped run
+    fit_epochs = times["epochs"]  # fewer than the run's when the timed call resumed a stopped run
     config, model = load_run(requested.run_dir)  # as trained: with the data's defaults
     test, train = load_split(config, "test", dataset), load_split(config, "train", dataset)
     speakers, digits = (test.labels(name) for name in ("speaker", "digit"))

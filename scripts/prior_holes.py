@@ -1,28 +1,35 @@
-"""Prior holes or a weak decoder? A hierarchy's top groups drawn from priors fitted to their aggregate posterior.
+"""Prior holes, measured: an NVAE's top groups drawn from priors fitted to their aggregate posterior.
 
     python scripts/prior_holes.py RUN [--keep 2] [--train-images 20000] [--out FILE.json] [--grids DIR]
 
-A hierarchical sprites run (`nvae`, `hvae`) whose images decoded with the top `--keep` groups of real images
-kept and the groups below drawn from their priors (`keras-vae resample`, judged by `judge.resample_scores`)
-show shapes that its samples lack leaves two explanations: the prior of the top groups puts its mass where
-no posterior does (prior holes: Rosca et al. 2018; for NVAE, Aneja et al. 2021), or the codes that make
-shapes are ones no simple density finds. This script replaces the prior of those groups' whitened code ε
-(whose own prior is N(0, I)) by densities fitted after training to the aggregate posterior of training
-images (ex-post density estimation, Ghosh et al. 2020), draws the groups below from their own priors given
-each draw, and has the sprites judge read 1,000 samples of each:
+When an `nvae` run on sprites decodes clear shapes from the top `--keep` groups of real images with the
+groups below drawn from their priors (`keras-vae resample`, judged by `judge.resample_scores`), but its
+samples lack them, either the prior of the top groups puts its mass where no posterior does (prior holes:
+Rosca et al. 2018; for NVAE, Aneja et al. 2021), which a density fitted to the codes after training fills
+(ex-post density estimation, Ghosh et al. 2020), or the top groups do not hold the shape by themselves, and
+even draws from their aggregate posterior, the best prior they could have for the ELBO, lose it. This script
+replaces the prior of those groups' whitened code ε (whose own prior is N(0, I)) by such densities, draws
+the groups below from their own priors given each draw, and has the sprites judge read 1,000 samples of each:
 
     prior              N(0, I): the model's own samples
+    prior-T0.7         N(0, 0.7² I): what a lower temperature alone does to the top groups
     gaussian           one full-covariance Gaussian
     mixture-K          a diagonal Gaussian mixture of K components (EM, `priors.fit_mixture`)
-    aggregate          the aggregate posterior, each training posterior widened by the bandwidth under which
-                       held-out codes are likeliest (`priors.aggregate_posterior_mixture`)
-    training-draws     the aggregate posterior unwidened: one draw from a random training image's posterior
+    aggregate          the aggregate posterior as a kernel density: each training posterior (`encode`'s
+                       means and spreads) widened by the bandwidth under which held-out codes are likeliest
+                       (`priors.aggregate_posterior_mixture`)
+    training-draws     the aggregate posterior itself: one ancestral draw from a random training image's
+                       posterior (`NVAE.whitened_posterior_sample`), the prior that maximizes the ELBO for the
+                       trained encoder and decoder
     training-means     a random training image's posterior means (`resample`'s row, on training images)
 
-The densities are fitted on the active dimensions of the top groups (posterior-mean variance above
-`metrics.ACTIVE_THRESHOLD`); the other dimensions are drawn from N(0, 1), which their posteriors match. Each
-row also reports the mean log-density (nats, over the active dimensions) of held-out codes (one posterior
-draw per test image): how much better than N(0, I) the fitted density describes codes it was not fitted to.
+The densities are fitted to one posterior draw per training image, on the active dimensions of the top
+groups (posterior-mean variance above `metrics.ACTIVE_THRESHOLD`); their draws take N(0, 1) in the other
+dimensions, and the report gives the mean and standard deviation of the training draws there, which should
+be near 0 and 1 (the training rows keep a training image's whole top code). Each row also reports the mean log-density (nats, over the active dimensions) of held-out codes
+(one posterior draw per test image): how much better than N(0, I) the density describes codes it was not
+fitted to. Half of the test images' codes decide when EM stops and which bandwidth the aggregate takes; the
+log-density is reported on the other half.
 """
 
 import argparse
@@ -64,40 +71,59 @@ def mixture_draws(rng, logits, loc, scale, num):
     return loc[components] + scale[components] * rng.standard_normal((num, loc.shape[1]))
 
 
-def fitted_priors(train_loc, train_scale, held_out, rng, num=SAMPLES):
-    """{name: (draws [num, D], held-out mean log-density or None)} for the densities the module names, fitted
-    to the training posteriors N(train_loc, train_scale²) [N, D] of the active dimensions; `held_out` [M, D]
-    are codes of other images."""
+def fitted_priors(train_draws, train_loc, train_scale, active, tuning, held_out, rng, num=SAMPLES):
+    """{name: (draws [num, T], held-out mean log-density or None)} for the priors the module names, over the
+    top groups' T dimensions. The densities are fitted on the `active` ones (booleans [T]) to `train_draws`
+    [N, T] (one posterior draw per training image) or, for the aggregate, to the training posteriors
+    N(train_loc, train_scale²), and their draws take N(0, 1) elsewhere; the training rows draw whole rows of
+    `train_draws` or `train_loc`. `tuning` [M, D] codes of other images (active dimensions only) stop EM and
+    choose the bandwidth; the log-densities are the means over `held_out` [M', D] codes of yet other images."""
     from keras_vae import priors
 
-    train_draws = train_loc + train_scale * rng.standard_normal(train_loc.shape)
-    rows = {"prior": (rng.standard_normal((num, train_loc.shape[1])),
-                      float(np.mean(standard_normal_log_density(held_out))))}
-    mean, covariance = gaussian_fit(train_draws)
+    points, dim = train_draws[:, active], int(active.sum())
+    mean_log_density = (lambda logits, loc, scale: priors.mean_log_likelihood(held_out, logits, loc, scale))
+    rows = {"prior": (rng.standard_normal((num, dim)), float(np.mean(standard_normal_log_density(held_out))))}
+    rows["prior-T0.7"] = (0.7 * rng.standard_normal((num, dim)), mean_log_density([0.0], np.zeros((1, dim)),
+                                                                                  np.full((1, dim), 0.7)))
+    mean, covariance = gaussian_fit(points)
     rows["gaussian"] = (rng.multivariate_normal(mean, covariance, num),
                         float(np.mean(gaussian_log_density(held_out, mean, covariance))))
     for k in MIXTURE_COMPONENTS:
-        start = train_draws[rng.choice(len(train_draws), k, replace=False)]
-        logits, loc, scale, curve = priors.fit_mixture(train_draws, np.zeros(k), start,
-                                                       np.tile(train_draws.std(0), (k, 1)), held_out=held_out)
-        rows[f"mixture-{k}"] = (mixture_draws(rng, logits, loc, scale, num), curve[-1])
-    logits, loc, scale, scores = priors.aggregate_posterior_mixture(train_loc, train_scale, held_out)
-    rows["aggregate"] = (mixture_draws(rng, logits, loc, scale, num), max(scores.values()))
-    zeros = np.zeros(len(train_loc))
-    rows["training-draws"] = (mixture_draws(rng, zeros, train_loc, train_scale, num),
-                              priors.mean_log_likelihood(held_out, zeros, train_loc, train_scale))
+        start = points[rng.choice(len(points), k, replace=False)]
+        logits, loc, scale, _ = priors.fit_mixture(points, np.zeros(k), start, np.tile(points.std(0), (k, 1)),
+                                                   held_out=tuning)
+        rows[f"mixture-{k}"] = (mixture_draws(rng, logits, loc, scale, num), mean_log_density(logits, loc, scale))
+    logits, loc, scale, _ = priors.aggregate_posterior_mixture(train_loc[:, active], train_scale[:, active], tuning)
+    rows["aggregate"] = (mixture_draws(rng, logits, loc, scale, num), mean_log_density(logits, loc, scale))
+    for name, (draws, log_density) in rows.items():
+        whole = rng.standard_normal((num, len(active)))
+        whole[:, active] = draws
+        rows[name] = (whole, log_density)
+    rows["training-draws"] = (train_draws[rng.integers(0, len(train_draws), num)], None)
     rows["training-means"] = (train_loc[rng.integers(0, len(train_loc), num)], None)
     return rows
+
+
+def posterior_draws(model, data, seed, batch_size=500):
+    """One `whitened_posterior_sample` per example of `data`, [N, code_dim]."""
+    import tensorflow as tf
+
+    return np.concatenate([model.whitened_posterior_sample(tf.constant(data.x[s: s + batch_size]),
+                                                           tf.constant([seed, s], tf.int64)).numpy()
+                           for s in range(0, len(data.x), batch_size)])
 
 
 def top_mask(model, keep):
     """Booleans over the whitened code: True on the first `keep` groups of `model.generation_order()`."""
     from keras_vae.explore import group_mask
 
+    if not hasattr(model, "whitened_posterior_sample"):
+        raise SystemExit(f"prior_holes reads the top groups of an nvae run; this run holds a "
+                         f"{type(model).__name__}.")
     order = model.generation_order()
-    if order is None or not 0 < keep < len(order):
-        raise SystemExit(f"--keep must name 1 to {len(order or [1, 1]) - 1} top groups of a hierarchical run "
-                         f"(nvae, hvae); received {keep} for a {type(model).__name__}.")
+    if not 0 < keep < len(order):
+        raise SystemExit(f"--keep must name 1 to {len(order) - 1} top groups of this {len(order)}-group run; "
+                         f"received {keep}.")
     return group_mask([size for _, size in model.code_groups()], set(order[:keep]))
 
 
@@ -111,6 +137,9 @@ def decode_with(model, top, columns, rng, batch_size=500):
 
 
 def measure(run_dir, keep, train_images, grids=None, seed=0):
+    """The judge's scores and the held-out log-density of each prior of the module's list for the top `keep`
+    groups of the nvae run in `run_dir`, fitted to `train_images` training images (and as many tenths of
+    test images held out)."""
     from keras_vae import judge, metrics
     from keras_vae.codes import posterior_parameters
     from keras_vae.data.splits import load_split
@@ -121,27 +150,34 @@ def measure(run_dir, keep, train_images, grids=None, seed=0):
     if config.dataset != "sprites":
         raise SystemExit(f"The sprites judge reads sprites; {run_dir} was trained on {config.dataset}.")
     top = top_mask(model, keep)
-    train_loc, train_scale = posterior_parameters(model, load_split(config, "train").head(train_images))
-    test_loc, test_scale = posterior_parameters(model, load_split(config, "test").head(train_images // 10))
+    train, test = load_split(config, "train").head(train_images), load_split(config, "test").head(train_images // 10)
+    train_loc, train_scale = posterior_parameters(model, train)
+    train_draws = posterior_draws(model, train, seed)
+    test_draws = posterior_draws(model, test, seed + 1)
     active = top & (train_loc.var(0) > metrics.ACTIVE_THRESHOLD)
+    inactive = train_draws[:, top & ~active]
+    half = len(test_draws) // 2
     rng = np.random.default_rng(seed)
-    held_out = (test_loc + test_scale * rng.standard_normal(test_loc.shape))[:, active]
     sprites_judge = judge.load_judge()
     rows = {}
-    for name, (draws, log_density) in fitted_priors(train_loc[:, active], train_scale[:, active], held_out,
-                                                    rng).items():
-        images = decode_with(model, draws, active, rng)
+    for name, (draws, log_density) in fitted_priors(train_draws[:, top], train_loc[:, top], train_scale[:, top],
+                                                    active[top], test_draws[:half, active],
+                                                    test_draws[half:, active], rng).items():
+        images = decode_with(model, draws, top, rng)
         rows[name] = dict(judge.sample_scores(sprites_judge, images), held_out_log_density=log_density)
         if grids:
             os.makedirs(grids, exist_ok=True)
             save_png(os.path.join(grids, f"{os.path.basename(os.path.normpath(run_dir))}-keep{keep}-{name}.png"),
                      make_grid(images[:GRID], columns=8))
         print(name, json.dumps(rows[name]), flush=True)
-    return {"run": os.path.basename(os.path.normpath(run_dir)), "keep": keep, "train_images": train_images,
-            "top_dimensions": int(top.sum()), "active_dimensions": int(active.sum()), "rows": rows}
+    return {"run": os.path.basename(os.path.normpath(run_dir)), "keep": keep, "train_images": len(train.x),
+            "held_out_images": len(test.x) - half, "top_dimensions": int(top.sum()),
+            "active_dimensions": int(active.sum()),
+            "inactive_draws": {"mean": float(inactive.mean()), "std": float(inactive.std())}, "rows": rows}
 
 
 def table(report):
+    """The Markdown table of one report."""
     lines = ["| prior of the top groups | held-out log-density, nats | confident | square / ellipse / heart |",
              "|---|---|---|---|"]
     for name, row in report["rows"].items():
@@ -153,10 +189,11 @@ def table(report):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run", help="a finished nvae or hvae run on sprites")
+    parser.add_argument("run", help="a finished nvae run on sprites")
     parser.add_argument("--keep", type=int, default=2, help="the top groups whose prior is replaced")
     parser.add_argument("--train-images", type=int, default=20000,
-                        help="training images whose posteriors are fitted (a tenth as many test images judge them)")
+                        help="training images whose posteriors are fitted (a tenth as many test images give the "
+                             "held-out codes)")
     parser.add_argument("--out", help="a JSON file for the figures")
     parser.add_argument("--grids", help="a folder for a grid of 64 samples per prior")
     args = parser.parse_args(argv)

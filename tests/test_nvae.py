@@ -171,6 +171,13 @@ def test_the_whitened_code_decodes_what_the_posterior_means_decode(nvae):
     # decode(encode(x)) runs the top-down path with z_l = μp + σp ε_l: the posterior means, group by group.
     params, _ = model.walk(tf.constant(x[:4]), lambda g, q: q.mean())
     np.testing.assert_allclose(model.decode(mean), model.likelihood_layer.mean(params), atol=1e-5)
+    # A whitened posterior draw decodes to the same z as the draw itself (the same seed, so the same noise).
+    seed = tf.constant([4, 2], tf.int32)
+    draw = model.whitened_posterior_sample(tf.constant(x[:4]), seed)
+    seeds = split_seeds(seed, model.plan.num_groups)
+    params, _ = model.walk(tf.constant(x[:4]), lambda g, q: q.sample(seed=seeds[g]))
+    np.testing.assert_allclose(model.decode(draw), model.likelihood_layer.mean(params), atol=1e-5)
+    assert not np.allclose(draw, mean, atol=0.05)  # a draw, not the means
     # Temperature 0 draws the prior's means: every seed gives the same images.
     first, code = model.sample(2, seed=1, temperature=0.0)
     second, _ = model.sample(2, seed=9, temperature=0.0)

@@ -55,28 +55,41 @@ def test_mixture_draws_follow_the_weights_and_the_components():
     assert np.all(prior_holes.mixture_draws(rng, np.array([0.0, -np.inf]), loc, scale, 100)[:, 0] < 0)
 
 
-def test_fitted_priors_describe_codes_unlike_n01_better_than_n01_does():
-    """Codes of a correlated Gaussian: every density but N(0, I) gives held-out codes a higher log-density,
-    the training rows draw from the training posteriors, and each row has the requested draws."""
-    from keras_vae import priors
-
+def test_fitted_priors_score_held_out_codes_and_draw_whole_codes():
+    """Codes whose active dimensions (not contiguous) are a correlated Gaussian and whose others are N(0, 1):
+    the held-out log-densities of N(0, I), N(0, 0.7² I) and the fitted Gaussian are their closed-form
+    expectations under the codes' true law, the fitted densities beat N(0, I), their draws are N(0, 1) in the
+    inactive dimensions, and the training rows draw whole training codes."""
     rng = np.random.default_rng(3)
-    codes, _, _ = correlated_codes(rng, 900)
-    train_loc, train_scale = codes[:600], np.full((600, 4), 0.3)
-    held_out = codes[600:] + 0.3 * rng.standard_normal((300, 4))  # posterior draws of other images
-    rows = prior_holes.fitted_priors(train_loc, train_scale, held_out, rng, num=200)
-    assert list(rows) == ["prior", "gaussian", "mixture-10", "mixture-100", "aggregate", "training-draws",
-                          "training-means"]
-    assert all(draws.shape == (200, 4) for draws, _ in rows.values())
-    prior = rows["prior"][1]
-    assert prior == pytest.approx(prior_holes.standard_normal_log_density(held_out).mean())
-    for name in ("gaussian", "mixture-10", "mixture-100", "aggregate"):
-        assert rows[name][1] > prior + 1.0, name
-    means = rows["training-means"][0]
-    assert rows["training-means"][1] is None
-    assert all(np.any(np.all(train_loc == m, axis=1)) for m in means)  # each a training image's means
-    unwidened = priors.mean_log_likelihood(held_out, np.zeros(len(train_loc)), train_loc, train_scale)
-    assert rows["training-draws"][1] == pytest.approx(unwidened)
+    active = np.array([True, False, True, True, False])
+    spread = 0.3  # the posteriors' standard deviation in the active dimensions
+    loc, mean, covariance = correlated_codes(rng, 40000, dim=3)
+    covariance = covariance + spread**2 * np.eye(3)  # of a posterior draw: the means' law plus the spread
+    codes = np.zeros((40000, 5))
+    codes[:, active] = loc + spread * rng.standard_normal(loc.shape)
+    codes[:, ~active] = rng.standard_normal((40000, 2))
+    train_loc = np.zeros((20000, 5))
+    train_loc[:, active] = loc[:20000]
+    train_scale = np.where(active, spread, 1.0) * np.ones((20000, 1))
+    train, tuning, held_out = codes[:20000], codes[20000:22000, active], codes[22000:, active]
+    rows = prior_holes.fitted_priors(train, train_loc, train_scale, active, tuning, held_out, rng, num=4000)
+    assert list(rows) == ["prior", "prior-T0.7", "gaussian", "mixture-10", "mixture-100", "aggregate",
+                          "training-draws", "training-means"]
+    assert all(draws.shape == (4000, 5) for draws, _ in rows.values())
+    second_moment = np.trace(covariance) + mean @ mean  # E|x|² under the codes' law
+    expected = {"prior": -0.5 * second_moment - 1.5 * np.log(2 * np.pi),
+                "prior-T0.7": -0.5 * second_moment / 0.49 - 1.5 * np.log(2 * np.pi * 0.49),
+                "gaussian": -1.5 * (1 + np.log(2 * np.pi)) - 0.5 * np.linalg.slogdet(covariance)[1]}
+    for name, value in expected.items():
+        assert rows[name][1] == pytest.approx(value, abs=0.15), name
+    for name in ("mixture-10", "mixture-100", "aggregate"):
+        assert rows[name][1] > rows["prior"][1] + 1.0, name
+        inactive = rows[name][0][:, ~active]
+        assert abs(inactive.mean()) < 0.05 and inactive.std() == pytest.approx(1.0, abs=0.05), name
+    for name, source in (("training-draws", train), ("training-means", train_loc)):
+        draws, log_density = rows[name]
+        assert log_density is None
+        assert all(np.any(np.all(source == d, axis=1)) for d in draws[:50]), name  # whole codes, inactive too
 
 
 def test_the_top_groups_are_kept_and_the_rest_drawn_from_n01():
@@ -88,13 +101,18 @@ def test_the_top_groups_are_kept_and_the_rest_drawn_from_n01():
     top = prior_holes.top_mask(model, 1)
     sizes = model.plan.group_sizes()
     assert top.sum() == sizes[0] and top[: sizes[0]].all() and len(top) == sum(sizes)
-    with pytest.raises(SystemExit, match="--keep must name 1 to 1 top groups"):
+    with pytest.raises(SystemExit, match="--keep must name 1 to 1 top groups of this 2-group run; received 2"):
         prior_holes.top_mask(model, 2)
-    kept = np.random.default_rng(4).standard_normal((3, sizes[0])).astype(np.float32)
-    images = prior_holes.decode_with(model, kept, top, np.random.default_rng(9), batch_size=2)
+    columns = np.zeros(len(top), bool)
+    columns[::7] = True  # not contiguous, and across both groups
+    kept = np.random.default_rng(4).standard_normal((3, columns.sum())).astype(np.float32)
+    images = prior_holes.decode_with(model, kept, columns, np.random.default_rng(9), batch_size=2)
     codes = np.random.default_rng(9).standard_normal((3, len(top))).astype(np.float32)
-    codes[:, top] = kept
+    codes[:, columns] = kept
     np.testing.assert_allclose(images, model.decode(codes).numpy(), atol=1e-5)
+    shifted = codes.copy()
+    shifted[:, (np.flatnonzero(columns) + 1) % len(top)] = kept  # the draws one column off decode to other images
+    assert not np.allclose(images, model.decode(shifted).numpy(), atol=1e-3)
 
 
 def test_a_flat_model_has_no_top_groups():
@@ -102,5 +120,5 @@ def test_a_flat_model_has_no_top_groups():
     from keras_vae.models import build_model
 
     model = build_model(config_for("vae", latent_dim=3), (28, 28, 1))
-    with pytest.raises(SystemExit, match="hierarchical run .* received 1 for a VAE"):
+    with pytest.raises(SystemExit, match="reads the top groups of an nvae run; this run holds a VAE"):
         prior_holes.top_mask(model, 1)

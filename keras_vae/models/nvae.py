@@ -524,6 +524,15 @@ class NVAE(VAE):
         scales = [q.stddev() / p.stddev() for p, q, _ in trace]
         return flat(locs), flat(scales)
 
+    def whitened_posterior_sample(self, x, seed, y=None):
+        """One ancestral draw z ~ q(z | x), each group given the draws above it, as the whitened code [B,
+        code_dim] under the priors those draws give (ε_l = (z_l − μp)/σp): `decode` maps it back to the same
+        z, so it is a draw from the aggregate posterior in the code that `sample` draws from N(0, I). (`encode`'s
+        means and spreads take each group at the means of the groups above.)"""
+        seeds = split_seeds(seed, self.plan.num_groups)
+        _, trace = self.walk(x, lambda g, q: q.sample(seed=seeds[g]))
+        return flat([(z - p.mean()) / p.stddev() for p, _, z in trace])
+
     def posterior(self, x, training=False, y=None):
         """The Gaussian over the whitened code that `encode` summarizes."""
         return diagonal_normal(*self.encode(x), 1)

@@ -154,7 +154,7 @@ def measure(run_dir, keep, train_images, grids=None, seed=0):
     train_loc, train_scale = posterior_parameters(model, train)
     train_draws = posterior_draws(model, train, seed)
     test_draws = posterior_draws(model, test, seed + 1)
-    active = top & (train_loc.var(0) > metrics.ACTIVE_THRESHOLD)
+    active = top & (metrics.active_units(train_loc)[1] > metrics.ACTIVE_THRESHOLD)
     inactive = train_draws[:, top & ~active]
     half = len(test_draws) // 2
     rng = np.random.default_rng(seed)

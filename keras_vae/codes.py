@@ -44,6 +44,15 @@ def posterior_samples(model, data, seed, batch_size=BATCH):
     return mean + spread * np.random.default_rng(seed).standard_normal(mean.shape)
 
 
+def whitened_posterior_draws(model, data, seed, batch_size=BATCH):
+    """One exact ancestral posterior draw per example of a split, as a hierarchy's whitened code [N, code_dim]
+    (`NVAE.whitened_posterior_sample`): draws from the aggregate posterior in the code whose prior is N(0, I).
+    Batch i is drawn with the stateless seed [seed, i · batch_size]."""
+    return np.concatenate([model.whitened_posterior_sample(x, tf.constant([seed, start], tf.int64), y).numpy()
+                           for start, (x, y) in zip(range(0, len(data.x), batch_size),
+                                                    labelled_batches(model, data, batch_size))])
+
+
 def encode_means(model, data, batch_size=BATCH):
     """The code means [N, code_dim] of a split."""
     return np.concatenate([model.encode(x, y)[0].numpy() for x, y in labelled_batches(model, data, batch_size)])

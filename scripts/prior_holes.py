@@ -104,15 +104,6 @@ def fitted_priors(train_draws, train_loc, train_scale, active, tuning, held_out,
     return rows
 
 
-def posterior_draws(model, data, seed, batch_size=500):
-    """One `whitened_posterior_sample` per example of `data`, [N, code_dim]."""
-    import tensorflow as tf
-
-    return np.concatenate([model.whitened_posterior_sample(tf.constant(data.x[s: s + batch_size]),
-                                                           tf.constant([seed, s], tf.int64)).numpy()
-                           for s in range(0, len(data.x), batch_size)])
-
-
 def top_mask(model, keep):
     """Booleans over the whitened code: True on the first `keep` groups of `model.generation_order()`."""
     from keras_vae.explore import group_mask
@@ -141,7 +132,7 @@ def measure(run_dir, keep, train_images, grids=None, seed=0):
     groups of the nvae run in `run_dir`, fitted to `train_images` training images (and as many tenths of
     test images held out)."""
     from keras_vae import judge, metrics
-    from keras_vae.codes import posterior_parameters
+    from keras_vae.codes import posterior_parameters, whitened_posterior_draws
     from keras_vae.data.splits import load_split
     from keras_vae.images import make_grid, save_png
     from keras_vae.runs import load_run
@@ -152,8 +143,8 @@ def measure(run_dir, keep, train_images, grids=None, seed=0):
     top = top_mask(model, keep)
     train, test = load_split(config, "train").head(train_images), load_split(config, "test").head(train_images // 10)
     train_loc, train_scale = posterior_parameters(model, train)
-    train_draws = posterior_draws(model, train, seed)
-    test_draws = posterior_draws(model, test, seed + 1)
+    train_draws = whitened_posterior_draws(model, train, seed)
+    test_draws = whitened_posterior_draws(model, test, seed + 1)
     active = top & (metrics.active_units(train_loc)[1] > metrics.ACTIVE_THRESHOLD)
     inactive = train_draws[:, top & ~active]
     half = len(test_draws) // 2

@@ -51,6 +51,19 @@ def config_for(model, **values):
     return FitConfig(model=model, **{key: value for key, value in values.items() if key in declared})
 
 
+def untrained_vae_run(run_dir, dataset):
+    """Writes a finished-looking run of an untrained 2-d `vae` on `dataset` into `run_dir` (config.json and
+    model.keras): what commands that refuse other models' runs are tried on. Returns `run_dir`."""
+    from keras_vae.config import FitConfig
+    from keras_vae.models import build_model
+
+    os.makedirs(run_dir, exist_ok=True)
+    config = FitConfig(model="vae", latent_dim=2, dataset=str(dataset))
+    config.save(os.path.join(run_dir, "config.json"))
+    build_model(config, (28, 28, 1)).save(os.path.join(run_dir, "model.keras"))
+    return run_dir
+
+
 def invoke(*args):
     """Runs `keras-vae ARGS` in this process (click's runner); arguments may be paths or numbers."""
     from click.testing import CliRunner

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import invoke, tiny_images
+from conftest import invoke, tiny_images, untrained_vae_run
 from keras_vae.config import FitConfig
 from keras_vae.models import build_model
 
@@ -219,10 +219,7 @@ def test_training_further_after_fit_prior_is_refused(vq_run):
 def test_vq_mistakes_get_a_message_and_status_2(vq_run, tmp_path, args, message):
     root, _ = vq_run
     if "VAE_RUN" in args:
-        (tmp_path / "vae").mkdir()
-        config = FitConfig(model="vae", latent_dim=2, dataset=str(root / "tiny.npz"))
-        config.save(str(tmp_path / "vae" / "config.json"))
-        build_model(config, (28, 28, 1)).save(str(tmp_path / "vae" / "model.keras"))
+        untrained_vae_run(tmp_path / "vae", root / "tiny.npz")
     names = {"RUN": root / "run", "VAE_RUN": tmp_path / "vae", "OUT": tmp_path / "o.png"}
     result = invoke(*[names.get(a, a) for a in args])
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from keras_vae.config import REFIT_METHODS
+from keras_vae.config import PRIOR_FIT_METHODS
 from keras_vae.errors import TrainingDiverged, UserError
 
 EXIT_USER_ERROR = 2
@@ -138,26 +138,42 @@ def fit(config_file, force, **flags):
 @cli.command("fit-prior")
 @click.argument("run_dir")
 @click.option("--epochs", type=int, default=20, show_default=True,
-              help="Epochs of the PixelCNN priors; for a mixture prior, the most EM iterations.")
+              help="Epochs of the PixelCNN priors or of the contrastive prior's classifier; for a mixture prior, "
+                   "the most EM iterations.")
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--learning-rate", type=float, default=1e-3, show_default=True)
 @click.option("--export-dir", help="Where the new SavedModel version goes (default: the run's --export-dir).")
 @click.option("--export/--no-export", default=True, show_default=True, help="Export a new version with the prior.")
-@click.option("--method", type=click.Choice(REFIT_METHODS), default="em", show_default=True,
+@click.option("--method", type=click.Choice(PRIOR_FIT_METHODS), default="em", show_default=True,
               help="For a mixture prior: em (EM from the trained mixture) or aggregate (one component per "
-                   "training example's posterior, widened by a bandwidth chosen on held-out codes).")
-def fit_prior(run_dir, epochs, batch_size, learning_rate, export_dir, export, method):
+                   "training example's posterior, widened by a bandwidth chosen on held-out codes). For an nvae: "
+                   "contrastive (its top groups' N(0, I) prior reweighted by a classifier of their aggregate "
+                   "posterior against it).")
+@click.option("--top-groups", type=int, default=None,
+              help="With --method contrastive: the top groups reweighted (default: those of every scale but the "
+                   "finest).")
+def fit_prior(run_dir, epochs, batch_size, learning_rate, export_dir, export, method, top_groups):
     """Fit a finished run's prior to the codes its encoder makes.
 
     A discrete-code run (vq_vae, vq_vae2) trains its PixelCNN priors over its code maps, and sampling then goes
     through them. A run with a learned mixture prior (--prior mog) has the mixture refitted by EM to draws from
     its aggregate posterior over the training split (ex-post density estimation), by EM or, with --method
     aggregate, replaced by that aggregate posterior's kernel estimate; a refit that held-out codes do not
-    prefer is not kept."""
+    prefer is not kept. An nvae run (--method contrastive) has the N(0, I) prior of its top groups reweighted by a
+    classifier trained to tell their aggregate posterior from it (a noise-contrastive prior); its samples are then
+    drawn by sampling-importance-resampling."""
     from keras_vae.code_prior import fit_prior as run_fit_prior
 
-    result = run_fit_prior(run_dir, epochs, batch_size, learning_rate, export, export_dir, method=method)
+    result = run_fit_prior(run_dir, epochs, batch_size, learning_rate, export, export_dir, method=method,
+                           top_groups=top_groups)
     exported = f"; exported to {result['export_path']}" if result["export_path"] else ""
+    if method == "contrastive":
+        click.echo(f"Done. The top {result['groups']} groups' prior ({result['dimensions']} dimensions) is "
+                   f"reweighted by the classifier of epoch {result['history']['best_epoch']}: held-out codes "
+                   f"{result['held_out_gain']:+.2f} nats over N(0, I), log Z {result['log_normalizer']:.2f}, SIR's "
+                   f"effective sample size {result['effective_sample_size']:.0f}; test ELBO "
+                   f"{result['test_elbo_before']:.2f} -> {result['test_elbo_after']:.2f}{exported}.")
+        return
     if "prior_em" in result["history"]:
         curve = result["history"]["prior_em"]
         if not result["iterations"]:

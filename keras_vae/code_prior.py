@@ -7,9 +7,11 @@ maximizes the ELBO's E_q[log p(z)] term for the trained encoder and decoder (a j
 whose samples fall where the decoder was trained (ex-post density estimation, Ghosh et al. 2020); or
 replaced by the aggregate posterior itself, one component per training example's posterior widened by a
 bandwidth chosen on held-out codes (`priors.aggregate_posterior_mixture`). `train.fit` applies the same refit
-at the end of training when the model's `prior_refit` asks for it.
+at the end of training when the model's `prior_refit` asks for it. An `nvae` run gains a contrastive prior over
+its top groups (`fit_contrastive_prior`, `keras_vae.contrastive_prior`).
 """
 
+import functools
 import math
 import os
 
@@ -17,9 +19,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_vae import distribute, priors, runs
-from keras_vae.codes import posterior_parameters
-from keras_vae.config import REFIT_METHODS, RUN_HYPERPARAMETERS
+from keras_vae import contrastive_prior, distribute, priors, runs
+from keras_vae.codes import posterior_parameters, whitened_posterior_draws
+from keras_vae.config import PRIOR_FIT_METHODS, REFIT_METHODS, RUN_HYPERPARAMETERS
 from keras_vae.data.datasets import dataset_of
 from keras_vae.data.splits import batches, load_split
 from keras_vae.errors import UserError
@@ -31,23 +33,31 @@ from keras_vae.models.vq import keyed
 
 HELD_OUT_CODES = 0.1  # of the aggregate-posterior draws, judging when the mixture refit stops
 MAX_AGGREGATE_COMPONENTS = 20000  # training posteriors in an aggregate refit (its prior's size), at most
+CONTRASTIVE_DRAWS = 2  # exact posterior draws per training image that the contrastive prior's classifier reads
+SIR_CHECK_SAMPLES = 100  # samples whose proposals' effective sample size a contrastive fit reports
+
+
+def rebuilt(model, own_weights, **changes):
+    """A copy of `model` rebuilt from its config with `changes`, every weight but those that `own_weights(m)`
+    lists for a model m (the part the change replaces) set to the model's own."""
+    with model.distribute_strategy.scope():
+        copy = model.__class__.from_config(dict(model.get_config(), **changes))
+    skip = (lambda m: {id(v) for v in own_weights(m)})
+    source = [v for v in model.weights if id(v) not in skip(model)]
+    target = [v for v in copy.weights if id(v) not in skip(copy)]
+    if [tuple(v.shape) for v in source] != [tuple(v.shape) for v in target]:
+        raise RuntimeError(f"Rebuilding the {model.name} model with {changes} changed more than the weights it "
+                           "replaces.")
+    for old, new in zip(source, target):
+        new.assign(old)
+    return copy
 
 
 def with_mixture_components(model, components):
     """A copy of a `mog` model whose mixture prior has `components` components (set to the trained mixture's
     first ones, repeated): every other weight is the model's own."""
-    resized_config = dict(model.get_config(), mixture_components=int(components))
-    with model.distribute_strategy.scope():
-        resized = model.__class__.from_config(resized_config)
     prior = ("prior_logits", "prior_loc", "prior_raw_scale")
-    skip = (lambda m: {id(getattr(m, name)) for name in prior})
-    source = [v for v in model.weights if id(v) not in skip(model)]
-    target = [v for v in resized.weights if id(v) not in skip(resized)]
-    if [tuple(v.shape) for v in source] != [tuple(v.shape) for v in target]:
-        raise RuntimeError(f"Rebuilding the {model.name} model with a mixture of {components} components "
-                           "changed more than its prior's weights.")
-    for old, new in zip(source, target):
-        new.assign(old)
+    resized = rebuilt(model, lambda m: [getattr(m, name) for name in prior], mixture_components=int(components))
     for name in prior:
         old = getattr(model, name).numpy()
         getattr(resized, name).assign(np.resize(old, (components,) + old.shape[1:]))
@@ -83,8 +93,9 @@ class NatsPerMap(keras.callbacks.Callback):
 
 
 def fit_prior(run_dir, epochs=20, batch_size=128, learning_rate=1e-3, export=True, export_dir=None,
-              verbose="auto", method="em"):
-    """A run with a learned mixture prior (`--prior mog`): `refit_mixture(run_dir, max_iterations=epochs,
+              verbose="auto", method="em", top_groups=None):
+    """`method` "contrastive": `fit_contrastive_prior` of an nvae run's `top_groups` top groups.
+    A run with a learned mixture prior (`--prior mog`): `refit_mixture(run_dir, max_iterations=epochs,
     method=method)` (`batch_size`, `learning_rate` and `verbose` do not apply to it). A discrete-code run: encodes the
     training split to code maps, fits each level's gated PixelCNN prior to them by maximum
     likelihood (top level first; a lower level's prior reads the codes above it), under the run's own
@@ -98,7 +109,15 @@ def fit_prior(run_dir, epochs=20, batch_size=128, learning_rate=1e-3, export=Tru
     """
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("learning_rate", learning_rate)):
         RUN_HYPERPARAMETERS[name].check(value)
+    if method not in PRIOR_FIT_METHODS:
+        raise UserError(f"fit-prior's --method must be one of {', '.join(PRIOR_FIT_METHODS)}. Received: {method!r}.")
     config = runs.finished_run_config(run_dir)
+    if method == "contrastive":
+        return fit_contrastive_prior(run_dir, top_groups, epochs, batch_size, learning_rate, export, export_dir,
+                                     log=None if verbose == 0 else functools.partial(print, flush=True))
+    if top_groups is not None:
+        raise UserError(f"--top-groups chooses the groups of a contrastive prior (--method contrastive); "
+                        f"--method {method} does not read it.")
     prior = config.to_dict().get("prior")  # the continuous models' p(z); absent for the others
     if prior == "mog":
         return refit_mixture(run_dir, max_iterations=epochs, export=export, export_dir=export_dir, method=method)
@@ -232,3 +251,57 @@ def refit_mixture(run_dir, max_iterations=20, export=True, export_dir=None, tole
     result["export_path"] = keep_prior(model, config, run_dir, runs.MIXTURE_REFIT_FILE,
                                        dict(result["history"], **record), export, export_dir)
     return result
+
+
+def fit_contrastive_prior(run_dir, top_groups=None, epochs=20, batch_size=128, learning_rate=1e-3, export=True,
+                          export_dir=None, log=None):
+    """Gives a finished nvae run a contrastive prior over its top `top_groups` groups (default: every scale's
+    but the finest, `NVAE.default_contrastive_groups`): the classifier (`contrastive_prior.RatioNetwork`)
+    learns, by `contrastive_prior.fit_ratio`, to tell CONTRASTIVE_DRAWS exact posterior draws of each
+    training image's top groups (whitened) from N(0, I) draws, the test split's draws choosing the epoch
+    kept; log Z is then estimated over N(0, I) draws. model.keras is rewritten (atomically) with it, so
+    that `sample` draws through it and `evaluate`, `score` and exports use it, and a new version is exported
+    when `export`. A second fit replaces the first one's classifier. Training the run further is then
+    refused (its checkpoints predate the prior).
+
+    Returns:
+        dict with `groups`, `dimensions` (of the reweighted code), `history` (`fit_ratio`'s, nats),
+        `log_normalizer` (log Z), `held_out_gain` (the test draws' mean log r − log Z: nats per code by which
+        the new prior beats N(0, I) on codes it was not fitted to), `effective_sample_size` (SIR's, mean over
+        SIR_CHECK_SAMPLES samples, of `contrastive_prior.PROPOSALS`), `test_elbo_before` and
+        `test_elbo_after` (`fixed_noise_elbo` of the test split under N(0, I) and under the new prior),
+        `codes` (training draws read), `export_path` and `replicas` (1: the fit runs on the host).
+    """
+    for name, value in (("epochs", epochs), ("batch_size", batch_size), ("learning_rate", learning_rate)):
+        RUN_HYPERPARAMETERS[name].check(value)
+    config, model = runs.load_run(run_dir)
+    if not hasattr(model, "with_contrastive_prior"):
+        raise UserError(f"--method contrastive reweights the top groups of an nvae run's prior; {run_dir} holds a "
+                        f"{config.model} model.")
+    groups = model.default_contrastive_groups() if top_groups is None else top_groups
+    if not (isinstance(groups, int) and 1 <= groups <= model.plan.num_groups):
+        raise UserError(f"--top-groups must name 1 to {model.plan.num_groups} top groups of this "
+                        f"{model.plan.num_groups}-group run. Received: top_groups={groups!r}.")
+    dataset = dataset_of(config)
+    train, test = (load_split(config, split, dataset) for split in ("train", "test"))
+    before = fixed_noise_elbo(model, test)
+    keras.utils.set_random_seed(config.seed)  # the classifier's initial weights
+    model = model.with_contrastive_prior(groups)
+    dim = model.top_dim
+    positives = np.concatenate([whitened_posterior_draws(model, train, config.seed + 1 + d)[:, :dim]
+                                for d in range(CONTRASTIVE_DRAWS)])
+    held_out = whitened_posterior_draws(model, test, config.seed)[:, :dim]
+    history = contrastive_prior.fit_ratio(model.contrast, positives, held_out, epochs, batch_size, learning_rate,
+                                          config.seed, log)
+    log_z = contrastive_prior.estimate_log_normalizer(model.contrast, dim, config.seed)
+    model.contrast_log_normalizer.assign(log_z)
+    proposals = np.random.default_rng(config.seed).standard_normal(
+        (SIR_CHECK_SAMPLES * contrastive_prior.PROPOSALS, dim)).astype(np.float32)
+    log_ratios = np.concatenate([model.contrast(proposals[s: s + 10000]).numpy() for s in range(0, len(proposals), 10000)])
+    ess = contrastive_prior.effective_sample_size(log_ratios.reshape(SIR_CHECK_SAMPLES, -1))
+    record = {"groups": groups, "dimensions": dim, "history": history, "log_normalizer": log_z,
+              "held_out_gain": float(np.mean(model.contrast(held_out).numpy()) - log_z),
+              "effective_sample_size": float(np.mean(ess)), "test_elbo_before": before,
+              "test_elbo_after": fixed_noise_elbo(model, test), "codes": len(positives)}
+    export_path = keep_prior(model, config, run_dir, runs.CONTRASTIVE_PRIOR_FILE, record, export, export_dir)
+    return dict(record, export_path=export_path, replicas=1)

@@ -21,6 +21,7 @@ JIT_CHOICES = ("auto", "on", "off")
 LR_SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("adam", "adamax")
 REFIT_METHODS = ("em", "aggregate")  # how a trained `mog` mixture prior is refitted (keras_vae.code_prior)
+PRIOR_FIT_METHODS = (*REFIT_METHODS, "contrastive")  # fit-prior's: the refits and an nvae's contrastive prior
 STRATEGIES = ("auto", "one", "mirrored", "multi-worker")
 MAX_SEED = 2**31 - 1
 REPRESENTATIONS = ("logmel", "waveform")  # what recordings become (`keras_vae.audio.AudioFormat`)

@@ -29,6 +29,7 @@ CHECKPOINT_DIR = "checkpoints"
 LOG_DIR = "logs"
 PRIOR_HISTORY_FILE = "prior_history.json"  # written by fit-prior; its presence means the prior is fitted
 MIXTURE_REFIT_FILE = "prior_refit.json"  # fit-prior's EM refit of a mixture prior (the checkpoints predate it)
+CONTRASTIVE_PRIOR_FILE = "prior_contrastive.json"  # fit-prior's contrastive prior of an nvae (likewise)
 FIT_REFIT_FILE = "prior_refit_at_fit.json"  # the mixture refit `fit` made when training ended (--prior-refit)
 
 # Settings that may change between the runs of one run directory: where
@@ -93,7 +94,7 @@ def save_finished_run(run_dir, model, history, config, refit=None):
         staged[write_json(path, values, replace=False)] = path
     for temporary, path in staged.items():
         os.replace(temporary, path)
-    stale = (PRIOR_HISTORY_FILE, MIXTURE_REFIT_FILE) + (() if refit else (FIT_REFIT_FILE,))
+    stale = (PRIOR_HISTORY_FILE, MIXTURE_REFIT_FILE, CONTRASTIVE_PRIOR_FILE) + (() if refit else (FIT_REFIT_FILE,))
     for name in stale:  # a retrained model has no fitted or refitted prior but its own
         if os.path.exists(os.path.join(run_dir, name)):
             os.remove(os.path.join(run_dir, name))

@@ -215,6 +215,11 @@ def resume_point(config, run_dir, force, log):
             f"{run_dir}'s mixture prior was refitted (keras-vae fit-prior) after its last checkpoint: training it "
             f"further to epoch {config.epochs} would resume from that checkpoint and lose the refit. Start a new "
             "run (another --run-dir), or --force to train this one over (and refit its prior again).")
+    if os.path.exists(os.path.join(run_dir, runs.CONTRASTIVE_PRIOR_FILE)):
+        raise UserError(
+            f"{run_dir} was given a contrastive prior (keras-vae fit-prior --method contrastive) after its last "
+            f"checkpoint: training it further to epoch {config.epochs} would resume from that checkpoint, without "
+            "it. Start a new run (another --run-dir), or --force to train this one over (and fit the prior again).")
     return state, False
 
 

@@ -34,12 +34,22 @@ every group, flattened top group first), whose prior is exactly N(0, I):
 traversals and interpolation work on it as on a flat VAE's code; KL per
 dimension is invariant under that map, so `kl_per_dim` lines up with ε.
 
+A contrastive prior (`keras-vae fit-prior --method contrastive`, after
+training): the N(0, I) prior of the top `contrastive_groups` groups' ε is
+reweighted by a classifier of their aggregate posterior against it,
+p(ε_top) = N(ε_top; 0, I) r(ε_top) / Z (`keras_vae.contrastive_prior`, Aneja et
+al. 2021). `sample` then draws ε_top by sampling-importance-resampling, and the
+likelihoods (`score`, nll_iw, the ELBO) add log r − log Z at the posterior's
+draw: the ELBO's `kl` is then Σ_l KL_l − (log r − log Z), one-sample, while each
+group's `kl_l` stays its analytic KL against its Gaussian prior.
+
 References:
     Vahdat & Kautz (2020). NVAE: A Deep Hierarchical Variational Autoencoder. NeurIPS.
     Sønderby et al. (2016). Ladder Variational Autoencoders. NeurIPS: KL warm-up, top-down inference.
     Yoshida & Miyato (2017). Spectral Norm Regularization. arXiv:1705.10941.
     Hu et al. (2018). Squeeze-and-Excitation Networks. CVPR.
     Salimans et al. (2017). PixelCNN++: the discretized logistic mixture (`--likelihood logistic_mixture`).
+    Aneja et al. (2021). A Contrastive Learning Approach for Training VAE Priors (NCP-VAE). NeurIPS.
 """
 
 import math
@@ -47,7 +57,7 @@ import math
 import keras
 import tensorflow as tf
 
-from keras_vae import losses
+from keras_vae import contrastive_prior, losses
 from keras_vae.distribute import global_batch_mean
 from keras_vae.errors import UserError
 from keras_vae.hparams import Hyperparameter as H
@@ -397,10 +407,21 @@ class NVAE(VAE):
             values["kl_warmup_steps"] = int(cls.warmup_fraction * (total_steps or 0))
         return values
 
-    def __init__(self, image_shape, **kwargs):
+    def __init__(self, image_shape, contrastive_groups=None, **kwargs):
+        """`contrastive_groups`: the top groups whose prior a trained classifier reweights (set by `keras-vae
+        fit-prior --method contrastive`, not a hyperparameter: training knows nothing of it); None for none."""
         if len(image_shape) != 3:
             raise UserError(f"--model nvae reads images [H, W, C]; received data of shape {list(image_shape)}.")
         super().__init__(image_shape, **kwargs)
+        self.contrastive_groups = contrastive_groups
+        if contrastive_groups is not None:
+            if not 1 <= contrastive_groups <= self.plan.num_groups:
+                raise UserError(f"The contrastive prior reweights 1 to {self.plan.num_groups} top groups of this "
+                                f"{self.plan.num_groups}-group model. Received: contrastive_groups={contrastive_groups}.")
+            self.contrast = contrastive_prior.RatioNetwork(
+                [self.plan.group_shape(g) for g in range(contrastive_groups)], name="contrastive_prior")
+            self.contrast_log_normalizer = self.add_weight(shape=(), initializer="zeros", trainable=False,
+                                                           name="contrast_log_normalizer")
         self.build_state()
 
     def build_networks(self):
@@ -413,6 +434,8 @@ class NVAE(VAE):
         """Builds every layer (one pass of each path) and the power-iteration vectors of the convolutions."""
         self.encode(tf.zeros([1, *self.image_shape]))
         self.decoder(tf.zeros([1, self.code_dim]))
+        if self.contrastive_groups is not None:
+            self.contrast(tf.zeros([1, self.top_dim]))
         self.power_vectors = []
         for i, layer in enumerate(self.convolutions()):
             matrix = kernel_matrix(layer)
@@ -423,9 +446,11 @@ class NVAE(VAE):
 
     def convolutions(self):
         """The convolution layers the spectral penalty covers, in a fixed order (found, not stored: a stored
-        list of layers or kernels would be tracked, and saved, twice)."""
+        list of layers or kernels would be tracked, and saved, twice); not the contrastive prior's classifier,
+        which is trained apart, after the model."""
+        classifier = set() if self.contrastive_groups is None else {id(l) for l in self.contrast._flatten_layers()}
         return [layer for layer in self._flatten_layers()
-                if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))]
+                if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)) and id(layer) not in classifier]
 
     def batch_norms(self):
         return [layer for layer in self._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
@@ -433,6 +458,38 @@ class NVAE(VAE):
     @property
     def code_dim(self):
         return sum(self.plan.group_sizes())
+
+    @property
+    def top_dim(self):
+        """The dimensions of the whitened code that the contrastive prior reweights (its first ones)."""
+        return sum(self.plan.group_sizes()[:self.contrastive_groups or 0])
+
+    def default_contrastive_groups(self):
+        """The groups of every scale but the finest (one group for a one-scale model)."""
+        return max(1, self.plan.num_groups - self.plan.groups_per_scale)
+
+    def with_contrastive_prior(self, groups):
+        """A copy of this model whose top `groups` groups have a contrastive prior, its classifier untrained
+        (r = 1) and every other weight this model's."""
+        from keras_vae.code_prior import rebuilt
+
+        def own(model):
+            return [] if model.contrastive_groups is None else [*model.contrast.weights, model.contrast_log_normalizer]
+        return rebuilt(self, own, contrastive_groups=int(groups))
+
+    def prior_log_ratio(self, trace):
+        """log r(ε_top) − log Z [B] at the top groups' draws of a walk's `trace` ((prior, posterior, z) per
+        group): what the contrastive prior adds to log p(z); 0 without one."""
+        if self.contrastive_groups is None:
+            return 0.0
+        top = flat([(z - p.mean()) / p.stddev() for p, _, z in trace[:self.contrastive_groups]])
+        return self.contrast(top) - self.contrast_log_normalizer
+
+    def get_config(self):
+        config = super().get_config()
+        if self.contrastive_groups is not None:
+            config["contrastive_groups"] = self.contrastive_groups
+        return config
 
     def code_groups(self):
         names = []
@@ -486,7 +543,8 @@ class NVAE(VAE):
         reconstruction_loss = -self.likelihood_layer(params, training=training).log_prob(x)
         per_dim = [losses.kl_per_dimension(q, p) for p, q, _ in trace]  # [B, h, w, c] each, via tfd.kl_divergence
         kl_groups = tf.stack([tf.reduce_sum(k, [1, 2, 3]) for k in per_dim], -1)  # [B, G]
-        return elbo_terms(reconstruction_loss, tf.reduce_sum(kl_groups, -1), flat(per_dim), kl_groups=kl_groups,
+        kl = tf.reduce_sum(kl_groups, -1) - self.prior_log_ratio(trace)
+        return elbo_terms(reconstruction_loss, kl, flat(per_dim), kl_groups=kl_groups,
                           norm_penalty=self.norm_penalty(training),
                           **{f"kl_{g}": kl_groups[:, g] for g in range(self.plan.num_groups)})
 
@@ -512,6 +570,7 @@ class NVAE(VAE):
         log_weights = self.likelihood_layer(params).log_prob(flat_x)
         for p, q, z in trace:
             log_weights += p.log_prob(z) - q.log_prob(z)
+        log_weights += self.prior_log_ratio(trace)
         log_weights = tf.reshape(log_weights, [num_samples, batch])
         return log_weights, tf.reduce_mean(log_weights, axis=0)
 
@@ -538,6 +597,15 @@ class NVAE(VAE):
         return diagonal_normal(*self.encode(x), 1)
 
     # ------------------------------------------------------ sampling
+    def sample_codes(self, num_samples, seed, temperature=1.0):
+        """ε ~ N(0, T² I); with a contrastive prior, the top groups' ε drawn instead from N(0, T² I)·r / Z by
+        sampling-importance-resampling (`contrastive_prior.sir_draws`), stateless in `seed`."""
+        codes = super().sample_codes(num_samples, seed, temperature)
+        if self.contrastive_groups is None:
+            return codes
+        top = contrastive_prior.sir_draws(self.contrast, num_samples, self.top_dim, seed, temperature)
+        return tf.concat([top, codes[:, self.top_dim:]], -1)
+
     def prepare_sampling(self, temperature):
         """Below temperature 1 the decoder's batch norms meet samples unlike those of training: readjust."""
         if temperature != 1.0:

@@ -1,0 +1,185 @@
+"""A noise-contrastive prior: N(0, I) over a hierarchy's top groups, reweighted by a classifier.
+
+After training, the prior of an NVAE's top groups (their whitened code ε, prior N(0, I)) can leave holes:
+regions it draws from where no posterior puts its mass, decoded as lumps (`scripts/prior_holes.py`). The
+prior that maximizes the ELBO for the trained networks is the aggregate posterior q(ε) = E_x q(ε | x)
+(Hoffman & Johnson 2016). Aneja et al. (2021) reach towards it with a binary classifier D trained to tell
+draws of q(ε) (exact ancestral posterior draws of training images) from draws of N(0, I): at its optimum
+the classifier's logit is the log density ratio, log r(ε) = log q(ε) / N(ε; 0, I), and the reweighted prior
+
+    p(ε) = N(ε; 0, I) · r(ε) / Z,    Z = E_N(0, I)[r(ε)],
+
+is N(0, I) where the classifier cannot tell them apart and q(ε) where it can. It is sampled by
+sampling-importance-resampling (SIR): M proposals from N(0, T² I), one of them chosen with probabilities
+∝ r; and scored exactly up to Z, which a Monte-Carlo average over N(0, I) draws estimates once.
+
+References:
+    Aneja, Schwing, Kautz & Vahdat (2021). A Contrastive Learning Approach for Training Variational
+        Autoencoder Priors (NCP-VAE). NeurIPS.
+    Gutmann & Hyvärinen (2010). Noise-contrastive estimation. AISTATS: the classifier's logit as a density ratio.
+    Rubin (1988). Using the SIR algorithm to simulate posterior distributions.
+    Hoffman & Johnson (2016). ELBO surgery: the prior that maximizes the ELBO is the aggregate posterior.
+"""
+
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+PROPOSALS = 1000  # SIR proposals per sample
+PROPOSAL_CHUNK = 16  # samples whose proposals are scored at once (16 × 1000 codes)
+WIDTH, DEPTH = 64, 3  # the classifier's channels and 3×3 convolutions
+NORMALIZER_DRAWS = 200_000  # N(0, I) draws in the estimate of log Z
+
+
+# ------------------------------------------------------------------ pure functions
+def contrastive_loss(positive_logits, negative_logits):
+    """The classifier's logistic loss, nats: E_q[softplus(−D)] + E_N(0,I)[softplus(D)]; its minimum over D is
+    2 log 2 − 2 JS(q ‖ N(0, I)), at D = log q / N(0, I)."""
+    return tf.reduce_mean(tf.nn.softplus(-positive_logits)) + tf.reduce_mean(tf.nn.softplus(negative_logits))
+
+
+def log_normalizer(log_ratios):
+    """log Z = log E_p[r] estimated from the log-ratios [N] of N draws from the base prior (log-mean-exp)."""
+    log_ratios = tf.cast(log_ratios, tf.float64)
+    return tf.reduce_logsumexp(log_ratios) - tf.math.log(tf.cast(tf.size(log_ratios), tf.float64))
+
+
+def resample(log_ratios, seed):
+    """SIR's choice: per row of `log_ratios` [N, M], the index [N] of one proposal drawn with probability
+    ∝ r (stateless in `seed`)."""
+    return tf.random.stateless_categorical(log_ratios, 1, seed, dtype=tf.int32)[:, 0]
+
+
+def effective_sample_size(log_ratios):
+    """(Σ w)² / Σ w² per row of `log_ratios` [N, M]: how many of the M proposals the choice draws on."""
+    weights = tf.nn.softmax(tf.cast(log_ratios, tf.float64), axis=-1)
+    return 1.0 / tf.reduce_sum(weights**2, -1)
+
+
+# ------------------------------------------------------------------ the classifier
+@keras.saving.register_keras_serializable(package="keras_vae")
+class RatioNetwork(keras.layers.Layer):
+    """The classifier's logit, log r(ε), for whitened top codes ε [B, T]: each group's map (in the code's
+    layout, top group first) upsampled to the finest of them, the maps concatenated, `depth` 3×3 Swish
+    convolutions, a Swish dense layer and a linear one.
+
+    Args:
+        group_shapes: the groups' (h, w, c), top group first; T = Σ h·w·c.
+        width: channels of the convolutions and units of the dense layer.
+        depth: convolutions.
+
+    Call arguments:
+        code: [B, T] float32.
+
+    Returns:
+        [B] float32 log-ratios.
+    """
+
+    def __init__(self, group_shapes, width=WIDTH, depth=DEPTH, **kwargs):
+        super().__init__(**kwargs)
+        self.group_shapes = [tuple(int(d) for d in shape) for shape in group_shapes]
+        if not self.group_shapes:
+            raise ValueError("RatioNetwork needs at least one group. Received: group_shapes=[].")
+        self.width, self.depth = width, depth
+        self.side = max(h for h, _, _ in self.group_shapes)
+        self.convs = [keras.layers.Conv2D(width, 3, padding="same", activation="swish") for _ in range(depth)]
+        self.hidden = keras.layers.Dense(width, activation="swish")
+        self.out = keras.layers.Dense(1)
+
+    def maps(self, code):
+        """[B, T] -> [B, side, side, Σ c]: the groups' maps at the finest of their resolutions."""
+        parts, start = [], 0
+        for h, w, c in self.group_shapes:
+            part = tf.reshape(code[:, start: start + h * w * c], [-1, h, w, c])
+            factor = self.side // h
+            parts.append(tf.repeat(tf.repeat(part, factor, axis=1), factor, axis=2))
+            start += h * w * c
+        return tf.concat(parts, -1)
+
+    def call(self, code):
+        h = self.maps(tf.cast(code, self.compute_dtype))
+        for conv in self.convs:
+            h = conv(h)
+        h = tf.reshape(h, [tf.shape(h)[0], math.prod(h.shape[1:])])  # (B, side, side, width) -> (B, ·)
+        return tf.cast(self.out(self.hidden(h))[:, 0], tf.float32)
+
+    def get_config(self):
+        return dict(super().get_config(), group_shapes=[list(s) for s in self.group_shapes], width=self.width,
+                    depth=self.depth)
+
+
+def sir_draws(network, num_samples, dim, seed, temperature=1.0, proposals=PROPOSALS, chunk=PROPOSAL_CHUNK):
+    """[num_samples, dim] draws from N(0, T² I)·r / Z by SIR over `proposals` proposals each, stateless in
+    `seed` ([2] int64). The proposals of `chunk` samples are scored at a time, so memory does not grow with
+    `num_samples`."""
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 2)
+    count = tf.cast(num_samples, tf.int32)
+    padded = (count + chunk - 1) // chunk * chunk
+
+    def one_chunk(start):
+        chunk_seed = tf.random.experimental.stateless_fold_in(seeds[0], tf.cast(start, tf.int64))
+        proposal = temperature * tf.random.stateless_normal([chunk * proposals, dim], seed=chunk_seed)
+        log_ratios = tf.reshape(network(proposal), [chunk, proposals])  # (chunk·M,) -> (chunk, M)
+        choice_seed = tf.random.experimental.stateless_fold_in(seeds[1], tf.cast(start, tf.int64))
+        index = resample(log_ratios, tf.cast(choice_seed, tf.int32))
+        return tf.gather(tf.reshape(proposal, [chunk, proposals, dim]), index, batch_dims=1)  # (chunk, dim)
+
+    draws = tf.map_fn(one_chunk, tf.range(0, padded, chunk), fn_output_signature=tf.TensorSpec([chunk, dim]))
+    return tf.reshape(draws, [-1, dim])[:count]
+
+
+# ------------------------------------------------------------------ fitting
+def fit_ratio(network, positives, held_out, epochs, batch_size, learning_rate, seed, log=None):
+    """Trains `network` to tell `positives` [N, T] (draws of the aggregate posterior) from fresh N(0, I)
+    draws, one of each per pair in a batch (Adam), and keeps the weights of the epoch whose
+    `contrastive_loss` on `held_out` [M, T] codes against as many fixed N(0, I) draws is least.
+
+    Returns:
+        {"loss": the training loss per epoch, "val_loss": the held-out loss per epoch, "best_epoch": the
+        epoch kept (1-based)}.
+    """
+    rng = np.random.default_rng(seed)
+    dim = positives.shape[1]
+    held_out_noise = rng.standard_normal(held_out.shape).astype(np.float32)
+    optimizer = keras.optimizers.Adam(learning_rate)
+
+    @tf.function
+    def train_step(positive, negative):
+        with tf.GradientTape() as tape:
+            loss = contrastive_loss(network(positive), network(negative))
+        gradients = tape.gradient(loss, network.trainable_variables)
+        optimizer.apply_gradients(zip(gradients, network.trainable_variables))
+        return loss
+
+    def held_out_loss():
+        logits = [np.concatenate([network(codes[s: s + 1000]).numpy() for s in range(0, len(codes), 1000)])
+                  for codes in (held_out, held_out_noise)]
+        return float(contrastive_loss(logits[0], logits[1]))
+
+    history, best, best_weights = {"loss": [], "val_loss": []}, math.inf, None
+    steps = max(1, len(positives) // batch_size)
+    for epoch in range(epochs):
+        order = rng.permutation(len(positives))
+        total = 0.0
+        for s in range(steps):
+            rows = order[s * batch_size: (s + 1) * batch_size]
+            noise = rng.standard_normal((len(rows), dim)).astype(np.float32)
+            total += float(train_step(tf.constant(positives[rows], tf.float32), tf.constant(noise)))
+        history["loss"].append(total / steps)
+        history["val_loss"].append(held_out_loss())
+        if history["val_loss"][-1] < best:
+            best, best_weights, history["best_epoch"] = history["val_loss"][-1], network.get_weights(), epoch + 1
+        if log:
+            log(f"epoch {epoch + 1}: loss {history['loss'][-1]:.4f}, held-out {history['val_loss'][-1]:.4f}")
+    network.set_weights(best_weights)
+    return history
+
+
+def estimate_log_normalizer(network, dim, seed, draws=NORMALIZER_DRAWS, batch_size=5000):
+    """log Z = log E_N(0, I)[r(ε)] from `draws` N(0, I) codes of `dim` dimensions."""
+    rng = np.random.default_rng(seed)
+    log_ratios = np.concatenate([network(rng.standard_normal((batch_size, dim)).astype(np.float32)).numpy()
+                                 for _ in range(-(-draws // batch_size))])
+    return float(log_normalizer(log_ratios))

@@ -1,0 +1,218 @@
+"""The contrastive prior (keras_vae.contrastive_prior): SIR against an exponentially tilted normal, the
+classifier's log-ratio against a closed form, the NVAE's plumbing (samples, likelihoods, save and load), and
+`keras-vae fit-prior --method contrastive` end to end, down to a TF1-session export."""
+
+import json
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import config_for, invoke, untrained_vae_run
+from keras_vae import contrastive_prior
+from keras_vae.errors import UserError
+from keras_vae.models import build_model
+
+
+def tilt(direction):
+    """log r(ε) = a·ε: N(0, T² I)·r / Z is N(T² a, T² I), and log Z over N(0, I) is |a|²/2."""
+    direction = tf.constant(direction, tf.float32)
+    return lambda code: tf.linalg.matvec(code, direction)
+
+
+# ------------------------------------------------------------------ the pure functions
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_sir_draws_from_a_tilted_normal_are_the_shifted_normal(temperature):
+    a = np.array([1.0, -0.5, 0.0], np.float32)
+    draws = contrastive_prior.sir_draws(tilt(a), 2003, 3, tf.constant([4, 2], tf.int64), temperature).numpy()
+    assert draws.shape == (2003, 3)  # not a multiple of the chunk: the padding is cut
+    stderr = temperature / math.sqrt(len(draws))
+    np.testing.assert_allclose(draws.mean(0), temperature**2 * a, atol=5 * stderr)
+    np.testing.assert_allclose(draws.std(0), temperature, rtol=0.08)
+    again = contrastive_prior.sir_draws(tilt(a), 2003, 3, tf.constant([4, 2], tf.int64), temperature).numpy()
+    np.testing.assert_array_equal(draws, again)  # stateless in the seed
+    other = contrastive_prior.sir_draws(tilt(a), 2003, 3, tf.constant([4, 3], tf.int64), temperature).numpy()
+    assert np.abs(other - draws).max() > 0.1
+
+
+def test_the_log_normalizer_and_the_effective_sample_size_match_their_closed_forms():
+    a = np.array([1.0, -0.5, 0.0])
+    log_z = contrastive_prior.estimate_log_normalizer(tilt(a), 3, seed=0)
+    assert log_z == pytest.approx(0.5 * a @ a, abs=0.02)  # E[exp(a·ε)] = exp(|a|²/2)
+    assert float(contrastive_prior.log_normalizer(tf.fill([10], 2.0))) == pytest.approx(2.0)
+    ess = contrastive_prior.effective_sample_size(tf.constant([[0.0] * 8, [0.0, -50.0, -50.0, -50.0] * 2]))
+    np.testing.assert_allclose(ess, [8.0, 2.0], rtol=1e-6)
+
+
+def test_the_contrastive_loss_is_least_at_the_log_ratio():
+    """For q = N(μ, 1) against N(0, 1) the loss at D = log q/p is 2 log 2 − 2 JS; any other D does worse."""
+    rng = np.random.default_rng(0)
+    mu = 1.0
+    positives, negatives = rng.normal(mu, 1, 200000), rng.normal(0, 1, 200000)
+    log_ratio = (lambda e: mu * e - mu**2 / 2)
+    best = float(contrastive_prior.contrastive_loss(log_ratio(positives), log_ratio(negatives)))
+    for wrong in (lambda e: 0.5 * log_ratio(e), lambda e: log_ratio(e) + 0.5, lambda e: 0 * e):
+        assert float(contrastive_prior.contrastive_loss(wrong(positives), wrong(negatives))) > best + 1e-3
+    assert best < 2 * math.log(2)
+
+
+def test_the_ratio_network_upsamples_each_group_to_the_finest_and_stacks_them():
+    network = contrastive_prior.RatioNetwork([(1, 1, 2), (2, 2, 1)])
+    code = tf.constant([[10.0, 20.0, 1.0, 2.0, 3.0, 4.0]])
+    maps = network.maps(code).numpy()[0]  # [2, 2, 3]
+    np.testing.assert_array_equal(maps[..., 0], np.full((2, 2), 10.0))
+    np.testing.assert_array_equal(maps[..., 1], np.full((2, 2), 20.0))
+    np.testing.assert_array_equal(maps[..., 2], [[1.0, 2.0], [3.0, 4.0]])
+    assert network(code).shape == (1,)
+    with pytest.raises(ValueError, match="Received: group_shapes"):
+        contrastive_prior.RatioNetwork([])
+
+
+def test_the_classifier_learns_the_log_ratio_of_a_shifted_normal():
+    """Trained on draws of q = N(μ, I) against N(0, I), the logit approaches log q/p = μ·ε − |μ|²/2; the
+    held-out codes' mean log r − log Z approaches KL(q ‖ p) = |μ|²/2, and log Z approaches 0."""
+    rng = np.random.default_rng(1)
+    mu = np.array([0.8, 0.0, 0.0, -0.8], np.float32)
+    positives = (mu + rng.standard_normal((20000, 4))).astype(np.float32)
+    held_out = (mu + rng.standard_normal((2000, 4))).astype(np.float32)
+    network = contrastive_prior.RatioNetwork([(2, 2, 1)], width=32, depth=1)
+    keras.utils.set_random_seed(0)
+    history = contrastive_prior.fit_ratio(network, positives, held_out, epochs=4, batch_size=256,
+                                          learning_rate=3e-3, seed=0)
+    assert len(history["val_loss"]) == 4 and history["val_loss"][history["best_epoch"] - 1] == min(history["val_loss"])
+    points = rng.standard_normal((4000, 4)).astype(np.float32) + rng.integers(0, 2, (4000, 1)) * mu
+    learned, exact = network(points).numpy(), points @ mu - mu @ mu / 2
+    assert np.corrcoef(learned, exact)[0, 1] > 0.97
+    assert np.mean(np.abs(learned - exact)) < 0.15
+    log_z = contrastive_prior.estimate_log_normalizer(network, 4, seed=2, draws=100000)
+    assert abs(log_z) < 0.1
+    assert float(np.mean(network(held_out).numpy())) - log_z == pytest.approx(mu @ mu / 2, abs=0.1)
+
+
+# ------------------------------------------------------------------ the NVAE's plumbing
+@pytest.fixture(scope="module")
+def nvae_pair():
+    config = config_for("nvae", kl_warmup_steps=0, channels=16, latent_channels=4, seed=3)
+    model = build_model(config, (28, 28, 1))
+    contrast = model.with_contrastive_prior(2)
+    return model, contrast
+
+
+def constant_ratio(model, value, log_z):
+    """Sets the classifier's output to `value` everywhere and log Z to `log_z`."""
+    out = model.contrast.out
+    out.kernel.assign(tf.zeros_like(out.kernel))
+    out.bias.assign(tf.fill(out.bias.shape, value))
+    model.contrast_log_normalizer.assign(log_z)
+
+
+def test_the_contrastive_copy_keeps_every_weight_and_adds_only_the_classifier(nvae_pair):
+    model, contrast = nvae_pair
+    own = {id(v) for v in [*contrast.contrast.weights, contrast.contrast_log_normalizer]}
+    kept = [v for v in contrast.weights if id(v) not in own]
+    assert len(kept) == len(model.weights) and len(own) == len(contrast.contrast.weights) + 1
+    for old, new in zip(model.weights, kept):
+        np.testing.assert_array_equal(old.numpy(), new.numpy())
+    assert len(contrast.power_vectors) == len(model.power_vectors)  # the spectral penalty skips the classifier
+    assert contrast.top_dim == 2 * 4 * 4 * 4 and model.default_contrastive_groups() == 2
+    with pytest.raises(UserError, match="1 to 4 top groups .* Received: contrastive_groups=5"):
+        model.with_contrastive_prior(5)
+
+
+def test_the_likelihoods_add_the_log_ratio_at_the_posteriors_draw(nvae_pair):
+    model, contrast = nvae_pair
+    x = tf.constant(np.random.default_rng(0).uniform(size=(3, 28, 28, 1)).astype(np.float32))
+    seed = tf.constant([7, 1])
+    base, _ = model.importance_log_weights(x, 1, seed)
+    # A random classifier, its output spread out, and log Z: the K = 1 weight gains log r − log Z at the
+    # draw that `whitened_posterior_sample` makes with the same seed.
+    contrast.contrast.out.kernel.assign(50 * tf.random.stateless_normal(contrast.contrast.out.kernel.shape, [1, 2]))
+    contrast.contrast_log_normalizer.assign(0.7)
+    with_ratio, _ = contrast.importance_log_weights(x, 1, seed)
+    draws = contrast.whitened_posterior_sample(x, seed)[:, :contrast.top_dim]
+    expected = contrast.contrast(draws).numpy() - 0.7
+    assert np.std(expected) > 0.5  # the check can tell the images' draws apart
+    np.testing.assert_allclose((with_ratio - base).numpy()[0], expected, atol=2e-3)
+    # A constant ratio c: the ELBO's KL is Σ_l KL_l − (c − log Z) exactly.
+    constant_ratio(contrast, 2.5, 0.5)
+    terms = contrast.compute_terms(x)
+    np.testing.assert_allclose(terms["kl"], tf.reduce_sum(terms["kl_groups"], -1) - 2.0, rtol=1e-5)
+    np.testing.assert_allclose(terms["elbo"], -(terms["reconstruction_loss"] + terms["kl"]), rtol=1e-6)
+
+
+def test_samples_draw_the_top_groups_by_sir_and_the_rest_as_before(nvae_pair, tmp_path):
+    model, contrast = nvae_pair
+    constant_ratio(contrast, 0.0, 0.0)
+    seed = tf.constant([5, 0], tf.int64)
+    base, codes = model.sample_codes(40, seed).numpy(), contrast.sample_codes(40, seed).numpy()
+    top = contrast.top_dim
+    np.testing.assert_array_equal(codes[:, top:], base[:, top:])  # the groups below: the same draws
+    assert np.abs(codes[:, :top] - base[:, :top]).min() > 0  # the top: SIR's proposals, not the base draw
+    assert abs(codes[:, :top].mean()) < 0.05 and codes[:, :top].std() == pytest.approx(1.0, abs=0.05)
+    np.testing.assert_array_equal(contrast.sample_codes(40, seed).numpy(), codes)
+    path = tmp_path / "contrast.keras"
+    contrast.save(str(path))
+    loaded = keras.saving.load_model(str(path))
+    assert loaded.contrastive_groups == 2
+    np.testing.assert_array_equal(loaded.sample_codes(40, seed).numpy(), contrast.sample_codes(40, seed).numpy())
+
+
+# ------------------------------------------------------------------ fit-prior, end to end
+@pytest.fixture(scope="module")
+def nvae_run(tiny_run):
+    root, _ = tiny_run("nvae-contrast", "--model", "nvae", "--channels", 16, "--latent-channels", 4,
+                       "--kl-warmup-steps", 0)
+    result = invoke("fit-prior", root / "run", "--method", "contrastive", "--epochs", 3, "--batch-size", 32)
+    assert result.exit_code == 0, result.output
+    return root, result.output
+
+
+def test_fit_prior_gives_an_nvae_a_contrastive_prior_that_sampling_and_exports_use(nvae_run):
+    from keras_vae import runs
+    from test_export import run_in_session
+
+    root, output = nvae_run
+    assert "The top 2 groups' prior (128 dimensions) is reweighted" in output
+    assert "exports/nvae-contrast/2" in output
+    record = json.loads((root / "run" / runs.CONTRASTIVE_PRIOR_FILE).read_text())
+    assert record["groups"] == 2 and record["dimensions"] == 128 and len(record["history"]["val_loss"]) == 3
+    assert 1 <= record["effective_sample_size"] <= contrastive_prior.PROPOSALS
+    _, model = runs.load_run(str(root / "run"))
+    assert model.contrastive_groups == 2
+    assert float(model.contrast_log_normalizer) == pytest.approx(record["log_normalizer"], abs=1e-5)
+    from keras_vae.evaluate import fixed_noise_elbo
+    from keras_vae.data.splits import load_split
+
+    test = load_split(runs.load_run(str(root / "run"))[0], "test")
+    assert fixed_noise_elbo(model, test) == pytest.approx(record["test_elbo_after"], abs=1e-3)
+    x_mean, _ = model.sample(5, seed=11)
+    served = run_in_session(str(root / "exports" / "nvae-contrast" / "2"), lambda name: {
+        "sample": {"num_samples": np.int32(5), "seed": np.int32(11), "temperature": np.float32(1.0)},
+        "decode": {"z": np.zeros((2, model.code_dim), np.float32)}}.get(name, {"x": test.x[:3]}))
+    np.testing.assert_allclose(served["sample"]["x_mean"], np.asarray(x_mean), atol=1e-4)
+    result = invoke("sample", root / "run", "--out", root / "s.png", "--num", 4)
+    assert result.exit_code == 0 and (root / "s.png").exists(), result.output
+
+
+def test_training_further_after_a_contrastive_prior_is_refused(nvae_run):
+    root, _ = nvae_run
+    result = invoke("fit", "--dataset", root / "tiny.npz", "--epochs", 3, "--batch-size", 32, "--run-dir",
+                    root / "run", "--model", "nvae", "--channels", 16, "--latent-channels", 4, "--kl-warmup-steps", 0,
+                    "--no-export")
+    assert result.exit_code == 2 and "was given a contrastive prior" in result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["RUN", "--method", "contrastive", "--top-groups", 5], "--top-groups must name 1 to 4 top groups"),
+    (["RUN", "--top-groups", 1], "--top-groups chooses the groups of a contrastive prior"),
+    (["VAE_RUN", "--method", "contrastive"], "reweights the top groups of an nvae run's prior"),
+])
+def test_contrastive_mistakes_get_a_message_and_status_2(nvae_run, tmp_path, args, message):
+    root, _ = nvae_run
+    if "VAE_RUN" in args:
+        untrained_vae_run(tmp_path / "vae", root / "tiny.npz")
+    names = {"RUN": root / "run", "VAE_RUN": tmp_path / "vae"}
+    result = invoke("fit-prior", *[names.get(a, a) for a in args])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output

@@ -29,28 +29,13 @@ from keras_vae.evaluate import fixed_noise_elbo
 from keras_vae.export import export_saved_model, save_keras_model
 from keras_vae.files import write_json
 from keras_vae.models import get_model_class
+from keras_vae.models.base import rebuilt
 from keras_vae.models.vq import keyed
 
 HELD_OUT_CODES = 0.1  # of the aggregate-posterior draws, judging when the mixture refit stops
 MAX_AGGREGATE_COMPONENTS = 20000  # training posteriors in an aggregate refit (its prior's size), at most
 CONTRASTIVE_DRAWS = 2  # exact posterior draws per training image that the contrastive prior's classifier reads
 SIR_CHECK_SAMPLES = 100  # samples whose proposals' effective sample size a contrastive fit reports
-
-
-def rebuilt(model, own_weights, **changes):
-    """A copy of `model` rebuilt from its config with `changes`, every weight but those that `own_weights(m)`
-    lists for a model m (the part the change replaces) set to the model's own."""
-    with model.distribute_strategy.scope():
-        copy = model.__class__.from_config(dict(model.get_config(), **changes))
-    skip = (lambda m: {id(v) for v in own_weights(m)})
-    source = [v for v in model.weights if id(v) not in skip(model)]
-    target = [v for v in copy.weights if id(v) not in skip(copy)]
-    if [tuple(v.shape) for v in source] != [tuple(v.shape) for v in target]:
-        raise RuntimeError(f"Rebuilding the {model.name} model with {changes} changed more than the weights it "
-                           "replaces.")
-    for old, new in zip(source, target):
-        new.assign(old)
-    return copy
 
 
 def with_mixture_components(model, components):

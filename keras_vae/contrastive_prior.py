@@ -31,6 +31,7 @@ PROPOSALS = 1000  # SIR proposals per sample
 PROPOSAL_CHUNK = 16  # samples whose proposals are scored at once (16 × 1000 codes)
 WIDTH, DEPTH = 64, 3  # the classifier's channels and 3×3 convolutions
 NORMALIZER_DRAWS = 200_000  # N(0, I) draws in the estimate of log Z
+PATIENCE = 5  # epochs without a better held-out loss after which the classifier's training stops
 
 
 # ------------------------------------------------------------------ pure functions
@@ -134,7 +135,8 @@ def sir_draws(network, num_samples, dim, seed, temperature=1.0, proposals=PROPOS
 def fit_ratio(network, positives, held_out, epochs, batch_size, learning_rate, seed, log=None):
     """Trains `network` to tell `positives` [N, T] (draws of the aggregate posterior) from fresh N(0, I)
     draws, one of each per pair in a batch (Adam), and keeps the weights of the epoch whose
-    `contrastive_loss` on `held_out` [M, T] codes against as many fixed N(0, I) draws is least.
+    `contrastive_loss` on `held_out` [M, T] codes against as many fixed N(0, I) draws is least; stops
+    after `epochs`, or once PATIENCE epochs in a row have not lowered that loss (the classifier overfits).
 
     Returns:
         {"loss": the training loss per epoch, "val_loss": the held-out loss per epoch, "best_epoch": the
@@ -173,6 +175,8 @@ def fit_ratio(network, positives, held_out, epochs, batch_size, learning_rate, s
             best, best_weights, history["best_epoch"] = history["val_loss"][-1], network.get_weights(), epoch + 1
         if log:
             log(f"epoch {epoch + 1}: loss {history['loss'][-1]:.4f}, held-out {history['val_loss'][-1]:.4f}")
+        if epoch + 1 - history["best_epoch"] >= PATIENCE:
+            break
     network.set_weights(best_weights)
     return history
 

@@ -91,6 +91,18 @@ def test_the_classifier_learns_the_log_ratio_of_a_shifted_normal():
     assert float(np.mean(network(held_out).numpy())) - log_z == pytest.approx(mu @ mu / 2, abs=0.1)
 
 
+def test_the_classifiers_training_stops_once_the_held_out_loss_stops_falling():
+    """With a zero learning rate the held-out loss never falls after the first epoch: training stops
+    PATIENCE epochs later, keeping the first epoch's weights."""
+    rng = np.random.default_rng(2)
+    codes = rng.standard_normal((512, 4)).astype(np.float32)
+    network = contrastive_prior.RatioNetwork([(2, 2, 1)], width=8, depth=1)
+    history = contrastive_prior.fit_ratio(network, codes, codes[:64], epochs=50, batch_size=128, learning_rate=0.0,
+                                          seed=0)
+    assert history["best_epoch"] == 1 and len(history["val_loss"]) == 1 + contrastive_prior.PATIENCE
+    assert len(set(history["val_loss"])) == 1
+
+
 # ------------------------------------------------------------------ the NVAE's plumbing
 @pytest.fixture(scope="module")
 def nvae_pair():

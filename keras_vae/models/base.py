@@ -65,6 +65,22 @@ def elbo_terms(reconstruction_loss, kl, kl_per_dim=None, **extra):
             "kl_per_dim": kl_per_dim, **extra}
 
 
+def rebuilt(model, own_weights, **changes):
+    """A copy of `model` rebuilt from its config with `changes`, every weight but those that `own_weights(m)`
+    lists for a model m (the part the change replaces) set to the model's own."""
+    with model.distribute_strategy.scope():
+        copy = model.__class__.from_config(dict(model.get_config(), **changes))
+    skip = (lambda m: {id(v) for v in own_weights(m)})
+    source = [v for v in model.weights if id(v) not in skip(model)]
+    target = [v for v in copy.weights if id(v) not in skip(copy)]
+    if [tuple(v.shape) for v in source] != [tuple(v.shape) for v in target]:
+        raise RuntimeError(f"Rebuilding the {model.name} model with {changes} changed more than the weights it "
+                           "replaces.")
+    for old, new in zip(source, target):
+        new.assign(old)
+    return copy
+
+
 @keras.saving.register_keras_serializable(package="keras_vae")
 class Autoencoder(keras.Model):
     """The shared base: networks, likelihood, training loop, code helpers, signatures.

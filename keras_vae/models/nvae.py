@@ -63,7 +63,7 @@ from keras_vae.errors import UserError
 from keras_vae.hparams import Hyperparameter as H
 from keras_vae.models import register_model
 from keras_vae.distributions import diagonal_normal, split_seeds
-from keras_vae.models.base import elbo_terms
+from keras_vae.models.base import elbo_terms, rebuilt
 from keras_vae.models.vae import VAE
 from keras_vae.networks import convolution
 
@@ -448,7 +448,7 @@ class NVAE(VAE):
         """The convolution layers the spectral penalty covers, in a fixed order (found, not stored: a stored
         list of layers or kernels would be tracked, and saved, twice); not the contrastive prior's classifier,
         which is trained apart, after the model."""
-        classifier = set() if self.contrastive_groups is None else {id(l) for l in self.contrast._flatten_layers()}
+        classifier = set() if self.contrastive_groups is None else {id(inner) for inner in self.contrast._flatten_layers()}
         return [layer for layer in self._flatten_layers()
                 if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)) and id(layer) not in classifier]
 
@@ -471,8 +471,6 @@ class NVAE(VAE):
     def with_contrastive_prior(self, groups):
         """A copy of this model whose top `groups` groups have a contrastive prior, its classifier untrained
         (r = 1) and every other weight this model's."""
-        from keras_vae.code_prior import rebuilt
-
         def own(model):
             return [] if model.contrastive_groups is None else [*model.contrast.weights, model.contrast_log_normalizer]
         return rebuilt(self, own, contrastive_groups=int(groups))

@@ -92,17 +92,17 @@ def fit_prior(run_dir, epochs=20, batch_size=128, learning_rate=1e-3, export=Tru
         example on the test split, all levels), `uniform_nats` (Σ h·w·log K), `export_path` and `replicas`
         (the replicas the priors were trained on).
     """
-    for name, value in (("epochs", epochs), ("batch_size", batch_size), ("learning_rate", learning_rate)):
-        RUN_HYPERPARAMETERS[name].check(value)
     if method not in PRIOR_FIT_METHODS:
         raise UserError(f"fit-prior's --method must be one of {', '.join(PRIOR_FIT_METHODS)}. Received: {method!r}.")
-    config = runs.finished_run_config(run_dir)
     if method == "contrastive":
         return fit_contrastive_prior(run_dir, top_groups, epochs, batch_size, learning_rate, export, export_dir,
                                      log=None if verbose == 0 else functools.partial(print, flush=True))
     if top_groups is not None:
         raise UserError(f"--top-groups chooses the groups of a contrastive prior (--method contrastive); "
                         f"--method {method} does not read it.")
+    for name, value in (("epochs", epochs), ("batch_size", batch_size), ("learning_rate", learning_rate)):
+        RUN_HYPERPARAMETERS[name].check(value)
+    config = runs.finished_run_config(run_dir)
     prior = config.to_dict().get("prior")  # the continuous models' p(z); absent for the others
     if prior == "mog":
         return refit_mixture(run_dir, max_iterations=epochs, export=export, export_dir=export_dir, method=method)
@@ -242,19 +242,20 @@ def fit_contrastive_prior(run_dir, top_groups=None, epochs=20, batch_size=128, l
                           export_dir=None, log=None):
     """Gives a finished nvae run a contrastive prior over its top `top_groups` groups (default: every scale's
     but the finest, `NVAE.default_contrastive_groups`): the classifier (`contrastive_prior.RatioNetwork`)
-    learns, by `contrastive_prior.fit_ratio`, to tell CONTRASTIVE_DRAWS exact posterior draws of each
-    training image's top groups (whitened) from N(0, I) draws, the test split's draws choosing the epoch
-    kept; log Z is then estimated over N(0, I) draws. model.keras is rewritten (atomically) with it, so
+    learns, by `contrastive_prior.fit_ratio`, to tell CONTRASTIVE_DRAWS exact posterior draws of the top
+    groups (whitened) of each training image from N(0, I) draws; one draw of each of a held-out
+    HELD_OUT_CODES of the training images chooses the epoch kept. log Z is then estimated over N(0, I) draws.
+    The test split is read only for the figures returned. model.keras is rewritten (atomically) with it, so
     that `sample` draws through it and `evaluate`, `score` and exports use it, and a new version is exported
     when `export`. A second fit replaces the first one's classifier. Training the run further is then
     refused (its checkpoints predate the prior).
 
     Returns:
         dict with `groups`, `dimensions` (of the reweighted code), `history` (`fit_ratio`'s, nats),
-        `log_normalizer` (log Z), `held_out_gain` (the test draws' mean log r − log Z: nats per code by which
-        the new prior beats N(0, I) on codes it was not fitted to), `effective_sample_size` (SIR's, mean over
-        SIR_CHECK_SAMPLES samples, of `contrastive_prior.PROPOSALS`), `test_elbo_before` and
-        `test_elbo_after` (`fixed_noise_elbo` of the test split under N(0, I) and under the new prior),
+        `log_normalizer` (log Z), `held_out_gain` (the test images' draws' mean log r − log Z: nats per code
+        by which the new prior beats N(0, I) on codes of images it never read), `effective_sample_size`
+        (SIR's, mean over SIR_CHECK_SAMPLES samples, of `contrastive_prior.PROPOSALS`), `test_elbo_before`
+        and `test_elbo_after` (`fixed_noise_elbo` of the test split under N(0, I) and under the new prior),
         `codes` (training draws read), `export_path` and `replicas` (1: the fit runs on the host).
     """
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("learning_rate", learning_rate)):
@@ -263,30 +264,30 @@ def fit_contrastive_prior(run_dir, top_groups=None, epochs=20, batch_size=128, l
     if not hasattr(model, "with_contrastive_prior"):
         raise UserError(f"--method contrastive reweights the top groups of an nvae run's prior; {run_dir} holds a "
                         f"{config.model} model.")
-    groups = model.default_contrastive_groups() if top_groups is None else top_groups
-    if not (isinstance(groups, int) and 1 <= groups <= model.plan.num_groups):
-        raise UserError(f"--top-groups must name 1 to {model.plan.num_groups} top groups of this "
-                        f"{model.plan.num_groups}-group run. Received: top_groups={groups!r}.")
+    base = model
+    model = base.with_contrastive_prior(base.default_contrastive_groups() if top_groups is None else top_groups)
     dataset = dataset_of(config)
     train, test = (load_split(config, split, dataset) for split in ("train", "test"))
-    before = fixed_noise_elbo(model, test)
-    keras.utils.set_random_seed(config.seed)  # the classifier's initial weights
-    model = model.with_contrastive_prior(groups)
+    shuffle, fitting, normalizer, proposals = np.random.SeedSequence(config.seed).spawn(4)
     dim = model.top_dim
-    positives = np.concatenate([whitened_posterior_draws(model, train, config.seed + 1 + d)[:, :dim]
-                                for d in range(CONTRASTIVE_DRAWS)])
-    held_out = whitened_posterior_draws(model, test, config.seed)[:, :dim]
-    history = contrastive_prior.fit_ratio(model.contrast, positives, held_out, epochs, batch_size, learning_rate,
-                                          config.seed, log)
-    log_z = contrastive_prior.estimate_log_normalizer(model.contrast, dim, config.seed)
+    draws = [whitened_posterior_draws(model, train, config.seed + 1 + d)[:, :dim] for d in range(CONTRASTIVE_DRAWS)]
+    order = np.random.default_rng(shuffle).permutation(len(train.x))
+    held = max(1, int(HELD_OUT_CODES * len(order)))
+    if len(order) - held < 1:
+        raise UserError(f"A contrastive prior needs at least 2 training examples (one to hold out). Received: "
+                        f"{len(order)}.")
+    positives = np.concatenate([d[order[held:]] for d in draws])
+    history = contrastive_prior.fit_ratio(model.contrast, positives, draws[0][order[:held]], epochs, batch_size,
+                                          learning_rate, fitting, log)
+    log_z = contrastive_prior.estimate_log_normalizer(model.contrast, dim, normalizer)
     model.contrast_log_normalizer.assign(log_z)
-    proposals = np.random.default_rng(config.seed).standard_normal(
-        (SIR_CHECK_SAMPLES * contrastive_prior.PROPOSALS, dim)).astype(np.float32)
-    log_ratios = np.concatenate([model.contrast(proposals[s: s + 10000]).numpy() for s in range(0, len(proposals), 10000)])
-    ess = contrastive_prior.effective_sample_size(log_ratios.reshape(SIR_CHECK_SAMPLES, -1))
-    record = {"groups": groups, "dimensions": dim, "history": history, "log_normalizer": log_z,
-              "held_out_gain": float(np.mean(model.contrast(held_out).numpy()) - log_z),
-              "effective_sample_size": float(np.mean(ess)), "test_elbo_before": before,
+    ess = contrastive_prior.effective_sample_size(contrastive_prior.noise_log_ratios(
+        model.contrast, SIR_CHECK_SAMPLES * contrastive_prior.PROPOSALS, dim, np.random.default_rng(proposals))
+        .reshape(SIR_CHECK_SAMPLES, -1))
+    test_draws = whitened_posterior_draws(model, test, config.seed)[:, :dim]
+    record = {"groups": model.contrastive_groups, "dimensions": dim, "history": history, "log_normalizer": log_z,
+              "held_out_gain": float(np.mean(contrastive_prior.log_ratios_of(model.contrast, test_draws)) - log_z),
+              "effective_sample_size": float(np.mean(ess)), "test_elbo_before": fixed_noise_elbo(base, test),
               "test_elbo_after": fixed_noise_elbo(model, test), "codes": len(positives)}
     export_path = keep_prior(model, config, run_dir, runs.CONTRASTIVE_PRIOR_FILE, record, export, export_dir)
     return dict(record, export_path=export_path, replicas=1)

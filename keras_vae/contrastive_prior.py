@@ -11,7 +11,9 @@ the classifier's logit is the log density ratio, log r(ε) = log q(ε) / N(ε; 0
 
 is N(0, I) where the classifier cannot tell them apart and q(ε) where it can. It is sampled by
 sampling-importance-resampling (SIR): M proposals from N(0, T² I), one of them chosen with probabilities
-∝ r; and scored exactly up to Z, which a Monte-Carlo average over N(0, I) draws estimates once.
+∝ r, which is exact only as M grows (with few effective proposals the draws lie between N(0, T² I) and
+the reweighted prior); and scored exactly up to Z, which a Monte-Carlo average over N(0, I) draws
+estimates once.
 
 References:
     Aneja, Schwing, Kautz & Vahdat (2021). A Contrastive Learning Approach for Training Variational
@@ -27,10 +29,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_vae.errors import UserError
+
 PROPOSALS = 1000  # SIR proposals per sample
 PROPOSAL_CHUNK = 16  # samples whose proposals are scored at once (16 × 1000 codes)
 WIDTH, DEPTH = 64, 3  # the classifier's channels and 3×3 convolutions
 NORMALIZER_DRAWS = 200_000  # N(0, I) draws in the estimate of log Z
+SCORING_BATCH = 10_000  # codes the classifier reads at a time outside SIR
 PATIENCE = 5  # epochs without a better held-out loss after which the classifier's training stops
 
 
@@ -49,7 +54,7 @@ def log_normalizer(log_ratios):
 
 def resample(log_ratios, seed):
     """SIR's choice: per row of `log_ratios` [N, M], the index [N] of one proposal drawn with probability
-    ∝ r (stateless in `seed`)."""
+    ∝ r (stateless in `seed`, [2] integers)."""
     return tf.random.stateless_categorical(log_ratios, 1, seed, dtype=tf.int32)[:, 0]
 
 
@@ -70,6 +75,7 @@ class RatioNetwork(keras.layers.Layer):
         group_shapes: the groups' (h, w, c), top group first; T = Σ h·w·c.
         width: channels of the convolutions and units of the dense layer.
         depth: convolutions.
+        seed: seeds the initial weights (None: Keras's global generator).
 
     Call arguments:
         code: [B, T] float32.
@@ -78,16 +84,18 @@ class RatioNetwork(keras.layers.Layer):
         [B] float32 log-ratios.
     """
 
-    def __init__(self, group_shapes, width=WIDTH, depth=DEPTH, **kwargs):
+    def __init__(self, group_shapes, width=WIDTH, depth=DEPTH, seed=None, **kwargs):
         super().__init__(**kwargs)
         self.group_shapes = [tuple(int(d) for d in shape) for shape in group_shapes]
         if not self.group_shapes:
             raise ValueError("RatioNetwork needs at least one group. Received: group_shapes=[].")
-        self.width, self.depth = width, depth
+        self.width, self.depth, self.seed = width, depth, seed
         self.side = max(h for h, _, _ in self.group_shapes)
-        self.convs = [keras.layers.Conv2D(width, 3, padding="same", activation="swish") for _ in range(depth)]
-        self.hidden = keras.layers.Dense(width, activation="swish")
-        self.out = keras.layers.Dense(1)
+        initializer = (lambda i: keras.initializers.GlorotUniform(None if seed is None else seed + i))
+        self.convs = [keras.layers.Conv2D(width, 3, padding="same", activation="swish", kernel_initializer=initializer(i))
+                      for i in range(depth)]
+        self.hidden = keras.layers.Dense(width, activation="swish", kernel_initializer=initializer(depth))
+        self.out = keras.layers.Dense(1, kernel_initializer=initializer(depth + 1))
 
     def maps(self, code):
         """[B, T] -> [B, side, side, Σ c]: the groups' maps at the finest of their resolutions."""
@@ -108,13 +116,13 @@ class RatioNetwork(keras.layers.Layer):
 
     def get_config(self):
         return dict(super().get_config(), group_shapes=[list(s) for s in self.group_shapes], width=self.width,
-                    depth=self.depth)
+                    depth=self.depth, seed=self.seed)
 
 
 def sir_draws(network, num_samples, dim, seed, temperature=1.0, proposals=PROPOSALS, chunk=PROPOSAL_CHUNK):
     """[num_samples, dim] draws from N(0, T² I)·r / Z by SIR over `proposals` proposals each, stateless in
-    `seed` ([2] int64). The proposals of `chunk` samples are scored at a time, so memory does not grow with
-    `num_samples`."""
+    `seed` ([2] int64). The proposals of `chunk` samples are scored at a time, one chunk after the other, so
+    memory does not grow with `num_samples`."""
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 2)
     count = tf.cast(num_samples, tf.int32)
     padded = (count + chunk - 1) // chunk * chunk
@@ -124,14 +132,27 @@ def sir_draws(network, num_samples, dim, seed, temperature=1.0, proposals=PROPOS
         proposal = temperature * tf.random.stateless_normal([chunk * proposals, dim], seed=chunk_seed)
         log_ratios = tf.reshape(network(proposal), [chunk, proposals])  # (chunk·M,) -> (chunk, M)
         choice_seed = tf.random.experimental.stateless_fold_in(seeds[1], tf.cast(start, tf.int64))
-        index = resample(log_ratios, tf.cast(choice_seed, tf.int32))
+        index = resample(log_ratios, choice_seed)
         return tf.gather(tf.reshape(proposal, [chunk, proposals, dim]), index, batch_dims=1)  # (chunk, dim)
 
-    draws = tf.map_fn(one_chunk, tf.range(0, padded, chunk), fn_output_signature=tf.TensorSpec([chunk, dim]))
+    draws = tf.map_fn(one_chunk, tf.range(0, padded, chunk), fn_output_signature=tf.TensorSpec([chunk, dim]),
+                      parallel_iterations=1)
     return tf.reshape(draws, [-1, dim])[:count]
 
 
 # ------------------------------------------------------------------ fitting
+def log_ratios_of(network, codes, batch_size=SCORING_BATCH):
+    """The classifier's log-ratios [N] of `codes` [N, T] (a NumPy array), `batch_size` at a time."""
+    return np.concatenate([network(codes[s: s + batch_size]).numpy() for s in range(0, len(codes), batch_size)])
+
+
+def noise_log_ratios(network, num, dim, rng, batch_size=SCORING_BATCH):
+    """The log-ratios [num] of `num` N(0, I) codes of `dim` dimensions drawn from `rng`, made and read
+    `batch_size` at a time."""
+    return np.concatenate([log_ratios_of(network, rng.standard_normal((min(batch_size, num - s), dim))
+                                         .astype(np.float32)) for s in range(0, num, batch_size)])
+
+
 def fit_ratio(network, positives, held_out, epochs, batch_size, learning_rate, seed, log=None):
     """Trains `network` to tell `positives` [N, T] (draws of the aggregate posterior) from fresh N(0, I)
     draws, one of each per pair in a batch (Adam), and keeps the weights of the epoch whose
@@ -156,11 +177,9 @@ def fit_ratio(network, positives, held_out, epochs, batch_size, learning_rate, s
         return loss
 
     def held_out_loss():
-        logits = [np.concatenate([network(codes[s: s + 1000]).numpy() for s in range(0, len(codes), 1000)])
-                  for codes in (held_out, held_out_noise)]
-        return float(contrastive_loss(logits[0], logits[1]))
+        return float(contrastive_loss(log_ratios_of(network, held_out), log_ratios_of(network, held_out_noise)))
 
-    history, best, best_weights = {"loss": [], "val_loss": []}, math.inf, None
+    history, best, best_weights = {"loss": [], "val_loss": [], "best_epoch": 0}, math.inf, None
     steps = max(1, len(positives) // batch_size)
     for epoch in range(epochs):
         order = rng.permutation(len(positives))
@@ -177,13 +196,14 @@ def fit_ratio(network, positives, held_out, epochs, batch_size, learning_rate, s
             log(f"epoch {epoch + 1}: loss {history['loss'][-1]:.4f}, held-out {history['val_loss'][-1]:.4f}")
         if epoch + 1 - history["best_epoch"] >= PATIENCE:
             break
+    if best_weights is None:
+        raise UserError(f"The contrastive prior's classifier diverged: its held-out loss was never finite "
+                        f"({history['val_loss'][:3]} ...). Try a lower --learning-rate. Received: "
+                        f"learning_rate={learning_rate}.")
     network.set_weights(best_weights)
     return history
 
 
-def estimate_log_normalizer(network, dim, seed, draws=NORMALIZER_DRAWS, batch_size=5000):
+def estimate_log_normalizer(network, dim, seed, draws=NORMALIZER_DRAWS):
     """log Z = log E_N(0, I)[r(ε)] from `draws` N(0, I) codes of `dim` dimensions."""
-    rng = np.random.default_rng(seed)
-    log_ratios = np.concatenate([network(rng.standard_normal((batch_size, dim)).astype(np.float32)).numpy()
-                                 for _ in range(-(-draws // batch_size))])
-    return float(log_normalizer(log_ratios))
+    return float(log_normalizer(noise_log_ratios(network, draws, dim, np.random.default_rng(seed))))

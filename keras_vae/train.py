@@ -210,16 +210,14 @@ def resume_point(config, run_dir, force, log):
             f"{run_dir}'s code prior was fitted (keras-vae fit-prior) to the codes its model makes now: training "
             f"the model further to epoch {config.epochs} would leave that prior stale. Start a new run (another "
             "--run-dir), or --force to train this one over (its prior is then dropped and fit-prior runs again).")
-    if os.path.exists(os.path.join(run_dir, runs.MIXTURE_REFIT_FILE)):
-        raise UserError(
-            f"{run_dir}'s mixture prior was refitted (keras-vae fit-prior) after its last checkpoint: training it "
-            f"further to epoch {config.epochs} would resume from that checkpoint and lose the refit. Start a new "
-            "run (another --run-dir), or --force to train this one over (and refit its prior again).")
-    if os.path.exists(os.path.join(run_dir, runs.CONTRASTIVE_PRIOR_FILE)):
-        raise UserError(
-            f"{run_dir} was given a contrastive prior (keras-vae fit-prior --method contrastive) after its last "
-            f"checkpoint: training it further to epoch {config.epochs} would resume from that checkpoint, without "
-            "it. Start a new run (another --run-dir), or --force to train this one over (and fit the prior again).")
+    for record, what in ((runs.MIXTURE_REFIT_FILE, "mixture prior was refitted (keras-vae fit-prior)"),
+                         (runs.CONTRASTIVE_PRIOR_FILE, "prior was given a contrastive part (keras-vae fit-prior "
+                                                       "--method contrastive)")):
+        if os.path.exists(os.path.join(run_dir, record)):
+            raise UserError(
+                f"{run_dir}'s {what} after its last checkpoint: training it further to epoch {config.epochs} would "
+                "resume from that checkpoint and lose it. Start a new run (another --run-dir), or --force to train "
+                "this one over (and fit its prior again).")
     return state, False
 
 

@@ -3,12 +3,13 @@
     python scripts/contrastive_prior_benchmark.py RUN --scratch DIR [--top-groups K] [--epochs 20]
         [--iw-samples 1000] [--test-images 500] [--out FILE.json] [--grids DIR]
 
-Copies the finished nvae run RUN into DIR (RUN itself is left as it is), gives the copy a contrastive prior
+Copies the finished nvae run RUN into DIR (RUN's model is left as it is), gives the copy a contrastive prior
 (`keras_vae.code_prior.fit_contrastive_prior`, what `keras-vae fit-prior --method contrastive` runs; timed),
 and measures both models the way `scripts/nvae_benchmark.py` does: the test ELBO (whole test split, one
 sample), −log p(x) by importance sampling (K `--iw-samples`, the first `--test-images` test images, kept in
-each run as `nll_iw-K<K>.json`), and on sprites the judge's scores of 1,000 samples (seed 0, T = 1) with a
-grid of 64. Prints a Markdown table; `--out` keeps the figures.
+each run as `nll_iw-K<K>.json`, RUN included), and on sprites the judge's scores of 1,000 samples (seed 0, T = 1) with a
+grid of 64 (`--grids`: contrastive-RUN-base.png, contrastive-RUN-contrastive.png). Prints a Markdown
+table; `--out` keeps the figures.
 """
 
 import argparse
@@ -91,7 +92,7 @@ def main(argv=None):
     fitted = fit_contrastive_prior(copy, args.top_groups, args.epochs, export=False,
                                    log=functools.partial(print, flush=True))
     fit_seconds = time.time() - started
-    grid = (lambda kind: os.path.join(args.grids, f"{name}-{kind}.png") if args.grids else None)
+    grid = (lambda kind: os.path.join(args.grids, f"contrastive-{name}-{kind}.png") if args.grids else None)
     report = {"run": name, "machine": machine(), "fit_seconds": fit_seconds,
               "fit": {k: v for k, v in fitted.items() if k not in ("export_path", "replicas")},
               "base": measure(args.run, args.iw_samples, args.test_images, grid("base")),

@@ -424,7 +424,7 @@ def test_fit_prior_refits_a_trained_mixture_prior_to_the_aggregate_posterior(tmp
     # Its checkpoints predate the refit: training it further would silently drop it, so that is refused.
     result = invoke("fit", "--dataset", tmp_path / "sprites.npz", "--prior", "mog", "--prior-components", 20,
                     "--latent-dim", 4, "--epochs", 3, "--run-dir", run, "--no-export")
-    assert result.exit_code == 2 and "would resume from that checkpoint and lose the refit" in result.output
+    assert result.exit_code == 2 and "would resume from that checkpoint and lose it" in result.output
 
 
 def test_the_aggregate_posterior_mixture_widens_each_posterior_by_the_held_out_bandwidth():

@@ -415,11 +415,12 @@ class NVAE(VAE):
         super().__init__(image_shape, **kwargs)
         self.contrastive_groups = contrastive_groups
         if contrastive_groups is not None:
-            if not 1 <= contrastive_groups <= self.plan.num_groups:
-                raise UserError(f"The contrastive prior reweights 1 to {self.plan.num_groups} top groups of this "
-                                f"{self.plan.num_groups}-group model. Received: contrastive_groups={contrastive_groups}.")
+            if not (isinstance(contrastive_groups, int) and 1 <= contrastive_groups <= self.plan.num_groups):
+                raise UserError(f"--top-groups must name 1 to {self.plan.num_groups} top groups of this "
+                                f"{self.plan.num_groups}-group nvae for its contrastive prior. Received: "
+                                f"top_groups={contrastive_groups!r}.")
             self.contrast = contrastive_prior.RatioNetwork(
-                [self.plan.group_shape(g) for g in range(contrastive_groups)], name="contrastive_prior")
+                [self.plan.group_shape(g) for g in range(contrastive_groups)], seed=self.seed, name="contrastive_prior")
             self.contrast_log_normalizer = self.add_weight(shape=(), initializer="zeros", trainable=False,
                                                            name="contrast_log_normalizer")
         self.build_state()
@@ -448,7 +449,7 @@ class NVAE(VAE):
         """The convolution layers the spectral penalty covers, in a fixed order (found, not stored: a stored
         list of layers or kernels would be tracked, and saved, twice); not the contrastive prior's classifier,
         which is trained apart, after the model."""
-        classifier = set() if self.contrastive_groups is None else {id(inner) for inner in self.contrast._flatten_layers()}
+        classifier = set() if self.contrastive_groups is None else {id(c) for c in self.contrast.convs}
         return [layer for layer in self._flatten_layers()
                 if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)) and id(layer) not in classifier]
 
@@ -473,7 +474,7 @@ class NVAE(VAE):
         (r = 1) and every other weight this model's."""
         def own(model):
             return [] if model.contrastive_groups is None else [*model.contrast.weights, model.contrast_log_normalizer]
-        return rebuilt(self, own, contrastive_groups=int(groups))
+        return rebuilt(self, own, contrastive_groups=groups)
 
     def prior_log_ratio(self, trace):
         """log r(ε_top) − log Z [B] at the top groups' draws of a walk's `trace` ((prior, posterior, z) per

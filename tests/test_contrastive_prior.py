@@ -137,6 +137,14 @@ def test_the_contrastive_copy_keeps_every_weight_and_adds_only_the_classifier(nv
         model.with_contrastive_prior(5)
 
 
+def test_a_rebuild_that_changes_more_than_it_replaces_is_refused(nvae_pair):
+    from keras_vae.models.base import rebuilt
+
+    model, _ = nvae_pair
+    with pytest.raises(RuntimeError, match="changed more than the weights it replaces"):
+        rebuilt(model, lambda m: [], latent_channels=5)  # every group's head changes shape
+
+
 def test_a_second_contrastive_prior_starts_from_a_fresh_classifier(nvae_pair):
     model, contrast = nvae_pair
     trained = contrast.with_contrastive_prior(2)

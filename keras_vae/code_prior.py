@@ -255,7 +255,8 @@ def fit_contrastive_prior(run_dir, top_groups=None, epochs=20, batch_size=128, l
         `log_normalizer` (log Z), `held_out_gain` (the test images' draws' mean log r − log Z: nats per code
         by which the new prior beats N(0, I) on codes of images it never read), `effective_sample_size`
         (SIR's, mean over SIR_CHECK_SAMPLES samples, of `contrastive_prior.PROPOSALS`), `test_elbo_before`
-        and `test_elbo_after` (`fixed_noise_elbo` of the test split under N(0, I) and under the new prior),
+        and `test_elbo_after` (`fixed_noise_elbo` of the test split under the run's prior before the fit, N(0, I)
+        unless an earlier fit gave it a contrastive one, and under the new prior),
         `codes` (training draws read), `export_path` and `replicas` (1: the fit runs on the host).
     """
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("learning_rate", learning_rate)):

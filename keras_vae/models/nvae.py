@@ -354,6 +354,12 @@ def flat(maps):
     return tf.concat([tf.reshape(m, tf.concat([tf.shape(m)[:-3], [-1]], 0)) for m in maps], -1)
 
 
+def whitened(trace):
+    """The whitened code [B, Σ h·w·c] of a walk's draws, ε_l = (z_l − μp)/σp for each group's (prior,
+    posterior, z) of `trace`, top group first."""
+    return flat([(z - p.mean()) / p.stddev() for p, _, z in trace])
+
+
 # ------------------------------------------------------------------ the model
 @register_model("nvae")
 @keras.saving.register_keras_serializable(package="keras_vae")
@@ -481,8 +487,7 @@ class NVAE(VAE):
         group): what the contrastive prior adds to log p(z); 0 without one."""
         if self.contrastive_groups is None:
             return 0.0
-        top = flat([(z - p.mean()) / p.stddev() for p, _, z in trace[:self.contrastive_groups]])
-        return self.contrast(top) - self.contrast_log_normalizer
+        return self.contrast(whitened(trace[:self.contrastive_groups])) - self.contrast_log_normalizer
 
     def get_config(self):
         config = super().get_config()
@@ -589,7 +594,7 @@ class NVAE(VAE):
         means and spreads take each group at the means of the groups above.)"""
         seeds = split_seeds(seed, self.plan.num_groups)
         _, trace = self.walk(x, lambda g, q: q.sample(seed=seeds[g]))
-        return flat([(z - p.mean()) / p.stddev() for p, _, z in trace])
+        return whitened(trace)
 
     def posterior(self, x, training=False, y=None):
         """The Gaussian over the whitened code that `encode` summarizes."""

@@ -22,6 +22,11 @@ the groups below from their own priors given each draw, and has the sprites judg
                        posterior (`NVAE.whitened_posterior_sample`), the prior that maximizes the ELBO for the
                        trained encoder and decoder
     training-means     a random training image's posterior means (`resample`'s row, on training images)
+    made               an autoregressive density (MADE with Gaussian-mixture conditionals, `code_densities`)
+    diffusion          a denoising diffusion model (DDPM, `code_densities`): LSGM's kind of prior, fitted after
+                       training; draws only
+    noisy-draws-S      `training-draws` with the active dimensions mixed with noise, √(1 − S²)·ε + S·n,
+                       n ~ N(0, I): how far from the aggregate posterior a draw may land and keep its shape
 
 The densities are fitted to one posterior draw per training image, on the active dimensions of the top
 groups (posterior-mean variance above `metrics.ACTIVE_THRESHOLD`); their draws take N(0, 1) in the other
@@ -40,6 +45,9 @@ import sys
 import numpy as np
 
 MIXTURE_COMPONENTS = (10, 100)
+NOISE_LEVELS = (0.3, 0.5)
+ROWS = ("prior", "prior-T0.7", "gaussian", *(f"mixture-{k}" for k in MIXTURE_COMPONENTS), "aggregate",
+        "training-draws", "training-means", "made", "diffusion", *(f"noisy-draws-{s}" for s in NOISE_LEVELS))
 SAMPLES = 1000
 GRID = 64  # samples per saved grid
 
@@ -71,37 +79,87 @@ def mixture_draws(rng, logits, loc, scale, num):
     return loc[components] + scale[components] * rng.standard_normal((num, loc.shape[1]))
 
 
-def fitted_priors(train_draws, train_loc, train_scale, active, tuning, held_out, rng, num=SAMPLES):
-    """{name: (draws [num, T], held-out mean log-density or None)} for the priors the module names, over the
-    top groups' T dimensions. The densities are fitted on the `active` ones (booleans [T]) to `train_draws`
-    [N, T] (one posterior draw per training image) or, for the aggregate, to the training posteriors
-    N(train_loc, train_scale²), and their draws take N(0, 1) elsewhere; the training rows draw whole rows of
-    `train_draws` or `train_loc`. `tuning` [M, D] codes of other images (active dimensions only) stop EM and
-    choose the bandwidth; the log-densities are the means over `held_out` [M', D] codes of yet other images."""
+def fitted_priors(train_draws, train_loc, train_scale, active, tuning, held_out, rng, num=SAMPLES, names=ROWS,
+                  diffusion_steps=None):
+    """{name: (draws [num, T], held-out mean log-density or None)} for the priors `names` of the module's list,
+    over the top groups' T dimensions. The densities are fitted on the `active` ones (booleans [T]) to
+    `train_draws` [N, T] (one posterior draw per training image) or, for the aggregate, to the training
+    posteriors N(train_loc, train_scale²), and their draws take N(0, 1) elsewhere; the training rows draw whole
+    rows of `train_draws` or `train_loc`. `tuning` [M, D] codes of other images (active dimensions only) stop EM
+    and the MADE's fit and choose the bandwidth; the log-densities are the means over `held_out` [M', D] codes
+    of yet other images. `diffusion_steps`: the diffusion model's training steps (default its module's)."""
+    import code_densities
     from keras_vae import priors
 
+    unknown = sorted(set(names) - set(ROWS))
+    if unknown:
+        raise SystemExit(f"Unknown rows {unknown}; the rows are {', '.join(ROWS)}.")
     points, dim = train_draws[:, active], int(active.sum())
     mean_log_density = (lambda logits, loc, scale: priors.mean_log_likelihood(held_out, logits, loc, scale))
-    rows = {"prior": (rng.standard_normal((num, dim)), float(np.mean(standard_normal_log_density(held_out))))}
-    rows["prior-T0.7"] = (0.7 * rng.standard_normal((num, dim)), mean_log_density([0.0], np.zeros((1, dim)),
-                                                                                  np.full((1, dim), 0.7)))
-    mean, covariance = gaussian_fit(points)
-    rows["gaussian"] = (rng.multivariate_normal(mean, covariance, num),
-                        float(np.mean(gaussian_log_density(held_out, mean, covariance))))
+    seed = int(rng.integers(2**31))
+    fitted = {
+        "prior": lambda: (rng.standard_normal((num, dim)), float(np.mean(standard_normal_log_density(held_out)))),
+        "prior-T0.7": lambda: (0.7 * rng.standard_normal((num, dim)),
+                               mean_log_density([0.0], np.zeros((1, dim)), np.full((1, dim), 0.7))),
+        "gaussian": lambda: gaussian_row(points, held_out, rng, num),
+        "aggregate": lambda: mixture_row(*priors.aggregate_posterior_mixture(train_loc[:, active],
+                                                                               train_scale[:, active], tuning)[:3]),
+        "made": lambda: made_row(points, tuning, held_out, seed, num),
+        "diffusion": lambda: (code_densities.diffusion_draws(
+            denoiser(points, seed, diffusion_steps), num, dim, seed, clip=1.1 * np.abs(points).max()), None),
+    }
+
+    def mixture_row(logits, loc, scale):
+        return mixture_draws(rng, logits, loc, scale, num), mean_log_density(logits, loc, scale)
+
     for k in MIXTURE_COMPONENTS:
-        start = points[rng.choice(len(points), k, replace=False)]
-        logits, loc, scale, _ = priors.fit_mixture(points, np.zeros(k), start, np.tile(points.std(0), (k, 1)),
-                                                   held_out=tuning)
-        rows[f"mixture-{k}"] = (mixture_draws(rng, logits, loc, scale, num), mean_log_density(logits, loc, scale))
-    logits, loc, scale, _ = priors.aggregate_posterior_mixture(train_loc[:, active], train_scale[:, active], tuning)
-    rows["aggregate"] = (mixture_draws(rng, logits, loc, scale, num), mean_log_density(logits, loc, scale))
-    for name, (draws, log_density) in rows.items():
-        whole = rng.standard_normal((num, len(active)))
-        whole[:, active] = draws
-        rows[name] = (whole, log_density)
-    rows["training-draws"] = (train_draws[rng.integers(0, len(train_draws), num)], None)
-    rows["training-means"] = (train_loc[rng.integers(0, len(train_loc), num)], None)
+        def mixture_fit(k=k):
+            start = points[rng.choice(len(points), k, replace=False)]
+            return mixture_row(*priors.fit_mixture(points, np.zeros(k), start, np.tile(points.std(0), (k, 1)),
+                                                   held_out=tuning)[:3])
+        fitted[f"mixture-{k}"] = mixture_fit
+    rows = {}
+    for name in names:
+        if name in fitted:
+            draws, log_density = fitted[name]()
+            whole = rng.standard_normal((num, len(active)))
+            whole[:, active] = draws
+            rows[name] = (whole, log_density)
+        elif name == "training-draws":
+            rows[name] = (train_draws[rng.integers(0, len(train_draws), num)], None)
+        elif name == "training-means":
+            rows[name] = (train_loc[rng.integers(0, len(train_loc), num)], None)
+        else:  # noisy-draws-S
+            noise = float(name.rsplit("-", 1)[1])
+            whole = train_draws[rng.integers(0, len(train_draws), num)].copy()
+            whole[:, active] = np.sqrt(1 - noise**2) * whole[:, active] + noise * rng.standard_normal((num, dim))
+            rows[name] = (whole, None)
     return rows
+
+
+def gaussian_row(points, held_out, rng, num):
+    """Draws of the maximum-likelihood Gaussian of `points` and its mean log-density of `held_out`."""
+    mean, covariance = gaussian_fit(points)
+    return (rng.multivariate_normal(mean, covariance, num),
+            float(np.mean(gaussian_log_density(held_out, mean, covariance))))
+
+
+def made_row(points, tuning, held_out, seed, num):
+    """Draws of a MADE fitted to `points` (its epoch chosen on `tuning`) and its mean log-density of `held_out`."""
+    import code_densities
+
+    params, _ = code_densities.fit_made(points, tuning, seed)
+    return (code_densities.made_draws(params, num, points.shape[1], seed),
+            float(np.mean(code_densities.made_log_density(params, held_out))))
+
+
+def denoiser(points, seed, train_steps=None):
+    """`denoise(x, t)` of a diffusion model fitted to `points` (`code_densities.fit_diffusion`)."""
+    import code_densities
+
+    kwargs = {} if train_steps is None else {"train_steps": train_steps}
+    network, _ = code_densities.fit_diffusion(points, seed, log=lambda line: print(line, flush=True), **kwargs)
+    return lambda x, t: network([x, t])
 
 
 def top_mask(model, keep):
@@ -127,9 +185,9 @@ def decode_with(model, top, columns, rng, batch_size=500):
                            for s in range(0, len(codes), batch_size)])
 
 
-def measure(run_dir, keep, train_images, grids=None, seed=0):
-    """The judge's scores and the held-out log-density of each prior of the module's list for the top `keep`
-    groups of the nvae run in `run_dir`, fitted to `train_images` training images (and as many tenths of
+def measure(run_dir, keep, train_images, grids=None, seed=0, names=ROWS, diffusion_steps=None):
+    """The judge's scores and the held-out log-density of each prior `names` of the module's list for the top
+    `keep` groups of the nvae run in `run_dir`, fitted to `train_images` training images (and as many tenths of
     test images held out)."""
     from keras_vae import judge, metrics
     from keras_vae.codes import posterior_parameters, whitened_posterior_draws
@@ -153,7 +211,8 @@ def measure(run_dir, keep, train_images, grids=None, seed=0):
     rows = {}
     for name, (draws, log_density) in fitted_priors(train_draws[:, top], train_loc[:, top], train_scale[:, top],
                                                     active[top], test_draws[:half, active],
-                                                    test_draws[half:, active], rng).items():
+                                                    test_draws[half:, active], rng, names=names,
+                                                    diffusion_steps=diffusion_steps).items():
         images = decode_with(model, draws, top, rng)
         rows[name] = dict(judge.sample_scores(sprites_judge, images), held_out_log_density=log_density)
         if grids:
@@ -187,8 +246,12 @@ def main(argv=None):
                              "held-out codes)")
     parser.add_argument("--out", help="a JSON file for the figures")
     parser.add_argument("--grids", help="a folder for a grid of 64 samples per prior")
+    parser.add_argument("--rows", nargs="+", default=ROWS, metavar="ROW", help=f"the priors measured: {', '.join(ROWS)}")
+    parser.add_argument("--diffusion-steps", type=int, help="the diffusion model's training steps (default "
+                                                            "code_densities.DIFFUSION_TRAIN_STEPS)")
     args = parser.parse_args(argv)
-    report = measure(args.run, args.keep, args.train_images, args.grids)
+    report = measure(args.run, args.keep, args.train_images, args.grids, names=args.rows,
+                     diffusion_steps=args.diffusion_steps)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(report, f, indent=1)

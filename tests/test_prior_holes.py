@@ -72,9 +72,11 @@ def test_fitted_priors_score_held_out_codes_and_draw_whole_codes():
     train_loc[:, active] = loc[:20000]
     train_scale = np.where(active, spread, 1.0) * np.ones((20000, 1))
     train, tuning, held_out = codes[:20000], codes[20000:22000, active], codes[22000:, active]
-    rows = prior_holes.fitted_priors(train, train_loc, train_scale, active, tuning, held_out, rng, num=4000)
-    assert list(rows) == ["prior", "prior-T0.7", "gaussian", "mixture-10", "mixture-100", "aggregate",
-                          "training-draws", "training-means"]
+    names = ["prior", "prior-T0.7", "gaussian", "mixture-10", "mixture-100", "aggregate", "training-draws",
+             "training-means"]
+    rows = prior_holes.fitted_priors(train, train_loc, train_scale, active, tuning, held_out, rng, num=4000,
+                                     names=names)
+    assert list(rows) == names
     assert all(draws.shape == (4000, 5) for draws, _ in rows.values())
     second_moment = np.trace(covariance) + mean @ mean  # E|x|² under the codes' law
     expected = {"prior": -0.5 * second_moment - 1.5 * np.log(2 * np.pi),
@@ -122,3 +124,41 @@ def test_a_flat_model_has_no_top_groups():
     model = build_model(config_for("vae", latent_dim=3), (28, 28, 1))
     with pytest.raises(SystemExit, match="reads the top groups of an nvae run; this run holds a VAE"):
         prior_holes.top_mask(model, 1)
+
+
+def test_the_learned_densities_and_the_noisy_draws():
+    """On codes as above (active dimensions a correlated Gaussian plus the posteriors' spread, the others N(0, 1)):
+    the MADE scores held-out codes about as the true law does, the diffusion model's draws have its covariance, both
+    take N(0, 1) in the inactive dimensions; the noisy draws are whole training codes whose active part is mixed
+    with noise of the named share (its variance kept where the codes' is 1); an unknown row is refused."""
+    rng = np.random.default_rng(5)
+    active = np.array([False, True, True, False, True])
+    loc, mean, covariance = correlated_codes(rng, 8000, dim=3)
+    loc = (loc - mean) / np.sqrt(np.diag(covariance))  # standardized, as the whitened codes nearly are
+    covariance = covariance / np.sqrt(np.outer(np.diag(covariance), np.diag(covariance))) + 0.09 * np.eye(3)
+    codes = rng.standard_normal((8000, 5))
+    codes[:, active] = loc + 0.3 * rng.standard_normal(loc.shape)
+    train, tuning, held_out = codes[:6000], codes[6000:7000, active], codes[7000:, active]
+    names = ["made", "diffusion", "noisy-draws-0.3", "noisy-draws-0.5"]
+    rows = prior_holes.fitted_priors(train, None, None, active, tuning, held_out, rng, num=4000, names=names,
+                                     diffusion_steps=300)
+    assert list(rows) == names
+    truth = -1.5 * (1 + np.log(2 * np.pi)) - 0.5 * np.linalg.slogdet(covariance)[1]
+    assert rows["made"][1] == pytest.approx(truth, abs=0.15)
+    assert rows["diffusion"][1] is None
+    np.testing.assert_allclose(np.cov(rows["diffusion"][0][:, active].T), covariance, atol=0.25)
+    for name in ("made", "diffusion"):  # (test_code_densities checks the MADE's draws against its density)
+        inactive = rows[name][0][:, ~active]
+        assert abs(inactive.mean()) < 0.05 and inactive.std() == pytest.approx(1.0, abs=0.05), name
+    for noise in (0.3, 0.5):
+        draws, log_density = rows[f"noisy-draws-{noise}"]
+        assert log_density is None
+        sources = [np.flatnonzero(np.all(train[:, ~active] == d[~active], axis=1)) for d in draws[:100]]
+        assert all(len(s) == 1 for s in sources)  # a whole training code outside the active dimensions
+        source = train[[s[0] for s in sources]][:, active]
+        residual = (draws[:100, active] - np.sqrt(1 - noise**2) * source) / noise
+        assert residual.std() == pytest.approx(1.0, abs=0.15) and abs(residual.mean()) < 0.2
+        expected = (1 - noise**2) * np.cov(train[:, active].T) + noise**2 * np.eye(3)
+        np.testing.assert_allclose(np.cov(draws[:, active].T), expected, atol=0.1)
+    with pytest.raises(SystemExit, match=r"Unknown rows \['flow'\]; the rows are prior, prior-T0.7"):
+        prior_holes.fitted_priors(train, None, None, active, tuning, held_out, rng, names=["prior", "flow"])

@@ -9,7 +9,7 @@
                 prior LSGM trains (Vahdat et al. 2021), here fitted after training. Draws only: its
                 log-density would need the probability-flow ODE.
 
-Both are fitted in float32 on the host, numpy in and out.
+Both are fitted in float32, numpy in and out, their initial weights seeded.
 """
 
 import numpy as np
@@ -57,12 +57,12 @@ def build_made(dim, hidden=MADE_HIDDEN, layers=MADE_LAYERS, components=MIXTURE_C
     import tensorflow as tf
 
     masks, output_mask = made_masks(dim, hidden, layers)
-    initializer = keras.initializers.GlorotUniform(seed)
+    initializers = [keras.initializers.GlorotUniform(seed + i) for i in range(layers + 1)]  # one stream each
     sizes = [dim] + [hidden] * layers
-    kernels = [tf.Variable(initializer((sizes[i], sizes[i + 1]))) for i in range(layers)]
+    kernels = [tf.Variable(initializers[i]((sizes[i], sizes[i + 1]))) for i in range(layers)]
     biases = [tf.Variable(tf.zeros(hidden)) for _ in range(layers)]
     output_mask = np.repeat(output_mask, 3 * components, axis=1)  # the output's columns are (d, parameter, k)
-    output_kernel = tf.Variable(initializer((hidden, dim * 3 * components)))
+    output_kernel = tf.Variable(initializers[layers]((hidden, dim * 3 * components)))
     output_bias = tf.Variable(tf.zeros(dim * 3 * components))
 
     def params(x):
@@ -75,13 +75,14 @@ def build_made(dim, hidden=MADE_HIDDEN, layers=MADE_LAYERS, components=MIXTURE_C
     return params, [*kernels, *biases, output_kernel, output_bias]
 
 
-def fit_made(points, held_out, seed=0, epochs=40, batch_size=BATCH, learning_rate=1e-3, patience=MADE_PATIENCE):
-    """A MADE fitted to `points` [N, D] by Adam, keeping the epoch with the best mean log-density of
-    `held_out` [M, D]. Returns (params, history of held-out mean log-densities)."""
+def fit_made(points, held_out, seed=0, epochs=40, batch_size=BATCH, learning_rate=1e-3, patience=MADE_PATIENCE,
+             hidden=MADE_HIDDEN):
+    """A MADE (`hidden` units per layer) fitted to `points` [N, D] by Adam, keeping the epoch with the best mean
+    log-density of `held_out` [M, D]. Returns (params, history of held-out mean log-densities)."""
     import keras
     import tensorflow as tf
 
-    params, variables = build_made(points.shape[1], seed=seed)
+    params, variables = build_made(points.shape[1], hidden, seed=seed)
     optimizer = keras.optimizers.Adam(learning_rate)
     data = tf.constant(points, tf.float32)
     held_out = tf.constant(held_out, tf.float32)
@@ -142,35 +143,44 @@ def cosine_schedule(steps=DIFFUSION_STEPS, offset=0.008):
 
 def build_denoiser(dim, width=DIFFUSION_WIDTH, blocks=DIFFUSION_BLOCKS, seed=0):
     """ε_θ(x_t [N, D], t [N] int) → [N, D]: residual MLP blocks (LayerNorm, Dense, SiLU with the step's
-    sinusoidal embedding added, Dense), the output layer zero-initialized."""
+    sinusoidal embedding added, Dense), the output layer zero-initialized, the others seeded by `seed`."""
     import keras
     import tensorflow as tf
 
-    keras.utils.set_random_seed(seed)
+    seeds = iter(range(seed, seed + 1000))
+
+    def dense(units):
+        return keras.layers.Dense(units, kernel_initializer=keras.initializers.GlorotUniform(next(seeds)))
+
     embedding_size = 64
     inputs, steps = keras.Input((dim,)), keras.Input((), dtype="int32")
     frequencies = np.exp(-np.log(10000.0) * np.arange(embedding_size) / embedding_size).astype(np.float32)
     angles = keras.layers.Lambda(lambda t: tf.cast(t, tf.float32)[:, None] * frequencies)(steps)
     embedding = keras.layers.Concatenate()([keras.ops.sin(angles), keras.ops.cos(angles)])
-    h = keras.layers.Dense(width)(inputs)
+    h = dense(width)(inputs)
     for _ in range(blocks):
-        y = keras.layers.Dense(width)(keras.layers.LayerNormalization()(h))
-        y = keras.layers.Activation("silu")(keras.layers.Add()([y, keras.layers.Dense(width)(embedding)]))
-        h = keras.layers.Add()([h, keras.layers.Dense(width)(y)])
+        y = dense(width)(keras.layers.LayerNormalization()(h))
+        y = keras.layers.Activation("silu")(keras.layers.Add()([y, dense(width)(embedding)]))
+        h = keras.layers.Add()([h, dense(width)(y)])
     out = keras.layers.Dense(dim, kernel_initializer="zeros")(keras.layers.Activation("silu")(h))
     return keras.Model([inputs, steps], out)
 
 
 def fit_diffusion(points, seed=0, train_steps=DIFFUSION_TRAIN_STEPS, batch_size=BATCH, learning_rate=1e-3,
-                  schedule=None, log=None):
-    """A denoiser trained on `points` [N, D] with the noise-prediction loss E‖ε_θ(x_t, t) − ε‖², t uniform,
-    for `train_steps` Adam steps with a cosine-decayed learning rate. Returns (denoiser, final loss)."""
+                  schedule=None, log=None, width=DIFFUSION_WIDTH):
+    """A denoiser (`build_denoiser`, `width` wide) trained on `points` [N, D] with the noise-prediction loss E‖ε_θ(x_t, t) − ε‖², t uniform,
+    for `train_steps` Adam steps (a positive multiple of STEPS_PER_CALL) with a cosine-decayed learning rate.
+    Returns (denoiser, the last batch's loss)."""
     import keras
     import tensorflow as tf
 
+    if train_steps < STEPS_PER_CALL or train_steps % STEPS_PER_CALL:
+        raise ValueError(f"train_steps must be a positive multiple of {STEPS_PER_CALL}. Received: "
+                         f"train_steps={train_steps!r}.")
+
     betas, alpha_bar = schedule or cosine_schedule()
     steps = len(betas)
-    network = build_denoiser(points.shape[1], seed=seed)
+    network = build_denoiser(points.shape[1], width, seed=seed)
     optimizer = keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(learning_rate, train_steps))
     data = tf.constant(points, tf.float32)
     signal, noise_scale = (tf.constant(np.sqrt(a), tf.float32) for a in (alpha_bar, 1 - alpha_bar))

@@ -1,6 +1,7 @@
 """Prior holes, measured: an NVAE's top groups drawn from priors fitted to their aggregate posterior.
 
     python scripts/prior_holes.py RUN [--keep 2] [--train-images 20000] [--out FILE.json] [--grids DIR]
+                                      [--rows ROW ...] [--diffusion-steps N]
 
 When an `nvae` run on sprites decodes clear shapes from the top `--keep` groups of real images with the
 groups below drawn from their priors (`keras-vae resample`, judged by `judge.resample_scores`), but its
@@ -26,15 +27,16 @@ the groups below from their own priors given each draw, and has the sprites judg
     diffusion          a denoising diffusion model (DDPM, `code_densities`): LSGM's kind of prior, fitted after
                        training; draws only
     noisy-draws-S      `training-draws` with the active dimensions mixed with noise, √(1 − S²)·ε + S·n,
-                       n ~ N(0, I): how far from the aggregate posterior a draw may land and keep its shape
+                       n ~ N(0, I), for S in NOISE_LEVELS: how far from the aggregate posterior a draw may
+                       land and keep its shape
 
 The densities are fitted to one posterior draw per training image, on the active dimensions of the top
 groups (posterior-mean variance above `metrics.ACTIVE_THRESHOLD`); their draws take N(0, 1) in the other
 dimensions, and the report gives the mean and standard deviation of the training draws there, which should
 be near 0 and 1 (the training rows keep a training image's whole top code). Each row also reports the mean log-density (nats, over the active dimensions) of held-out codes
 (one posterior draw per test image): how much better than N(0, I) the density describes codes it was not
-fitted to. Half of the test images' codes decide when EM stops and which bandwidth the aggregate takes; the
-log-density is reported on the other half.
+fitted to. Half of the test images' codes decide when EM stops, which epoch of the MADE is kept and which
+bandwidth the aggregate takes; the log-density is reported on the other half.
 """
 
 import argparse
@@ -79,15 +81,23 @@ def mixture_draws(rng, logits, loc, scale, num):
     return loc[components] + scale[components] * rng.standard_normal((num, loc.shape[1]))
 
 
-def fitted_priors(train_draws, train_loc, train_scale, active, tuning, held_out, rng, num=SAMPLES, names=ROWS,
-                  diffusion_steps=None):
+def row_rng(seed, name, stream=0):
+    """The generator of row `name`'s draws (stream 0) or decoding (stream 1): its own for each row, so a row
+    measured alone (`--rows`) draws what it draws among all of them."""
+    return np.random.default_rng([seed, ROWS.index(name), stream])
+
+
+def fitted_priors(train_draws, train_loc, train_scale, active, tuning, held_out, seed, num=SAMPLES, names=ROWS,
+                  diffusion_steps=None, diffusion_levels=None):
     """{name: (draws [num, T], held-out mean log-density or None)} for the priors `names` of the module's list,
     over the top groups' T dimensions. The densities are fitted on the `active` ones (booleans [T]) to
     `train_draws` [N, T] (one posterior draw per training image) or, for the aggregate, to the training
     posteriors N(train_loc, train_scale²), and their draws take N(0, 1) elsewhere; the training rows draw whole
-    rows of `train_draws` or `train_loc`. `tuning` [M, D] codes of other images (active dimensions only) stop EM
+    rows of `train_draws` or `train_loc`, and the noisy rows such rows of `train_draws` whose active part is
+    mixed with noise, √(1 − S²)·ε + S·n. `tuning` [M, D] codes of other images (active dimensions only) stop EM
     and the MADE's fit and choose the bandwidth; the log-densities are the means over `held_out` [M', D] codes
-    of yet other images. `diffusion_steps`: the diffusion model's training steps (default its module's)."""
+    of yet other images. Each row draws from `row_rng(seed, name)`. `diffusion_steps` and `diffusion_levels`:
+    the diffusion model's training steps and noise levels T (default `code_densities`')."""
     import code_densities
     from keras_vae import priors
 
@@ -96,32 +106,34 @@ def fitted_priors(train_draws, train_loc, train_scale, active, tuning, held_out,
         raise SystemExit(f"Unknown rows {unknown}; the rows are {', '.join(ROWS)}.")
     points, dim = train_draws[:, active], int(active.sum())
     mean_log_density = (lambda logits, loc, scale: priors.mean_log_likelihood(held_out, logits, loc, scale))
-    seed = int(rng.integers(2**31))
-    fitted = {
-        "prior": lambda: (rng.standard_normal((num, dim)), float(np.mean(standard_normal_log_density(held_out)))),
-        "prior-T0.7": lambda: (0.7 * rng.standard_normal((num, dim)),
-                               mean_log_density([0.0], np.zeros((1, dim)), np.full((1, dim), 0.7))),
-        "gaussian": lambda: gaussian_row(points, held_out, rng, num),
-        "aggregate": lambda: mixture_row(*priors.aggregate_posterior_mixture(train_loc[:, active],
-                                                                               train_scale[:, active], tuning)[:3]),
-        "made": lambda: made_row(points, tuning, held_out, seed, num),
-        "diffusion": lambda: (code_densities.diffusion_draws(
-            denoiser(points, seed, diffusion_steps), num, dim, seed, clip=1.1 * np.abs(points).max()), None),
-    }
+    schedule = code_densities.cosine_schedule(diffusion_levels or code_densities.DIFFUSION_STEPS)
 
-    def mixture_row(logits, loc, scale):
+    def mixture_row(rng, logits, loc, scale):
         return mixture_draws(rng, logits, loc, scale, num), mean_log_density(logits, loc, scale)
 
-    for k in MIXTURE_COMPONENTS:
-        def mixture_fit(k=k):
-            start = points[rng.choice(len(points), k, replace=False)]
-            return mixture_row(*priors.fit_mixture(points, np.zeros(k), start, np.tile(points.std(0), (k, 1)),
-                                                   held_out=tuning)[:3])
-        fitted[f"mixture-{k}"] = mixture_fit
+    def mixture_fit(rng, k):
+        start = points[rng.choice(len(points), k, replace=False)]
+        return mixture_row(rng, *priors.fit_mixture(points, np.zeros(k), start, np.tile(points.std(0), (k, 1)),
+                                                    held_out=tuning)[:3])
+
+    fitted = {
+        "prior": lambda rng: (rng.standard_normal((num, dim)), float(np.mean(standard_normal_log_density(held_out)))),
+        "prior-T0.7": lambda rng: (0.7 * rng.standard_normal((num, dim)),
+                                   mean_log_density([0.0], np.zeros((1, dim)), np.full((1, dim), 0.7))),
+        "gaussian": lambda rng: gaussian_row(points, held_out, rng, num),
+        **{f"mixture-{k}": (lambda rng, k=k: mixture_fit(rng, k)) for k in MIXTURE_COMPONENTS},
+        "aggregate": lambda rng: mixture_row(rng, *priors.aggregate_posterior_mixture(
+            train_loc[:, active], train_scale[:, active], tuning)[:3]),
+        "made": lambda rng: made_row(points, tuning, held_out, seed, num),
+        "diffusion": lambda rng: (code_densities.diffusion_draws(
+            denoiser(points, seed, diffusion_steps, schedule), num, dim, seed, schedule,
+            clip=1.1 * np.abs(points).max()), None),
+    }
     rows = {}
     for name in names:
+        rng = row_rng(seed, name)
         if name in fitted:
-            draws, log_density = fitted[name]()
+            draws, log_density = fitted[name](rng)
             whole = rng.standard_normal((num, len(active)))
             whole[:, active] = draws
             rows[name] = (whole, log_density)
@@ -153,12 +165,13 @@ def made_row(points, tuning, held_out, seed, num):
             float(np.mean(code_densities.made_log_density(params, held_out))))
 
 
-def denoiser(points, seed, train_steps=None):
+def denoiser(points, seed, train_steps=None, schedule=None):
     """`denoise(x, t)` of a diffusion model fitted to `points` (`code_densities.fit_diffusion`)."""
     import code_densities
 
     kwargs = {} if train_steps is None else {"train_steps": train_steps}
-    network, _ = code_densities.fit_diffusion(points, seed, log=lambda line: print(line, flush=True), **kwargs)
+    network, _ = code_densities.fit_diffusion(points, seed, schedule=schedule,
+                                              log=lambda line: print(line, flush=True), **kwargs)
     return lambda x, t: network([x, t])
 
 
@@ -206,14 +219,13 @@ def measure(run_dir, keep, train_images, grids=None, seed=0, names=ROWS, diffusi
     active = top & (metrics.active_units(train_loc)[1] > metrics.ACTIVE_THRESHOLD)
     inactive = train_draws[:, top & ~active]
     half = len(test_draws) // 2
-    rng = np.random.default_rng(seed)
     sprites_judge = judge.load_judge()
     rows = {}
     for name, (draws, log_density) in fitted_priors(train_draws[:, top], train_loc[:, top], train_scale[:, top],
                                                     active[top], test_draws[:half, active],
-                                                    test_draws[half:, active], rng, names=names,
+                                                    test_draws[half:, active], seed, names=names,
                                                     diffusion_steps=diffusion_steps).items():
-        images = decode_with(model, draws, top, rng)
+        images = decode_with(model, draws, top, row_rng(seed, name, 1))
         rows[name] = dict(judge.sample_scores(sprites_judge, images), held_out_log_density=log_density)
         if grids:
             os.makedirs(grids, exist_ok=True)
@@ -246,9 +258,10 @@ def main(argv=None):
                              "held-out codes)")
     parser.add_argument("--out", help="a JSON file for the figures")
     parser.add_argument("--grids", help="a folder for a grid of 64 samples per prior")
-    parser.add_argument("--rows", nargs="+", default=ROWS, metavar="ROW", help=f"the priors measured: {', '.join(ROWS)}")
-    parser.add_argument("--diffusion-steps", type=int, help="the diffusion model's training steps (default "
-                                                            "code_densities.DIFFUSION_TRAIN_STEPS)")
+    parser.add_argument("--rows", nargs="+", default=ROWS, choices=ROWS, metavar="ROW",
+                        help=f"the priors measured: {', '.join(ROWS)}")
+    parser.add_argument("--diffusion-steps", type=int, help="the diffusion model's training steps, a multiple of "
+                                                            "100 (default code_densities.DIFFUSION_TRAIN_STEPS)")
     args = parser.parse_args(argv)
     report = measure(args.run, args.keep, args.train_images, args.grids, names=args.rows,
                      diffusion_steps=args.diffusion_steps)

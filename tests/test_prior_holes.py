@@ -74,7 +74,7 @@ def test_fitted_priors_score_held_out_codes_and_draw_whole_codes():
     train, tuning, held_out = codes[:20000], codes[20000:22000, active], codes[22000:, active]
     names = ["prior", "prior-T0.7", "gaussian", "mixture-10", "mixture-100", "aggregate", "training-draws",
              "training-means"]
-    rows = prior_holes.fitted_priors(train, train_loc, train_scale, active, tuning, held_out, rng, num=4000,
+    rows = prior_holes.fitted_priors(train, train_loc, train_scale, active, tuning, held_out, 3, num=4000,
                                      names=names)
     assert list(rows) == names
     assert all(draws.shape == (4000, 5) for draws, _ in rows.values())
@@ -126,7 +126,7 @@ def test_a_flat_model_has_no_top_groups():
         prior_holes.top_mask(model, 1)
 
 
-def test_the_learned_densities_and_the_noisy_draws():
+def test_the_learned_densities_and_the_noisy_draws(monkeypatch):
     """On codes as above (active dimensions a correlated Gaussian plus the posteriors' spread, the others N(0, 1)):
     the MADE scores held-out codes about as the true law does, the diffusion model's draws have its covariance, both
     take N(0, 1) in the inactive dimensions; the noisy draws are whole training codes whose active part is mixed
@@ -140,8 +140,13 @@ def test_the_learned_densities_and_the_noisy_draws():
     codes[:, active] = loc + 0.3 * rng.standard_normal(loc.shape)
     train, tuning, held_out = codes[:6000], codes[6000:7000, active], codes[7000:, active]
     names = ["made", "diffusion", "noisy-draws-0.3", "noisy-draws-0.5"]
-    rows = prior_holes.fitted_priors(train, None, None, active, tuning, held_out, rng, num=4000, names=names,
-                                     diffusion_steps=300)
+    import functools
+
+    import code_densities
+    for name, width in (("fit_made", {"hidden": 256}), ("fit_diffusion", {"width": 128})):  # narrower, for speed
+        monkeypatch.setattr(code_densities, name, functools.partial(getattr(code_densities, name), **width))
+    rows = prior_holes.fitted_priors(train, None, None, active, tuning, held_out, 5, num=2000, names=names,
+                                     diffusion_steps=300, diffusion_levels=100)
     assert list(rows) == names
     truth = -1.5 * (1 + np.log(2 * np.pi)) - 0.5 * np.linalg.slogdet(covariance)[1]
     assert rows["made"][1] == pytest.approx(truth, abs=0.15)
@@ -161,4 +166,16 @@ def test_the_learned_densities_and_the_noisy_draws():
         expected = (1 - noise**2) * np.cov(train[:, active].T) + noise**2 * np.eye(3)
         np.testing.assert_allclose(np.cov(draws[:, active].T), expected, atol=0.1)
     with pytest.raises(SystemExit, match=r"Unknown rows \['flow'\]; the rows are prior, prior-T0.7"):
-        prior_holes.fitted_priors(train, None, None, active, tuning, held_out, rng, names=["prior", "flow"])
+        prior_holes.fitted_priors(train, None, None, active, tuning, held_out, 5, names=["prior", "flow"])
+
+
+def test_a_row_draws_the_same_alone_as_among_all():
+    rng = np.random.default_rng(6)
+    active = np.array([True, False, True])
+    codes = rng.standard_normal((3000, 3))
+    train, tuning, held_out = codes[:2000], codes[2000:2500, active], codes[2500:, active]
+    alone = prior_holes.fitted_priors(train, train, np.ones_like(train), active, tuning, held_out, 7, num=50,
+                                      names=["mixture-10"])
+    among = prior_holes.fitted_priors(train, train, np.ones_like(train), active, tuning, held_out, 7, num=50,
+                                      names=["prior", "gaussian", "mixture-10", "training-draws"])
+    np.testing.assert_array_equal(alone["mixture-10"][0], among["mixture-10"][0])

@@ -168,9 +168,9 @@ def build_denoiser(dim, width=DIFFUSION_WIDTH, blocks=DIFFUSION_BLOCKS, seed=0):
 
 def fit_diffusion(points, seed=0, train_steps=DIFFUSION_TRAIN_STEPS, batch_size=BATCH, learning_rate=1e-3,
                   schedule=None, log=None, width=DIFFUSION_WIDTH):
-    """A denoiser (`build_denoiser`, `width` wide) trained on `points` [N, D] with the noise-prediction loss E‖ε_θ(x_t, t) − ε‖², t uniform,
-    for `train_steps` Adam steps (a positive multiple of STEPS_PER_CALL) with a cosine-decayed learning rate.
-    Returns (denoiser, the last batch's loss)."""
+    """A denoiser (`build_denoiser`, `width` wide) trained on `points` [N, D] with the noise-prediction loss
+    E‖ε_θ(x_t, t) − ε‖², t uniform, for `train_steps` Adam steps (a positive multiple of STEPS_PER_CALL) with a
+    cosine-decayed learning rate. Returns (denoiser, the last batch's loss)."""
     import keras
     import tensorflow as tf
 

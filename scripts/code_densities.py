@@ -42,12 +42,13 @@ def made_masks(dim, hidden, layers):
 
 
 def mixture_log_prob(x, logits, loc, scale):
-    """Σ_d log Σ_k softmax(logits)_dk N(x_d; loc_dk, scale_dk²) [N] for x [N, D] and parameters [N, D, K]."""
-    import tensorflow as tf
+    """Σ_d log Σ_k softmax(logits)_dk N(x_d; loc_dk, scale_dk²) [N] for x [N, D] and parameters [N, D, K]: each
+    conditional a `tfd.MixtureSameFamily` of Normals."""
+    import tensorflow_probability as tfp
 
-    z = (x[..., None] - loc) / scale
-    log_normal = -0.5 * z**2 - tf.math.log(scale) - 0.5 * np.log(2 * np.pi)
-    return tf.reduce_sum(tf.reduce_logsumexp(tf.nn.log_softmax(logits) + log_normal, -1), -1)
+    tfd = tfp.distributions
+    conditionals = tfd.MixtureSameFamily(tfd.Categorical(logits=logits), tfd.Normal(loc, scale))
+    return tfd.Independent(conditionals, 1).log_prob(x)
 
 
 def build_made(dim, hidden=MADE_HIDDEN, layers=MADE_LAYERS, components=MIXTURE_COMPONENTS, seed=0):
@@ -144,10 +145,12 @@ def cosine_schedule(steps=DIFFUSION_STEPS, offset=0.008):
 def build_denoiser(dim, width=DIFFUSION_WIDTH, blocks=DIFFUSION_BLOCKS, seed=0):
     """ε_θ(x_t [N, D], t [N] int) → [N, D]: residual MLP blocks (LayerNorm, Dense, SiLU with the step's
     sinusoidal embedding added, Dense), the output layer zero-initialized, the others seeded by `seed`."""
+    import itertools
+
     import keras
     import tensorflow as tf
 
-    seeds = iter(range(seed, seed + 1000))
+    seeds = itertools.count(seed)  # one initializer seed per Dense layer
 
     def dense(units):
         return keras.layers.Dense(units, kernel_initializer=keras.initializers.GlorotUniform(next(seeds)))

@@ -37,6 +37,10 @@ be near 0 and 1 (the training rows keep a training image's whole top code). Each
 (one posterior draw per test image): how much better than N(0, I) the density describes codes it was not
 fitted to. Half of the test images' codes decide when EM stops, which epoch of the MADE is kept and which
 bandwidth the aggregate takes; the log-density is reported on the other half.
+
+`--train-images` beyond the training split's 20,000 adds sprites rendered afresh (sprites has 737,280 factor
+combinations; those of the test split are left out, so the held-out codes stay held out): their codes are
+draws of the same aggregate posterior, so the densities see more of it than the training images show.
 """
 
 import argparse
@@ -52,6 +56,8 @@ ROWS = ("prior", "prior-T0.7", "gaussian", *(f"mixture-{k}" for k in MIXTURE_COM
         "training-draws", "training-means", "made", "diffusion", *(f"noisy-draws-{s}" for s in NOISE_LEVELS))
 SAMPLES = 1000
 GRID = 64  # samples per saved grid
+ENCODE_CHUNK = 20000  # images encoded at a time: only the top groups' columns are kept
+RENDER_SEED = 1000  # + the run's seed: the rendered images' factors, apart from the dataset's own
 
 
 def gaussian_fit(points):
@@ -198,10 +204,30 @@ def decode_with(model, top, columns, rng, batch_size=500):
                            for s in range(0, len(codes), batch_size)])
 
 
+def fitted_images(config, count, test_factors, chunk=ENCODE_CHUNK):
+    """The images whose codes the densities are fitted to, as Splits of at most `chunk`: the first `count` of
+    a sprites run's training split and, past its end, sprites rendered afresh (`sprites.sample_factors` at RENDER_SEED + the
+    run's seed) whose factor combinations are none of `test_factors` [M, 5]."""
+    from keras_vae.data import pipeline, sprites
+    from keras_vae.data.splits import Split, fixed_binarization, load_split
+
+    train = load_split(config, "train").head(count)
+    for start in range(0, len(train.x), chunk):
+        yield train.rows(start, start + chunk)
+    missing = count - len(train.x)
+    held_out = {tuple(f) for f in np.asarray(test_factors)}
+    factors = sprites.sample_factors(missing + len(held_out), RENDER_SEED + config.seed)
+    factors = np.array([f for f in factors if tuple(f) not in held_out][:max(0, missing)], np.int32)
+    for start in range(0, len(factors), chunk):
+        part = factors[start: start + chunk]
+        images = pipeline.to_unit_float(fixed_binarization(config, sprites.render(part, train.x.shape[1])))
+        yield Split("rendered", images, part[:, 0], part, None, train.factor_names)
+
+
 def measure(run_dir, keep, train_images, grids=None, seed=0, names=ROWS, diffusion_steps=None):
     """The judge's scores and the held-out log-density of each prior `names` of the module's list for the top
-    `keep` groups of the nvae run in `run_dir`, fitted to `train_images` training images (and as many tenths of
-    test images held out)."""
+    `keep` groups of the nvae run in `run_dir`, fitted to the codes of `train_images` images (`fitted_images`;
+    as many tenths of test images, at most the test split, held out)."""
     from keras_vae import judge, metrics
     from keras_vae.codes import posterior_parameters, whitened_posterior_draws
     from keras_vae.data.splits import load_split
@@ -212,19 +238,22 @@ def measure(run_dir, keep, train_images, grids=None, seed=0, names=ROWS, diffusi
     if config.dataset != "sprites":
         raise SystemExit(f"The sprites judge reads sprites; {run_dir} was trained on {config.dataset}.")
     top = top_mask(model, keep)
-    train, test = load_split(config, "train").head(train_images), load_split(config, "test").head(train_images // 10)
-    train_loc, train_scale = posterior_parameters(model, train)
-    train_draws = whitened_posterior_draws(model, train, seed)
-    test_draws = whitened_posterior_draws(model, test, seed + 1)
-    active = top & (metrics.active_units(train_loc)[1] > metrics.ACTIVE_THRESHOLD)
-    inactive = train_draws[:, top & ~active]
+    test = load_split(config, "test").head(train_images // 10)
+    parts = []
+    for start, images in enumerate(fitted_images(config, train_images, test.factors)):
+        loc, scale = posterior_parameters(model, images)  # chunk by chunk: only the top columns are kept
+        draw_seed = seed + start + 1 if start else seed  # seed + 1 draws the test codes
+        parts.append((loc[:, top], scale[:, top], whitened_posterior_draws(model, images, draw_seed)[:, top]))
+    train_loc, train_scale, train_draws = (np.concatenate(column) for column in zip(*parts))
+    test_draws = whitened_posterior_draws(model, test, seed + 1)[:, top]
+    active = metrics.active_units(train_loc)[1] > metrics.ACTIVE_THRESHOLD  # over the top groups' columns
+    inactive = train_draws[:, ~active]
     half = len(test_draws) // 2
     sprites_judge = judge.load_judge()
     rows = {}
-    for name, (draws, log_density) in fitted_priors(train_draws[:, top], train_loc[:, top], train_scale[:, top],
-                                                    active[top], test_draws[:half, active],
-                                                    test_draws[half:, active], seed, names=names,
-                                                    diffusion_steps=diffusion_steps).items():
+    for name, (draws, log_density) in fitted_priors(train_draws, train_loc, train_scale, active,
+                                                    test_draws[:half, active], test_draws[half:, active], seed,
+                                                    names=names, diffusion_steps=diffusion_steps).items():
         images = decode_with(model, draws, top, row_rng(seed, name, 1))
         rows[name] = dict(judge.sample_scores(sprites_judge, images), held_out_log_density=log_density)
         if grids:
@@ -232,7 +261,7 @@ def measure(run_dir, keep, train_images, grids=None, seed=0, names=ROWS, diffusi
             save_png(os.path.join(grids, f"{os.path.basename(os.path.normpath(run_dir))}-keep{keep}-{name}.png"),
                      make_grid(images[:GRID], columns=8))
         print(name, json.dumps(rows[name]), flush=True)
-    return {"run": os.path.basename(os.path.normpath(run_dir)), "keep": keep, "train_images": len(train.x),
+    return {"run": os.path.basename(os.path.normpath(run_dir)), "keep": keep, "train_images": len(train_draws),
             "held_out_images": len(test.x) - half, "top_dimensions": int(top.sum()),
             "active_dimensions": int(active.sum()),
             "inactive_draws": {"mean": float(inactive.mean()), "std": float(inactive.std())}, "rows": rows}
@@ -254,7 +283,8 @@ def main(argv=None):
     parser.add_argument("run", help="a finished nvae run on sprites")
     parser.add_argument("--keep", type=int, default=2, help="the top groups whose prior is replaced")
     parser.add_argument("--train-images", type=int, default=20000,
-                        help="training images whose posteriors are fitted (a tenth as many test images give the "
+                        help="images whose posteriors are fitted: the training split's, then sprites rendered "
+                             "afresh (a tenth as many test images, at most the 2,000 of the split, give the "
                              "held-out codes)")
     parser.add_argument("--out", help="a JSON file for the figures")
     parser.add_argument("--grids", help="a folder for a grid of 64 samples per prior")

@@ -179,3 +179,27 @@ def test_a_row_draws_the_same_alone_as_among_all():
     among = prior_holes.fitted_priors(train, train, np.ones_like(train), active, tuning, held_out, 7, num=50,
                                       names=["prior", "gaussian", "mixture-10", "training-draws"])
     np.testing.assert_array_equal(alone["mixture-10"][0], among["mixture-10"][0])
+
+
+def test_the_fitted_images_go_on_past_the_training_split_with_sprites_rendered_afresh():
+    """Up to the training split's size, its first images; past it, sprites rendered as the dataset renders them,
+    skipping any factor combination of the held-out images; all in chunks of at most `chunk`."""
+    from keras_vae.config import FitConfig
+    from keras_vae.data import pipeline, sprites
+    from keras_vae.data.splits import load_split
+
+    config = FitConfig(model="nvae", dataset="sprites28")
+    train, test = load_split(config, "train"), load_split(config, "test")
+    [head] = prior_holes.fitted_images(config, 100, test.factors)
+    np.testing.assert_array_equal(head.x, train.x[:100])
+    would_draw = sprites.sample_factors(40 + 7, prior_holes.RENDER_SEED + config.seed)  # 40 and as many as held out
+    held_out = np.concatenate([test.factors[:5], would_draw[[3, 7]]])  # two that the renderer draws
+    chunks = list(prior_holes.fitted_images(config, len(train.x) + 40, held_out, chunk=7000))
+    assert [len(c.x) for c in chunks] == [7000] * (len(train.x) // 7000) + [len(train.x) % 7000] + [40]
+    np.testing.assert_array_equal(np.concatenate([c.x for c in chunks[:-1]]), train.x)
+    rendered = chunks[-1]
+    expected = np.delete(would_draw, [3, 7], axis=0)[:40]
+    np.testing.assert_array_equal(rendered.factors, expected)
+    np.testing.assert_array_equal(rendered.y, expected[:, 0])
+    np.testing.assert_array_equal(rendered.x, pipeline.to_unit_float(sprites.render(expected, 28)))
+    assert rendered.x.shape[1:] == train.x.shape[1:] and rendered.factor_names == train.factor_names

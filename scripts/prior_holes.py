@@ -16,13 +16,14 @@ the groups below from their own priors given each draw, and has the sprites judg
     prior-T0.7         N(0, 0.7² I): what a lower temperature alone does to the top groups
     gaussian           one full-covariance Gaussian
     mixture-K          a diagonal Gaussian mixture of K components (EM, `priors.fit_mixture`)
-    aggregate          the aggregate posterior as a kernel density: each training posterior (`encode`'s
+    aggregate          the aggregate posterior as a kernel density: each fitted image's posterior (`encode`'s
                        means and spreads) widened by the bandwidth under which held-out codes are likeliest
-                       (`priors.aggregate_posterior_mixture`)
-    training-draws     the aggregate posterior itself: one ancestral draw from a random training image's
+                       (`priors.aggregate_posterior_mixture`; one component per image, so its memory and
+                       time grow with --train-images: leave it out past some tens of thousands)
+    training-draws     the aggregate posterior itself: one ancestral draw from a random fitted image's
                        posterior (`NVAE.whitened_posterior_sample`), the prior that maximizes the ELBO for the
                        trained encoder and decoder
-    training-means     a random training image's posterior means (`resample`'s row, on training images)
+    training-means     a random fitted image's posterior means (`resample`'s row, on those images)
     made               an autoregressive density (MADE with Gaussian-mixture conditionals, `code_densities`)
     diffusion          a denoising diffusion model (DDPM, `code_densities`): LSGM's kind of prior, fitted after
                        training; draws only
@@ -30,17 +31,20 @@ the groups below from their own priors given each draw, and has the sprites judg
                        n ~ N(0, I), for S in NOISE_LEVELS: how far from the aggregate posterior a draw may
                        land and keep its shape
 
-The densities are fitted to one posterior draw per training image, on the active dimensions of the top
-groups (posterior-mean variance above `metrics.ACTIVE_THRESHOLD`); their draws take N(0, 1) in the other
-dimensions, and the report gives the mean and standard deviation of the training draws there, which should
-be near 0 and 1 (the training rows keep a training image's whole top code). Each row also reports the mean log-density (nats, over the active dimensions) of held-out codes
+The densities are fitted to one posterior draw per fitted image (the training images, and with
+`--train-images` past them rendered ones), on the active dimensions of the top groups (posterior-mean
+variance above `metrics.ACTIVE_THRESHOLD`); their draws take N(0, 1) in the other dimensions, and the report
+gives the mean and standard deviation of the fitted images' draws there, which should be near 0 and 1 (the
+training rows keep a fitted image's whole top code). Each row also reports the mean log-density (nats, over
+the active dimensions) of held-out codes
 (one posterior draw per test image): how much better than N(0, I) the density describes codes it was not
 fitted to. Half of the test images' codes decide when EM stops, which epoch of the MADE is kept and which
 bandwidth the aggregate takes; the log-density is reported on the other half.
 
 `--train-images` beyond the training split's 20,000 adds sprites rendered afresh (sprites has 737,280 factor
-combinations; those of the test split are left out, so the held-out codes stay held out): their codes are
-draws of the same aggregate posterior, so the densities see more of it than the training images show.
+combinations; the rendered ones leave out those of the held-out test images, though the dataset's own
+training split shares a few with its test split): their codes are draws of the same aggregate posterior, so
+the densities see more of it than the training images show.
 """
 
 import argparse
@@ -58,6 +62,7 @@ SAMPLES = 1000
 GRID = 64  # samples per saved grid
 ENCODE_CHUNK = 20000  # images encoded at a time: only the top groups' columns are kept
 RENDER_SEED = 1000  # + the run's seed: the rendered images' factors, apart from the dataset's own
+RENDER_BLOCK = 10000  # factor combinations drawn at a time, so that fewer images are a prefix of more
 
 
 def gaussian_fit(points):
@@ -204,20 +209,32 @@ def decode_with(model, top, columns, rng, batch_size=500):
                            for s in range(0, len(codes), batch_size)])
 
 
+def rendered_factors(count, held_out, seed, block=RENDER_BLOCK):
+    """`count` factor combinations [count, 5] drawn uniformly (`sprites.sample_factors`) in blocks of `block`,
+    block i with the seed [seed, i], none of them in the set `held_out` of tuples: the first n of them are the
+    same for any count ≥ n."""
+    from keras_vae.data import sprites
+
+    blocks, kept = [], 0
+    while kept < count:
+        factors = sprites.sample_factors(block, [seed, len(blocks)])
+        blocks.append(factors[[tuple(f) not in held_out for f in factors]])
+        kept += len(blocks[-1])
+    return np.concatenate(blocks or [np.zeros((0, 5), np.int32)])[:count]
+
+
 def fitted_images(config, count, test_factors, chunk=ENCODE_CHUNK):
     """The images whose codes the densities are fitted to, as Splits of at most `chunk`: the first `count` of
-    a sprites run's training split and, past its end, sprites rendered afresh (`sprites.sample_factors` at RENDER_SEED + the
-    run's seed) whose factor combinations are none of `test_factors` [M, 5]."""
+    a sprites run's training split and, past its end, sprites rendered afresh (`rendered_factors` at
+    RENDER_SEED + the run's seed) whose factor combinations are none of `test_factors` [M, 5]."""
     from keras_vae.data import pipeline, sprites
     from keras_vae.data.splits import Split, fixed_binarization, load_split
 
     train = load_split(config, "train").head(count)
     for start in range(0, len(train.x), chunk):
         yield train.rows(start, start + chunk)
-    missing = count - len(train.x)
     held_out = {tuple(f) for f in np.asarray(test_factors)}
-    factors = sprites.sample_factors(missing + len(held_out), RENDER_SEED + config.seed)
-    factors = np.array([f for f in factors if tuple(f) not in held_out][:max(0, missing)], np.int32)
+    factors = rendered_factors(count - len(train.x), held_out, RENDER_SEED + config.seed)
     for start in range(0, len(factors), chunk):
         part = factors[start: start + chunk]
         images = pipeline.to_unit_float(fixed_binarization(config, sprites.render(part, train.x.shape[1])))
@@ -240,9 +257,9 @@ def measure(run_dir, keep, train_images, grids=None, seed=0, names=ROWS, diffusi
     top = top_mask(model, keep)
     test = load_split(config, "test").head(train_images // 10)
     parts = []
-    for start, images in enumerate(fitted_images(config, train_images, test.factors)):
+    for index, images in enumerate(fitted_images(config, train_images, test.factors)):
         loc, scale = posterior_parameters(model, images)  # chunk by chunk: only the top columns are kept
-        draw_seed = seed + start + 1 if start else seed  # seed + 1 draws the test codes
+        draw_seed = seed + index + 1 if index else seed  # seed + 1 draws the test codes
         parts.append((loc[:, top], scale[:, top], whitened_posterior_draws(model, images, draw_seed)[:, top]))
     train_loc, train_scale, train_draws = (np.concatenate(column) for column in zip(*parts))
     test_draws = whitened_posterior_draws(model, test, seed + 1)[:, top]

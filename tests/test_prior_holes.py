@@ -183,7 +183,8 @@ def test_a_row_draws_the_same_alone_as_among_all():
 
 def test_the_fitted_images_go_on_past_the_training_split_with_sprites_rendered_afresh():
     """Up to the training split's size, its first images; past it, sprites rendered as the dataset renders them,
-    skipping any factor combination of the held-out images; all in chunks of at most `chunk`."""
+    none of them a held-out image's factor combination, fewer of them the first of more; all in chunks of at
+    most `chunk`."""
     from keras_vae.config import FitConfig
     from keras_vae.data import pipeline, sprites
     from keras_vae.data.splits import load_split
@@ -192,14 +193,26 @@ def test_the_fitted_images_go_on_past_the_training_split_with_sprites_rendered_a
     train, test = load_split(config, "train"), load_split(config, "test")
     [head] = prior_holes.fitted_images(config, 100, test.factors)
     np.testing.assert_array_equal(head.x, train.x[:100])
-    would_draw = sprites.sample_factors(40 + 7, prior_holes.RENDER_SEED + config.seed)  # 40 and as many as held out
+    seed = prior_holes.RENDER_SEED + config.seed
+    would_draw = sprites.sample_factors(prior_holes.RENDER_BLOCK, [seed, 0])
     held_out = np.concatenate([test.factors[:5], would_draw[[3, 7]]])  # two that the renderer draws
-    chunks = list(prior_holes.fitted_images(config, len(train.x) + 40, held_out, chunk=7000))
-    assert [len(c.x) for c in chunks] == [7000] * (len(train.x) // 7000) + [len(train.x) % 7000] + [40]
-    np.testing.assert_array_equal(np.concatenate([c.x for c in chunks[:-1]]), train.x)
-    rendered = chunks[-1]
-    expected = np.delete(would_draw, [3, 7], axis=0)[:40]
-    np.testing.assert_array_equal(rendered.factors, expected)
-    np.testing.assert_array_equal(rendered.y, expected[:, 0])
-    np.testing.assert_array_equal(rendered.x, pipeline.to_unit_float(sprites.render(expected, 28)))
-    assert rendered.x.shape[1:] == train.x.shape[1:] and rendered.factor_names == train.factor_names
+    chunks = list(prior_holes.fitted_images(config, len(train.x) + 70, held_out, chunk=30))
+    whole, rest = divmod(len(train.x), 30)
+    assert [len(c.x) for c in chunks] == [30] * whole + [rest] * bool(rest) + [30, 30, 10]
+    np.testing.assert_array_equal(np.concatenate([c.x for c in chunks[:-3]]), train.x)
+    factors = np.concatenate([c.factors for c in chunks[-3:]])
+    np.testing.assert_array_equal(factors, np.delete(would_draw, [3, 7], axis=0)[:70])
+    assert not {tuple(f) for f in factors} & {tuple(f) for f in held_out}
+    np.testing.assert_array_equal(np.concatenate([c.y for c in chunks[-3:]]), factors[:, 0])
+    np.testing.assert_array_equal(np.concatenate([c.x for c in chunks[-3:]]),
+                                  pipeline.to_unit_float(sprites.render(factors, 28)))
+    np.testing.assert_array_equal(pipeline.to_unit_float(sprites.render(train.factors[:20], 28)), train.x[:20])
+    fewer = list(prior_holes.fitted_images(config, len(train.x) + 40, held_out, chunk=len(train.x)))
+    np.testing.assert_array_equal(fewer[-1].factors, factors[:40])
+
+
+def test_rendered_factors_go_on_drawing_blocks_until_enough_are_kept():
+    held_out = {tuple(f) for f in prior_holes.rendered_factors(15, set(), 3, block=10)[:12]}
+    factors = prior_holes.rendered_factors(15, held_out, 3, block=10)  # 12 of the first 20 draws are held out
+    assert len(factors) == 15 and not {tuple(f) for f in factors} & held_out
+    assert len(prior_holes.rendered_factors(0, held_out, 3)) == 0

@@ -81,9 +81,10 @@ def cancelled_shifts(model):
 
 # The NVAE's honest bfloat16 errors reach further: up to 28% (relative L2) at the squeeze-and-excitation gates of
 # the encoder's cells, whose gradients are small and partly cancel, over the weight draws tried (5-12% at
-# seeds 0-3 of this test); computing the gates in float32 did not lower them. The defect guarded against is an
-# order larger (a bias gradient 74-93% off, a cancelled shift 400-1,500x).
-NVAE_TOLERANCE = {"mixed_bfloat16": 0.35}
+# seeds 0-3 of this test); computing the gates in float32 did not lower them. With the same weights they vary
+# with the process's state: 6-12% alone, and 35% once in a full suite run (one gate's bias, on the Xeon). The
+# defect guarded against is larger still (a bias gradient 74-93% off, a cancelled shift 400-1,500x).
+NVAE_TOLERANCE = {"mixed_bfloat16": 0.5}
 
 
 @pytest.mark.parametrize("precision", sorted(NVAE_TOLERANCE))

@@ -54,17 +54,22 @@ def add_prior_weights(model, name, components):
     if name != "normal" and (not isinstance(components, int) or components <= 0):
         raise UserError(f"--prior-components must be a positive integer. Received: {components!r}.")
     if name == "mog":
-        model.prior_logits = model.add_weight(shape=(components,), initializer="zeros", name="prior_logits")
-        model.prior_loc = model.add_weight(
-            shape=(components, model.latent_dim), initializer=keras.initializers.RandomNormal(stddev=1.0),
-            name="prior_loc")
-        model.prior_raw_scale = model.add_weight(
-            shape=(components, model.latent_dim), initializer=keras.initializers.Constant(0.5413),  # softplus⁻¹(1)
-            name="prior_raw_scale")
+        add_mixture_weights(model, components, model.latent_dim)
     elif name == "vamp":
         model.pseudo_inputs = model.add_weight(
             shape=(components,) + tuple(model.image_shape),
             initializer=keras.initializers.RandomUniform(0.0, 1.0), name="pseudo_inputs")
+
+
+def add_mixture_weights(model, components, dim, loc_stddev=1.0):
+    """Creates a `mog` prior's weights on `model`: `components` diagonal Gaussians over `dim` dimensions, equal
+    weights, unit scales and means drawn from N(0, loc_stddev²)."""
+    model.prior_logits = model.add_weight(shape=(components,), initializer="zeros", name="prior_logits")
+    model.prior_loc = model.add_weight(
+        shape=(components, dim), initializer=keras.initializers.RandomNormal(stddev=loc_stddev), name="prior_loc")
+    model.prior_raw_scale = model.add_weight(
+        shape=(components, dim), initializer=keras.initializers.Constant(0.5413),  # softplus⁻¹(1)
+        name="prior_raw_scale")
 
 
 def learned_prior(model, name):
@@ -75,6 +80,15 @@ def learned_prior(model, name):
     loc, scale = model.encode(model.pseudo_inputs)
     components = tf.shape(loc)[0]
     return gaussian_mixture(tf.zeros([components]), loc, scale)
+
+
+def mixture_draws(logits, loc, scale, num_samples, seed, temperature=1.0):
+    """`num_samples` draws [N, L] of Σ_k softmax(logits)_k N(loc_k, diag((T scale_k)²)), stateless in `seed`
+    ([2] int): a component from the weights, then its Gaussian with its scale times the temperature T."""
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 2)
+    k = tf.random.stateless_categorical(logits[None], num_samples, seed=seeds[0])[0]
+    noise = tf.random.stateless_normal([num_samples, tf.shape(loc)[1]], seed=seeds[1])
+    return tf.gather(loc, k) + temperature * tf.gather(scale, k) * noise
 
 
 def assign_mixture(model, logits, loc, scale):

@@ -173,7 +173,7 @@ def test_the_likelihoods_add_the_log_ratio_at_the_posteriors_draw(nvae_pair):
     # A constant ratio c: the ELBO's KL is Σ_l KL_l − (c − log Z) exactly.
     constant_ratio(contrast, 2.5, 0.5)
     terms = contrast.compute_terms(x)
-    np.testing.assert_allclose(terms["kl"], tf.reduce_sum(terms["kl_groups"], -1) - 2.0, rtol=1e-5)
+    np.testing.assert_allclose(terms["kl"], tf.reduce_sum(terms["kl_units"], -1) - 2.0, rtol=1e-5)
     np.testing.assert_allclose(terms["elbo"], -(terms["reconstruction_loss"] + terms["kl"]), rtol=1e-6)
 
 

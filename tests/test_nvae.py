@@ -392,7 +392,7 @@ def warming_nvae_terms(balance):
 def test_group_free_bits_floor_each_groups_batch_mean_kl_once_the_balanced_warm_up_is_over():
     for balance in (True, False):
         model, terms = warming_nvae_terms(balance)
-        kl_groups = terms["kl_groups"]
+        kl_groups = terms["kl_units"]
         group_means = np.mean(kl_groups.numpy(), 0)
         floor = float(np.median(group_means))  # some groups above it, some below
         assert np.any(group_means < floor) and np.any(group_means > floor)
@@ -408,11 +408,138 @@ def test_group_free_bits_floor_each_groups_batch_mean_kl_once_the_balanced_warm_
 def test_without_kl_balance_the_warm_up_penalizes_the_plain_kl():
     for balance in (True, False):
         model, terms = warming_nvae_terms(balance)
-        kl_groups = terms["kl_groups"]
+        kl_groups = terms["kl_units"]
         balanced = balanced_kl(kl_groups, model.plan.group_sizes(), tf.constant(True))
         expected = tf.reduce_mean(balanced if balance else tf.reduce_sum(kl_groups, -1))
         np.testing.assert_allclose(model.regularizer(terms, 1.0), expected, rtol=1e-5)
     assert abs(float(tf.reduce_mean(balanced)) - float(tf.reduce_mean(terms["kl"]))) > 1e-3  # they differ here
+
+
+# ------------------------------------------------------------------ a mixture top prior, trained with the model
+def mog_nvae(loc, scale, weights):
+    """An untrained 4-group NVAE whose mog top prior (over the top 2 groups) is set to the mixture with means
+    loc [K, D] (a row of one value per component, broadcast to D), one scale and the given weights."""
+    from keras_vae.priors import assign_mixture
+
+    model = untrained_nvae(top_prior="mog", top_prior_components=len(weights), spectral_reg=0.0)
+    dim = model.mixture_dim
+    assign_mixture(model, np.log(weights), np.broadcast_to(np.asarray(loc, np.float64)[:, None], (len(loc), dim)),
+                   np.full((len(loc), dim), scale))
+    return model
+
+
+def mixture_log_density_direct(code, logits, loc, scale):
+    """log Σ_k π_k Π_d N(code_d; loc_kd, scale_kd²) per row, term by term in float64 NumPy."""
+    code, loc, scale = (np.asarray(a, np.float64) for a in (code, loc, scale))
+    log_normal = -0.5 * ((code[:, None] - loc[None]) / scale[None]) ** 2 - np.log(scale[None]) - 0.5 * np.log(2 * np.pi)
+    joint = np.log(np.exp(logits) / np.exp(logits).sum()) + log_normal.sum(-1)  # [N, K]
+    top = joint.max(1, keepdims=True)
+    return (top + np.log(np.exp(joint - top).sum(1, keepdims=True)))[:, 0]
+
+
+def test_a_mog_top_prior_covers_the_top_groups_and_enters_the_kl_by_monte_carlo():
+    from keras_vae.models.nvae import whitened
+
+    model = mog_nvae([-0.8, 0.3, 1.1], 0.7, [0.2, 0.3, 0.5])  # far from N(0, I): tens of nats of difference
+    assert model.mixture_groups == 2  # every group but the finest scale's (2 scales x 2 groups)
+    assert model.mixture_dim == sum(model.plan.group_sizes()[:2]) == model.prior_loc.shape[1]
+    x = tf.constant((tiny_images(6) / 255).astype(np.float32))
+    seeds = split_seeds(tf.constant([1, 2]), model.plan.num_groups)
+    _, trace = model.walk(x, lambda g, q: q.sample(seed=seeds[g]))
+    code = whitened(trace[:2]).numpy()
+    scale = tf.nn.softplus(model.prior_raw_scale).numpy() + 1e-4
+    direct = (mixture_log_density_direct(code, model.prior_logits.numpy(), model.prior_loc.numpy(), scale)
+              - mixture_log_density_direct(code, np.zeros(1), np.zeros((1, code.shape[1])), np.ones((1, code.shape[1]))))
+    assert np.all(np.abs(direct) > 10)
+    np.testing.assert_allclose(model.mixture_log_ratio(trace), direct, rtol=1e-4, atol=1e-2)
+    np.testing.assert_allclose(model.prior_log_ratio(trace), direct, rtol=1e-4, atol=1e-2)
+    # The training terms: every group's KL analytic against its Gaussian prior; the ELBO's KL less the
+    # mixture's term; the loss's units the top 2 groups' Monte-Carlo KL as one, then each group below.
+    terms = model.compute_terms(x)
+    sizes = np.cumsum([0, *model.plan.group_sizes()])
+    analytic = np.stack([terms["kl_per_dim"][:, a:b].numpy().sum(1) for a, b in zip(sizes[:-1], sizes[1:])], 1)
+    for g in range(4):
+        np.testing.assert_allclose(terms[f"kl_{g}"], analytic[:, g], rtol=1e-5)
+    assert np.all(np.abs(terms["kl"].numpy() - analytic.sum(1)) > 3)  # the mixture's term is there
+    units = terms["kl_units"].numpy()
+    assert units.shape == (6, 3) and model.kl_unit_sizes() == [model.mixture_dim, *model.plan.group_sizes()[2:]]
+    np.testing.assert_allclose(units[:, 1:], analytic[:, 2:], rtol=1e-5)
+    np.testing.assert_allclose(units.sum(1), terms["kl"], rtol=1e-5)
+    np.testing.assert_allclose(terms["elbo"], -(terms["reconstruction_loss"] + terms["kl"]), rtol=1e-6)
+    # While warming up, KL balancing weighs the block as one unit.
+    model.compile(optimizer=keras.optimizers.Adamax(1e-3))
+    balanced = balanced_kl(terms["kl_units"], model.kl_unit_sizes(), tf.constant(True))
+    np.testing.assert_allclose(model.regularizer(terms, 1.0), tf.reduce_mean(balanced), rtol=1e-5)
+
+
+def test_with_a_mog_top_prior_the_importance_weights_and_the_training_terms_estimate_one_elbo():
+    model = mog_nvae([-0.8, 0.3, 1.1], 0.7, [0.2, 0.3, 0.5])
+    x = tf.constant((tiny_images(2) / 255).astype(np.float32))
+    log_weights, _ = model.importance_log_weights(x, 200, seed=tf.constant([4, 5]))  # [K, 2]
+    terms = model.compute_terms(tf.repeat(x, 200, axis=0))["elbo"].numpy().reshape(2, 200)
+    without = mog_nvae([0.0], 1.0 - 1e-4, [1.0])  # the mixture at N(0, I): another ELBO, which would show
+    gap = float(np.mean(without.compute_terms(tf.repeat(x, 200, axis=0))["elbo"])) - float(np.mean(terms))
+    assert gap > 20
+    for i in range(2):
+        stderr = math.hypot(np.std(log_weights[:, i]), np.std(terms[i])) / math.sqrt(200)
+        assert abs(float(np.mean(log_weights[:, i])) - float(np.mean(terms[i]))) < 4 * stderr + 0.5, i
+
+
+def test_a_mog_top_prior_draws_its_mixture_and_n01_below_it_at_the_temperature():
+    model = mog_nvae([-4.0, 0.0, 4.0], 0.5, [0.2, 0.3, 0.5])
+    seed = tf.constant([3, 0], tf.int64)
+    codes = model.sample_codes(4000, seed, temperature=0.5).numpy()
+    np.testing.assert_array_equal(codes, model.sample_codes(4000, seed, temperature=0.5).numpy())
+    top, below = codes[:, :model.mixture_dim], codes[:, model.mixture_dim:]
+    component = np.digitize(top[:, 0], [-2.0, 2.0])  # the three components are 16 spreads apart
+    np.testing.assert_allclose(np.bincount(component) / 4000, [0.2, 0.3, 0.5], atol=0.03)
+    residual = top - np.array([-4.0, 0.0, 4.0])[component][:, None]  # every dimension follows its row's component
+    assert abs(np.std(residual) - 0.25) < 0.01 and abs(np.mean(residual)) < 0.01  # the scale times T
+    assert abs(np.std(below) - 0.5) < 0.01 and abs(np.mean(below)) < 0.01
+
+
+def test_the_elbo_fits_a_mog_top_prior_to_the_codes():
+    """Steps on the ELBO alone (through `compute_terms`' Monte-Carlo KL), moving only the mixture, raise its
+    density of the posterior's draws: the prior learns from the same objective as the model."""
+
+    model = mog_nvae([-0.8, 0.3, 1.1], 0.7, [0.2, 0.3, 0.5])
+    mixture = [model.prior_logits, model.prior_loc, model.prior_raw_scale]
+    assert all(any(v is w for w in model.trainable_weights) for v in mixture)
+    x = tf.constant((tiny_images(16) / 255).astype(np.float32))
+    seeds = split_seeds(tf.constant([1, 2]), model.plan.num_groups)
+    _, trace = model.walk(x, lambda g, q: q.sample(seed=seeds[g]))
+    before = float(tf.reduce_mean(model.mixture_log_ratio(trace)))
+    optimizer = keras.optimizers.Adam(0.1)
+    for _ in range(6):
+        with tf.GradientTape() as tape:
+            loss = -tf.reduce_mean(model.compute_terms(x)["elbo"])
+        optimizer.apply_gradients(zip(tape.gradient(loss, mixture), mixture))
+    assert float(tf.reduce_mean(model.mixture_log_ratio(trace))) > before + 5
+
+
+def test_a_mog_top_prior_is_saved_and_its_draws_are_stateless_in_a_graph(tmp_path):
+    """The mixture's weights survive a save and load, and a traced graph (as the `sample` signature runs) draws
+    the same codes as eager calls, its top groups from the mixture. (The SavedModel export of an nvae, read as
+    TF Serving reads it, is the registry-wide test's; exporting this one too would cost the suite ~40 s.)"""
+    from keras_vae.export import save_keras_model
+
+    model = mog_nvae([-4.0, 4.0], 0.5, [0.5, 0.5])
+    save_keras_model(model, str(tmp_path / "model.keras"))
+    loaded = keras.saving.load_model(str(tmp_path / "model.keras"))
+    np.testing.assert_array_equal(loaded.prior_loc.numpy(), model.prior_loc.numpy())
+    seed = tf.constant([3, 0], tf.int64)
+    eager = model.sample_codes(8, seed, 0.5).numpy()
+    np.testing.assert_array_equal(loaded.sample_codes(8, seed, 0.5), eager)
+    traced = tf.function(lambda s, t: model.sample_codes(8, s, t))
+    np.testing.assert_allclose(traced(seed, tf.constant(0.5)), eager, rtol=1e-6)
+    assert np.all(np.abs(np.abs(eager[:, :model.mixture_dim]) - 4.0) < 1.5)  # each row at a component, ±4
+
+
+def test_a_mog_top_prior_names_its_groups_and_takes_no_contrastive_prior():
+    with pytest.raises(UserError, match="--top-prior-groups must be at most the 4 groups"):
+        untrained_nvae(top_prior="mog", top_prior_groups=5)
+    with pytest.raises(UserError, match="contrastive prior reweights an N\\(0, I\\) top prior"):
+        untrained_nvae(top_prior="mog", top_prior_components=2).with_contrastive_prior(1)
 
 
 # ------------------------------------------------------------------ resampling the groups below

@@ -34,8 +34,23 @@ every group, flattened top group first), whose prior is exactly N(0, I):
 traversals and interpolation work on it as on a flat VAE's code; KL per
 dimension is invariant under that map, so `kl_per_dim` lines up with ε.
 
+A mixture prior trained with the model (`top_prior` mog): the N(0, I) prior of
+the top `top_prior_groups` groups' ε is replaced by a mixture of
+`top_prior_components` diagonal Gaussians, p(ε_top) = Σ_k π_k N(μ_k, diag σ_k²),
+learned by the ELBO together with everything else, so that the encoder and
+the prior meet (the hole between the aggregate posterior and N(0, I) that a
+prior fitted after training leaves; cf. LSGM, Vahdat et al. 2021, which
+trains a score-based prior there). The block's KL has no closed form: the
+ELBO's `kl` is Σ_l KL_l − (log p(ε_top) − log N(ε_top; 0, I)) at the
+posterior's draw (the whitening is a bijection given the groups above, so the
+priors' log-ratio over z is that over ε), and KL balancing and free bits
+treat the block as one unit whose KL is that Monte-Carlo estimate (weighting
+its analytic parts apart would let a negative remainder be weighted up
+without bound). Each group's `kl_l` and `kl_per_dim` stay analytic, against
+the group's Gaussian prior. `sample` draws ε_top from the mixture.
+
 A contrastive prior (`keras-vae fit-prior --method contrastive`, after
-training): the N(0, I) prior of the top `contrastive_groups` groups' ε is
+training, for a model whose top prior is N(0, I)): the N(0, I) prior of the top `contrastive_groups` groups' ε is
 reweighted by a classifier of their aggregate posterior against it,
 p(ε_top) = N(ε_top; 0, I) r(ε_top) / Z (`keras_vae.contrastive_prior`, Aneja et
 al. 2021). `sample` then draws ε_top by sampling-importance-resampling, and the
@@ -50,6 +65,9 @@ References:
     Hu et al. (2018). Squeeze-and-Excitation Networks. CVPR.
     Salimans et al. (2017). PixelCNN++: the discretized logistic mixture (`--likelihood logistic_mixture`).
     Aneja et al. (2021). A Contrastive Learning Approach for Training VAE Priors (NCP-VAE). NeurIPS.
+    Vahdat, Kreis & Kautz (2021). Score-based Generative Modeling in Latent Space (LSGM). NeurIPS: a prior
+        trained with the VAE, against the prior hole.
+    Tomczak & Welling (2018). VAE with a VampPrior. AISTATS: a learned mixture prior, its KL by Monte Carlo.
 """
 
 import math
@@ -57,7 +75,7 @@ import math
 import keras
 import tensorflow as tf
 
-from keras_vae import contrastive_prior, losses
+from keras_vae import contrastive_prior, losses, priors
 from keras_vae.distribute import global_batch_mean
 from keras_vae.errors import UserError
 from keras_vae.hparams import Hyperparameter as H
@@ -75,6 +93,10 @@ HEAD_INIT = keras.initializers.RandomNormal(stddev=1e-3)
 BALANCE_FLOOR = 0.01  # nats added to each group's batch-mean KL before balancing
 INITIAL_POWER_ITERATIONS = 40  # at build; then one per training step
 READJUST_BATCHES = 20  # forward passes of the prior's samples that readjust the batch-norm statistics
+TOP_PRIORS = ("normal", "mog")
+# The learned mixture's means start at N(0, 0.3²) per dimension: near N(0, I), so training starts close to the
+# standard prior, yet far enough apart over hundreds of dimensions that each code has one likeliest component.
+TOP_PRIOR_LOC_SPREAD = 0.3
 
 
 # ------------------------------------------------------------------ pure functions
@@ -394,6 +416,13 @@ class NVAE(VAE):
         H("group_free_bits", float, 0.0, "NVAE: floor, in nats, on each group's batch-mean KL in the loss once "
           "the balanced warm-up is over (all along without `kl_balance`), so that no group collapses later.",
           minimum=0, reference="Kingma et al. 2016 (free bits per group)"),
+        H("top_prior", str, "normal", "NVAE: the prior of the top --top-prior-groups groups' whitened code: normal "
+          "(N(0, I)) or mog (a mixture of --top-prior-components diagonal Gaussians trained with the model, its KL "
+          "by Monte Carlo), against the hole between the aggregate posterior and N(0, I).", choices=TOP_PRIORS,
+          reference="Vahdat et al. 2021 (LSGM); Tomczak & Welling 2018"),
+        H("top_prior_groups", int, None, "NVAE: how many top groups a mog --top-prior covers (default: every "
+          "group but the finest scale's).", minimum=1, nullable=True),
+        H("top_prior_components", int, 100, "NVAE: components of a mog --top-prior.", minimum=1),
     )
     unused_hyperparameters = ("latent_dim", "architecture", "posterior_scale", "free_bits", "prior",
                               "prior_components", "prior_refit", "dequantize", "aggressive_encoder", "decoder", "decoder_layers",
@@ -420,6 +449,15 @@ class NVAE(VAE):
             raise UserError(f"--model nvae reads images [H, W, C]; received data of shape {list(image_shape)}.")
         super().__init__(image_shape, **kwargs)
         self.contrastive_groups = contrastive_groups
+        groups = self.plan.num_groups
+        if self.top_prior == "mog":
+            if self.mixture_groups > groups:
+                raise UserError(f"--top-prior-groups must be at most the {groups} groups of this nvae "
+                                f"(--scales × --groups-per-scale). Received: top_prior_groups={self.top_prior_groups}.")
+            priors.add_mixture_weights(self, self.top_prior_components, self.mixture_dim, TOP_PRIOR_LOC_SPREAD)
+        if contrastive_groups is not None and self.top_prior != "normal":
+            raise UserError(f"A contrastive prior reweights an N(0, I) top prior; this nvae trained a "
+                            f"{self.top_prior!r} top prior, which is already fitted to its codes.")
         if contrastive_groups is not None:
             if not (isinstance(contrastive_groups, int) and 1 <= contrastive_groups <= self.plan.num_groups):
                 raise UserError(f"--top-groups must name 1 to {self.plan.num_groups} top groups of this "
@@ -471,6 +509,27 @@ class NVAE(VAE):
         """The dimensions of the whitened code that the contrastive prior reweights (its first ones)."""
         return sum(self.plan.group_sizes()[:self.contrastive_groups or 0])
 
+    @property
+    def mixture_groups(self):
+        """The top groups whose whitened code a mog `top_prior` covers (0 for an N(0, I) top prior)."""
+        if self.top_prior == "normal":
+            return 0
+        return self.top_prior_groups or self.default_contrastive_groups()
+
+    @property
+    def mixture_dim(self):
+        """The dimensions of the whitened code that a mog `top_prior` covers (its first ones)."""
+        return sum(self.plan.group_sizes()[:self.mixture_groups])
+
+    def mixture_log_ratio(self, trace):
+        """log p_mog(ε_top) − log N(ε_top; 0, I) [B] at the draws of a walk's `trace`: what a mog `top_prior`
+        adds to log p(z) against the Gaussian priors; 0 for an N(0, I) top prior."""
+        if self.top_prior == "normal":
+            return 0.0
+        code = whitened(trace[:self.mixture_groups])
+        standard = -0.5 * tf.reduce_sum(code**2, -1) - 0.5 * self.mixture_dim * math.log(2 * math.pi)
+        return priors.learned_prior(self, "mog").log_prob(code) - standard
+
     def default_contrastive_groups(self):
         """The groups of every scale but the finest (one group for a one-scale model)."""
         return max(1, self.plan.num_groups - self.plan.groups_per_scale)
@@ -484,9 +543,10 @@ class NVAE(VAE):
 
     def prior_log_ratio(self, trace):
         """log r(ε_top) − log Z [B] at the top groups' draws of a walk's `trace` ((prior, posterior, z) per
-        group): what the contrastive prior adds to log p(z); 0 without one."""
+        group): what the contrastive prior adds to log p(z), or a mog top prior's `mixture_log_ratio`; 0 with
+        neither."""
         if self.contrastive_groups is None:
-            return 0.0
+            return self.mixture_log_ratio(trace)
         return self.contrast(whitened(trace[:self.contrastive_groups])) - self.contrast_log_normalizer
 
     def get_config(self):
@@ -547,20 +607,33 @@ class NVAE(VAE):
         reconstruction_loss = -self.likelihood_layer(params, training=training).log_prob(x)
         per_dim = [losses.kl_per_dimension(q, p) for p, q, _ in trace]  # [B, h, w, c] each, via tfd.kl_divergence
         kl_groups = tf.stack([tf.reduce_sum(k, [1, 2, 3]) for k in per_dim], -1)  # [B, G]
-        kl = tf.reduce_sum(kl_groups, -1) - self.prior_log_ratio(trace)
-        return elbo_terms(reconstruction_loss, kl, flat(per_dim), kl_groups=kl_groups,
+        log_ratio = self.prior_log_ratio(trace)
+        kl = tf.reduce_sum(kl_groups, -1) - log_ratio
+        units = kl_groups  # what the loss balances and floors: a mog prior's block is one (module docstring)
+        if self.mixture_groups:
+            k = self.mixture_groups
+            units = tf.concat([tf.reduce_sum(kl_groups[:, :k], -1, keepdims=True) - log_ratio[:, None],
+                               kl_groups[:, k:]], -1)
+        return elbo_terms(reconstruction_loss, kl, flat(per_dim), kl_units=units,
                           norm_penalty=self.norm_penalty(training),
                           **{f"kl_{g}": kl_groups[:, g] for g in range(self.plan.num_groups)})
+
+    def kl_unit_sizes(self):
+        """Latent variables of each unit of `compute_terms`' `kl_units`: every group's, a mog top prior's block as
+        one."""
+        sizes = self.plan.group_sizes()
+        return [sum(sizes[:self.mixture_groups]), *sizes[self.mixture_groups:]] if self.mixture_groups else sizes
 
     def regularizer(self, terms, beta):
         """β × the KL term, plus `spectral_reg` × the norm penalty. The KL term is balanced while warming up
         (with `kl_balance`); otherwise it is the plain KL, each group's batch mean floored at
         `group_free_bits` when that is set (under tf.distribute, both the balancing's weights and which groups
-        are floored come from the global batch)."""
+        are floored come from the global batch). A mog top prior's groups are balanced and floored as one
+        (`kl_unit_sizes`)."""
         warming_up = self.kl_balance and self.kl_weight() < 1.0
-        kl = tf.reduce_mean(balanced_kl(terms["kl_groups"], self.plan.group_sizes(), warming_up))
+        kl = tf.reduce_mean(balanced_kl(terms["kl_units"], self.kl_unit_sizes(), warming_up))
         if self.group_free_bits > 0:
-            floored = losses.free_bits_kl(terms["kl_groups"], self.group_free_bits)
+            floored = losses.free_bits_kl(terms["kl_units"], self.group_free_bits)
             kl = floored if warming_up is False else tf.where(warming_up, kl, floored)
         return beta * kl + self.spectral_reg * terms["norm_penalty"]
 
@@ -603,8 +676,15 @@ class NVAE(VAE):
     # ------------------------------------------------------ sampling
     def sample_codes(self, num_samples, seed, temperature=1.0):
         """ε ~ N(0, T² I); with a contrastive prior, the top groups' ε drawn instead from N(0, T² I)·r / Z by
-        sampling-importance-resampling (`contrastive_prior.sir_draws`), stateless in `seed`."""
+        sampling-importance-resampling (`contrastive_prior.sir_draws`); with a mog top prior, from the mixture,
+        each component's scale times T (`priors.mixture_draws`). Stateless in `seed`."""
         codes = super().sample_codes(num_samples, seed, temperature)
+        if self.top_prior == "mog":
+            mixture = priors.learned_prior(self, "mog")
+            normal = mixture.components_distribution.distribution
+            top = priors.mixture_draws(self.prior_logits, normal.loc, normal.scale, num_samples,
+                                       tf.random.experimental.stateless_fold_in(seed, 1), temperature)
+            return tf.concat([top, codes[:, self.mixture_dim:]], -1)
         if self.contrastive_groups is None:
             return codes
         top = contrastive_prior.sir_draws(self.contrast, num_samples, self.top_dim, seed, temperature)

@@ -69,11 +69,14 @@ def group_mask(sizes, kept):
     return np.concatenate([np.full(size, g in kept) for g, size in enumerate(sizes)])
 
 
-def resampled_codes(model, loc, noise, keep):
+def resampled_codes(model, loc, noise, keep, seed=0):
     """Whitened codes [N, L] that keep the first `keep` groups of `model.generation_order()` at `loc` (an
-    image's posterior means) and take the groups below from `noise` (ε of their conditional priors)."""
+    image's posterior means) and take the groups below from `noise` (ε of their conditional priors; where the
+    whitened prior is not N(0, I), as under an nvae's mog top prior, `model.redraw_dropped` draws them from it
+    given the kept groups, with `seed` for what the noise does not decide)."""
     sizes = [size for _, size in model.code_groups()]
-    return np.where(group_mask(sizes, set(model.generation_order()[:keep])), loc, noise)
+    kept = group_mask(sizes, set(model.generation_order()[:keep]))
+    return model.redraw_dropped(np.where(kept, loc, noise), kept, noise, seed)
 
 
 def resample_grid(model, x, temperature=1.0, seed=0):
@@ -84,7 +87,7 @@ def resample_grid(model, x, temperature=1.0, seed=0):
     loc = _means(model, x)
     noise = temperature * np.random.default_rng(seed).standard_normal(loc.shape).astype(np.float32)
     groups = len(model.generation_order())
-    rows = [_decode(model, resampled_codes(model, loc, noise, keep)) for keep in range(groups, -1, -1)]
+    rows = [_decode(model, resampled_codes(model, loc, noise, keep, seed)) for keep in range(groups, -1, -1)]
     return make_grid(np.concatenate([x, *rows]), len(x))
 
 

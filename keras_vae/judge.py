@@ -269,7 +269,7 @@ def resample_scores(judge, model, data, num_samples=1000, seed=0):
     noise = np.random.default_rng(seed).standard_normal(loc.shape).astype(np.float32)
     scores = {}
     for keep in range(1, len(model.generation_order())):
-        codes = resampled_codes(model, loc, noise, keep)
+        codes = resampled_codes(model, loc, noise, keep, seed)
         images = np.concatenate([np.asarray(model.decode(codes[s: s + 500])) for s in range(0, len(codes), 500)])
         probs = predict(judge, images)
         scores[keep] = score_decisions(shape_decisions(probs["shape"]))

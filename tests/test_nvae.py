@@ -501,7 +501,6 @@ def test_a_mog_top_prior_draws_its_mixture_and_n01_below_it_at_the_temperature()
 def test_the_elbo_fits_a_mog_top_prior_to_the_codes():
     """Steps on the ELBO alone (through `compute_terms`' Monte-Carlo KL), moving only the mixture, raise its
     density of the posterior's draws: the prior learns from the same objective as the model."""
-
     model = mog_nvae([-0.8, 0.3, 1.1], 0.7, [0.2, 0.3, 0.5])
     mixture = [model.prior_logits, model.prior_loc, model.prior_raw_scale]
     assert all(any(v is w for w in model.trainable_weights) for v in mixture)
@@ -533,6 +532,27 @@ def test_a_mog_top_prior_is_saved_and_its_draws_are_stateless_in_a_graph(tmp_pat
     traced = tf.function(lambda s, t: model.sample_codes(8, s, t))
     np.testing.assert_allclose(traced(seed, tf.constant(0.5)), eager, rtol=1e-6)
     assert np.all(np.abs(np.abs(eager[:, :model.mixture_dim]) - 4.0) < 1.5)  # each row at a component, ±4
+
+
+def test_resampling_under_a_mog_top_prior_draws_the_dropped_top_groups_from_the_mixture_given_the_kept():
+    from keras_vae.explore import resampled_codes
+
+    model = mog_nvae([-4.0, 4.0], 0.5, [0.5, 0.5])
+    sizes = model.plan.group_sizes()
+    loc = np.zeros((400, model.code_dim), np.float32)
+    loc[:200, :sizes[0]], loc[200:, :sizes[0]] = -4.0, 4.0  # the top group at one component or the other
+    noise = np.random.default_rng(0).standard_normal(loc.shape).astype(np.float32)
+    one = resampled_codes(model, loc, noise, 1)  # the top group kept, the second drawn given it
+    np.testing.assert_array_equal(one[:, :sizes[0]], loc[:, :sizes[0]])
+    second = one[:, sizes[0]:model.mixture_dim]
+    np.testing.assert_allclose(second, np.where(loc[:, :1] > 0, 4.0, -4.0) + 0.5 * noise[:, sizes[0]:model.mixture_dim],
+                               rtol=1e-5)  # the kept group's component
+    np.testing.assert_array_equal(one[:, model.mixture_dim:], noise[:, model.mixture_dim:])  # below: N(0, I)
+    none = resampled_codes(model, loc, noise, 0)[:, :model.mixture_dim]  # nothing kept: the mixture itself
+    side = np.sign(none[:, 0])
+    assert np.all(np.sign(none) == side[:, None]) and 0.4 < np.mean(side > 0) < 0.6
+    np.testing.assert_array_equal(resampled_codes(model, loc, noise, 2), np.where(
+        np.arange(model.code_dim) < model.mixture_dim, loc, noise))  # the block kept whole: nothing redrawn
 
 
 def test_a_mog_top_prior_names_its_groups_and_takes_no_contrastive_prior():

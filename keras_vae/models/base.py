@@ -288,6 +288,13 @@ class Autoencoder(keras.Model):
         first k of an image's groups and draws the rest."""
         return None
 
+    def redraw_dropped(self, codes, kept, noise, seed=0):
+        """For a hierarchy whose whitened code is not N(0, I) a priori everywhere: `codes` [N, L] with the
+        dimensions not `kept` ([L] booleans) redrawn from the prior given the kept ones, with `noise` [N, L]
+        (ε of N(0, T² I)) as their Gaussian noise. Here the whitened prior is N(0, I), so `codes` are that
+        draw already."""
+        return codes
+
     def prepare_sampling(self, temperature):
         """Called once before `keras-vae sample` draws at `temperature`; nothing here (NVAE readjusts its
         batch-norm statistics)."""

@@ -73,12 +73,14 @@ References:
 import math
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_vae import contrastive_prior, losses, priors
 from keras_vae.distribute import global_batch_mean
 from keras_vae.errors import UserError
 from keras_vae.hparams import Hyperparameter as H
+from keras_vae.metrics import mixture_log_joint
 from keras_vae.models import register_model
 from keras_vae.distributions import diagonal_normal, split_seeds
 from keras_vae.models.base import elbo_terms, rebuilt
@@ -689,6 +691,24 @@ class NVAE(VAE):
             return codes
         top = contrastive_prior.sir_draws(self.contrast, num_samples, self.top_dim, seed, temperature)
         return tf.concat([top, codes[:, self.top_dim:]], -1)
+
+    def redraw_dropped(self, codes, kept, noise, seed=0):
+        """With a mog top prior, the block's dimensions not `kept` are drawn from the mixture given the kept
+        ones: each row's component from its weights given the kept dimensions (all of them a priori when none
+        is kept; a Gumbel draw at `seed`), then loc + scale · `noise` (the temperature is in the noise)."""
+        dim = self.mixture_dim
+        if not dim or kept[:dim].all():
+            return codes
+        mixture = priors.learned_prior(self, "mog")
+        logits = self.prior_logits.numpy().astype(np.float64)
+        loc, scale = (np.asarray(a, np.float64) for a in (mixture.components_distribution.distribution.loc,
+                                                           mixture.components_distribution.distribution.scale))
+        top, given = np.asarray(codes[:, :dim], np.float64), kept[:dim]
+        log_weights = mixture_log_joint(top[:, given], logits, loc[:, given], scale[:, given]).numpy()  # [N, K]
+        gumbel = -np.log(-np.log(np.random.default_rng(seed).uniform(size=log_weights.shape)))
+        component = np.argmax(log_weights + gumbel, axis=1)
+        drawn = loc[component] + scale[component] * noise[:, :dim]
+        return np.concatenate([np.where(given, top, drawn).astype(codes.dtype), codes[:, dim:]], 1)
 
     def prepare_sampling(self, temperature):
         """Below temperature 1 the decoder's batch norms meet samples unlike those of training: readjust."""

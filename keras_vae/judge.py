@@ -256,7 +256,7 @@ def resample_scores(judge, model, data, num_samples=1000, seed=0):
     """Where in a hierarchy (a model with a `generation_order`) its samples lose what its reconstructions
     keep: for k = 1 .. groups − 1, the first `num_samples` images of `data` decoded with their top k groups
     at the posterior means and the groups below drawn from their priors (`keras-vae resample`'s rows, one
-    ε ~ N(0, I) draw at `seed`), scored as `sample_scores` plus `agreement` (`factor_agreement` with the
+    ε ~ N(0, I) draw at `seed`, the model's `redraw_dropped` where its whitened prior is not N(0, I)), scored as `sample_scores` plus `agreement` (`factor_agreement` with the
     originals' factors, when `data` has them): which factors the kept groups hold. (k = 0 are plain
     samples, k = groups the reconstructions: `model_scores`.)"""
     from keras_vae.codes import encode_means

@@ -254,6 +254,9 @@ def measure(run_dir, keep, train_images, grids=None, seed=0, names=ROWS, diffusi
     config, model = load_run(run_dir)
     if config.dataset != "sprites":
         raise SystemExit(f"The sprites judge reads sprites; {run_dir} was trained on {config.dataset}.")
+    if getattr(model, "top_prior", "normal") != "normal":
+        raise SystemExit(f"prior_holes sets densities fitted after training against an N(0, I) top prior; {run_dir} "
+                         f"trained a {model.top_prior!r} top prior, whose samples `nvae_benchmark.py` judges.")
     top = top_mask(model, keep)
     test = load_split(config, "test").head(train_images // 10)
     parts = []

@@ -391,7 +391,8 @@ class NVAE(VAE):
     """A deep hierarchical VAE of latent maps at several scales with residual cells (Vahdat & Kautz 2020).
 
     The code of `encode`/`decode` is the whitened ε of every group (see the module docstring), whose prior
-    is N(0, I); `sample(..., temperature=T)` draws ε ~ N(0, T² I).
+    is N(0, I) (but for the top groups under a mog `top_prior`); `sample(..., temperature=T)` draws
+    ε ~ N(0, T² I) (the mixture's components at T times their scales there).
     """
 
     hyperparameters = (
@@ -416,7 +417,8 @@ class NVAE(VAE):
         # model 2.6 nats of −log p(x) and its samples' shapes (benchmarks/NVAE.md).
         H("beta", float, 1.0, "Weight of the groups' summed KL.", minimum=0, reference="Higgins et al. 2017"),
         H("group_free_bits", float, 0.0, "NVAE: floor, in nats, on each group's batch-mean KL in the loss once "
-          "the balanced warm-up is over (all along without `kl_balance`), so that no group collapses later.",
+          "the balanced warm-up is over (all along without `kl_balance`), so that no group collapses later (a mog "
+          "--top-prior's groups share one floor).",
           minimum=0, reference="Kingma et al. 2016 (free bits per group)"),
         H("top_prior", str, "normal", "NVAE: the prior of the top --top-prior-groups groups' whitened code: normal "
           "(N(0, I)) or mog (a mixture of --top-prior-components diagonal Gaussians trained with the model, its KL "
@@ -705,7 +707,8 @@ class NVAE(VAE):
                                                            mixture.components_distribution.distribution.scale))
         top, given = np.asarray(codes[:, :dim], np.float64), kept[:dim]
         log_weights = mixture_log_joint(top[:, given], logits, loc[:, given], scale[:, given]).numpy()  # [N, K]
-        gumbel = -np.log(-np.log(np.random.default_rng(seed).uniform(size=log_weights.shape)))
+        # A stream of its own: callers draw `noise` from default_rng(seed).
+        gumbel = -np.log(-np.log(np.random.default_rng([seed, 1]).uniform(size=log_weights.shape)))
         component = np.argmax(log_weights + gumbel, axis=1)
         drawn = loc[component] + scale[component] * noise[:, :dim]
         return np.concatenate([np.where(given, top, drawn).astype(codes.dtype), codes[:, dim:]], 1)
@@ -718,7 +721,7 @@ class NVAE(VAE):
     def readjust_batch_norm(self, temperature=1.0, batches=READJUST_BATCHES, batch_size=100, seed=0):
         """Resets the decoder's batch-norm statistics to those of samples drawn at `temperature`, as NVAE
         does before sampling at low temperature: `batches` training-mode passes of the top-down path on
-        ε ~ N(0, T² I), with the moving averages restarted and averaged over them. The top-down cells serve
+        `sample_codes`' draws at T, with the moving averages restarted and averaged over them. The top-down cells serve
         inference too, so `encode`, `reconstruct` and `score` of this model object change with them (as in
         NVAE); `keras-vae sample` readjusts a freshly loaded copy, and the saved model keeps training's."""
         norms = [layer for layer in self.decoder._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]

@@ -72,10 +72,15 @@ def add_mixture_weights(model, components, dim, loc_stddev=1.0):
         name="prior_raw_scale")
 
 
+def mixture_parameters(model):
+    """(logits [K], loc [K, L], scale [K, L]) of the `mog` prior whose weights `add_mixture_weights` created."""
+    return model.prior_logits, model.prior_loc, tf.nn.softplus(model.prior_raw_scale) + SCALE_FLOOR
+
+
 def learned_prior(model, name):
     """p(z) for a model whose weights `add_prior_weights` created."""
     if name == "mog":
-        return gaussian_mixture(model.prior_logits, model.prior_loc, tf.nn.softplus(model.prior_raw_scale) + SCALE_FLOOR)
+        return gaussian_mixture(*mixture_parameters(model))
     # VampPrior: p(z) = (1/K) Σ_k q(z | u_k), the posterior at K learned pseudo-inputs u_k.
     loc, scale = model.encode(model.pseudo_inputs)
     components = tf.shape(loc)[0]

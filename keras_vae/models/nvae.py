@@ -82,7 +82,7 @@ from keras_vae.errors import UserError
 from keras_vae.hparams import Hyperparameter as H
 from keras_vae.metrics import mixture_log_joint
 from keras_vae.models import register_model
-from keras_vae.distributions import diagonal_normal, split_seeds
+from keras_vae.distributions import diagonal_normal, split_seeds, standard_normal_prior
 from keras_vae.models.base import elbo_terms, rebuilt
 from keras_vae.models.vae import VAE
 from keras_vae.networks import convolution
@@ -531,8 +531,7 @@ class NVAE(VAE):
         if self.top_prior == "normal":
             return 0.0
         code = whitened(trace[:self.mixture_groups])
-        standard = -0.5 * tf.reduce_sum(code**2, -1) - 0.5 * self.mixture_dim * math.log(2 * math.pi)
-        return priors.learned_prior(self, "mog").log_prob(code) - standard
+        return priors.learned_prior(self, "mog").log_prob(code) - standard_normal_prior(self.mixture_dim).log_prob(code)
 
     def default_contrastive_groups(self):
         """The groups of every scale but the finest (one group for a one-scale model)."""
@@ -684,9 +683,7 @@ class NVAE(VAE):
         each component's scale times T (`priors.mixture_draws`). Stateless in `seed`."""
         codes = super().sample_codes(num_samples, seed, temperature)
         if self.top_prior == "mog":
-            mixture = priors.learned_prior(self, "mog")
-            normal = mixture.components_distribution.distribution
-            top = priors.mixture_draws(self.prior_logits, normal.loc, normal.scale, num_samples,
+            top = priors.mixture_draws(*priors.mixture_parameters(self), num_samples,
                                        tf.random.experimental.stateless_fold_in(seed, 1), temperature)
             return tf.concat([top, codes[:, self.mixture_dim:]], -1)
         if self.contrastive_groups is None:
@@ -701,10 +698,7 @@ class NVAE(VAE):
         dim = self.mixture_dim
         if not dim or kept[:dim].all():
             return codes
-        mixture = priors.learned_prior(self, "mog")
-        logits = self.prior_logits.numpy().astype(np.float64)
-        loc, scale = (np.asarray(a, np.float64) for a in (mixture.components_distribution.distribution.loc,
-                                                           mixture.components_distribution.distribution.scale))
+        logits, loc, scale = (np.asarray(a, np.float64) for a in priors.mixture_parameters(self))
         top, given = np.asarray(codes[:, :dim], np.float64), kept[:dim]
         log_weights = mixture_log_joint(top[:, given], logits, loc[:, given], scale[:, given]).numpy()  # [N, K]
         # A stream of its own: callers draw `noise` from default_rng(seed).

@@ -568,6 +568,143 @@ def test_a_mog_top_prior_names_its_groups_and_takes_no_contrastive_prior():
         untrained_nvae(top_prior="mog", top_prior_components=2).with_contrastive_prior(1)
 
 
+def test_the_exemplar_memory_is_a_ring_whose_oldest_codes_go_first():
+    from keras_vae.priors import enqueue
+
+    memory = tf.zeros([4, 2])
+    memory, slot = enqueue(memory, tf.constant(0), tf.constant([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]]))
+    np.testing.assert_array_equal(memory[:, 0], [1, 2, 3, 0])
+    memory, slot = enqueue(memory, slot, tf.constant([[4.0, 4.0], [5.0, 5.0]]))  # wraps: 1 is the oldest
+    np.testing.assert_array_equal(memory[:, 0], [5, 2, 3, 4])
+    assert int(slot) == 1
+    codes = tf.constant(np.arange(12, dtype=np.float32).reshape(6, 2))  # more codes than places: the last 4
+    memory, slot = enqueue(memory, slot, codes)
+    np.testing.assert_array_equal(np.sort(memory[:, 0]), [4, 6, 8, 10])
+    np.testing.assert_array_equal(memory[1:3, 0], [4, 6])  # still written from the slot on, in order
+    assert int(slot) == 1
+
+
+def exemplar_nvae(components):
+    keras.utils.set_random_seed(0)  # the same weights whatever ran before in this worker process
+    return untrained_nvae(top_prior="exemplar", top_prior_components=components, spectral_reg=0.0)
+
+
+def test_an_exemplar_top_prior_scores_each_training_batch_against_the_codes_stored_before_it_then_stores_it():
+    """The memory starts at N(0, I) (zeros, unit bandwidth); a training pass scores its draws against what is
+    stored, then stores the block's whitened posterior means at those draws in place of the oldest codes; an
+    evaluation pass stores nothing."""
+    from keras_vae.models.nvae import flat, whitened
+
+    model = exemplar_nvae(8)
+    assert any(v is model.prior_log_bandwidth for v in model.trainable_weights)
+    assert not any(v is model.prior_loc or v is model.exemplar_slot for v in model.trainable_weights)
+    x = tf.constant((tiny_images(12) / 255).astype(np.float32))
+    model.noise_seed = lambda: tf.constant([1, 2], tf.int64)  # the draws of every pass below: rebuilt here
+    seeds = split_seeds(tf.constant([1, 2], tf.int64), model.plan.num_groups)
+
+    def block(batch):  # the training pass's draws and the block's means at them (batch statistics, as training)
+        _, trace = model.walk(batch, lambda g, q: q.sample(seed=seeds[g]), training=True)
+        means = flat([(q.mean() - p.mean()) / p.stddev() for p, q, _ in trace[:2]])
+        return whitened(trace[:2]).numpy(), means.numpy()
+
+    def direct_ratio(code, memory, bandwidth):
+        dim = code.shape[1]
+        return (mixture_log_density_direct(code, np.zeros(len(memory)), memory, np.broadcast_to(bandwidth, memory.shape))
+                - mixture_log_density_direct(code, np.zeros(1), np.zeros((1, dim)), np.ones((1, dim))))
+
+    terms = model.compute_terms(x[:6], training=True)
+    analytic = sum(terms[f"kl_{g}"] for g in range(4))
+    np.testing.assert_allclose(terms["kl"], analytic, atol=1e-4)  # zeros and unit bandwidth: N(0, I) exactly
+    code, means = block(x[:6])
+    np.testing.assert_allclose(model.prior_loc.numpy()[:6], means, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(model.prior_loc.numpy()[6:], 0)
+    assert int(model.exemplar_slot.numpy()) == 6 and np.abs(means).max() > 0.01
+    # Far from this untrained encoder's codes (all near 0): a pass that stored its batch before scoring it
+    # would find its own codes in the memory and score far higher.
+    model.prior_loc.assign(model.prior_loc.numpy() + 3.0)
+    model.prior_log_bandwidth.assign(np.full(model.mixture_dim, np.log(0.8), np.float32))
+    before = model.prior_loc.numpy()
+    code, means = block(x[6:])
+    expected = direct_ratio(code, before, 0.8)
+    after = before.copy()
+    after[[6, 7, 0, 1, 2, 3]] = means
+    assert np.all(direct_ratio(code, after, 0.8) - expected > 50)
+    terms = model.compute_terms(x[6:], training=True)
+    np.testing.assert_allclose(sum(terms[f"kl_{g}"] for g in range(4)) - terms["kl"], expected, rtol=1e-4, atol=1e-2)
+    stored = model.prior_loc.numpy()
+    np.testing.assert_allclose(stored[[6, 7, 0, 1, 2, 3]], means, rtol=1e-4, atol=1e-5)  # wrapped round
+    np.testing.assert_array_equal(stored[4:6], before[4:6])  # the two newest of the first batch stay
+    assert int(model.exemplar_slot.numpy()) == 4
+    model.compute_terms(x[:6])  # evaluation
+    np.testing.assert_array_equal(model.prior_loc.numpy(), stored)
+    assert int(model.exemplar_slot.numpy()) == 4
+
+
+def test_the_elbo_trains_an_exemplar_priors_bandwidth_towards_its_codes():
+    """Steps on the ELBO (which moves only the bandwidth: the stored codes are not trained) from a bandwidth far too
+    wide (e, where this untrained encoder's draws spread about 1 around the stored means) narrow it in every
+    dimension and raise the prior's density of the draws: the prior learns from the same objective as the model."""
+    model = exemplar_nvae(16)
+    x = tf.constant((tiny_images(16) / 255).astype(np.float32))
+    model.compute_terms(x, training=True)  # these images' codes stored
+    stored = model.prior_loc.numpy()
+    model.prior_log_bandwidth.assign(np.ones(model.mixture_dim, np.float32))
+    seeds = split_seeds(tf.constant([1, 2]), model.plan.num_groups)
+    _, trace = model.walk(x, lambda g, q: q.sample(seed=seeds[g]))
+    before = float(tf.reduce_mean(model.mixture_log_ratio(trace)))
+    optimizer = keras.optimizers.Adam(0.1)
+    variables = [model.prior_log_bandwidth]
+    for _ in range(5):
+        with tf.GradientTape() as tape:
+            loss = -tf.reduce_mean(model.compute_terms(x)["elbo"])
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+    np.testing.assert_array_equal(model.prior_loc.numpy(), stored)  # the gradient does not reach the codes
+    assert float(tf.reduce_mean(model.mixture_log_ratio(trace))) > before + 10
+    assert np.all(model.prior_log_bandwidth.numpy() < 1)
+
+
+def test_an_exemplar_top_prior_draws_a_stored_code_plus_its_bandwidth_times_t_and_is_saved(tmp_path):
+    from keras_vae.explore import resampled_codes
+    from keras_vae.export import save_keras_model
+
+    model = exemplar_nvae(4)
+    dim, size0 = model.mixture_dim, model.plan.group_sizes()[0]
+    memory = np.repeat(np.array([[-6.0], [-2.0], [2.0], [6.0]], np.float32), dim, axis=1)
+    model.prior_loc.assign(memory)
+    model.exemplar_slot.assign(3)
+    model.prior_log_bandwidth.assign(np.full(dim, np.log(0.5), np.float32))
+    seed = tf.constant([3, 0], tf.int64)
+    codes = model.sample_codes(4000, seed, temperature=0.5).numpy()
+    top, below = codes[:, :dim], codes[:, dim:]
+    component = np.digitize(top[:, 0], [-4.0, 0.0, 4.0])  # the stored codes are 16 spreads apart
+    np.testing.assert_allclose(np.bincount(component, minlength=4) / 4000, 0.25, atol=0.03)  # equal weights
+    residual = top - memory[component]  # every dimension follows its row's stored code
+    assert abs(np.std(residual) - 0.25) < 0.01 and abs(np.mean(residual)) < 0.01  # the bandwidth times T
+    assert abs(np.std(below) - 0.5) < 0.01
+    # Resampling with the top group kept draws the second group at the stored code the kept group lies at.
+    loc = np.zeros((8, model.code_dim), np.float32)
+    loc[:, :size0] = memory[np.arange(8) % 4, :size0]
+    noise = np.random.default_rng(0).standard_normal(loc.shape).astype(np.float32)
+    second = resampled_codes(model, loc, noise, 1)[:, size0:dim]
+    np.testing.assert_allclose(second, memory[np.arange(8) % 4, size0:] + 0.5 * noise[:, size0:dim], rtol=1e-5)
+    # Saved and loaded: the memory, its slot and the bandwidth; a traced graph draws as eagerly.
+    save_keras_model(model, str(tmp_path / "model.keras"))
+    loaded = keras.saving.load_model(str(tmp_path / "model.keras"))
+    np.testing.assert_array_equal(loaded.prior_loc.numpy(), memory)
+    assert int(loaded.exemplar_slot.numpy()) == 3
+    eager = model.sample_codes(8, seed, 0.5).numpy()
+    np.testing.assert_array_equal(loaded.sample_codes(8, seed, 0.5), eager)
+    traced = tf.function(lambda s, t: model.sample_codes(8, s, t))
+    np.testing.assert_allclose(traced(seed, tf.constant(0.5)), eager, rtol=1e-6)
+
+
+def test_an_exemplar_top_prior_names_its_groups_and_takes_no_contrastive_prior():
+    with pytest.raises(UserError, match="--top-prior-groups must be at most the 4 groups"):
+        untrained_nvae(top_prior="exemplar", top_prior_groups=5)
+    with pytest.raises(UserError, match="contrastive prior reweights an N\\(0, I\\) top prior"):
+        untrained_nvae(top_prior="exemplar", top_prior_components=2).with_contrastive_prior(1)
+
+
 # ------------------------------------------------------------------ resampling the groups below
 def test_the_group_mask_marks_the_kept_groups_dimensions():
     from keras_vae.explore import group_mask

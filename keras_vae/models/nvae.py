@@ -49,6 +49,18 @@ its analytic parts apart would let a negative remainder be weighted up
 without bound). Each group's `kl_l` and `kl_per_dim` stay analytic, against
 the group's Gaussian prior. `sample` draws ε_top from the mixture.
 
+An exemplar prior trained with the model (`top_prior` exemplar; Norouzi et al.
+2020): the mixture's components are instead the block's whitened posterior
+means c_m of the last `top_prior_components` training images, with equal
+weights and one learned bandwidth s per dimension, p(ε_top) = (1/M) Σ_m
+N(c_m, diag s²). Each training step scores its batch against the codes stored
+before it, then stores the batch's means (gradient stopped) in place of the
+oldest: so an image's own code is never its component while the memory holds
+fewer codes than an epoch has images (leave-one-out, as Exemplar VAE), and the
+encoder is rewarded for codes that lie near other images'. The memory starts
+at zeros with s = 1, i.e. at N(0, I). Everything else is as for mog: the block
+is one KL unit, and `sample` draws a stored code plus s·T·noise.
+
 A contrastive prior (`keras-vae fit-prior --method contrastive`, after
 training, for a model whose top prior is N(0, I)): the N(0, I) prior of the top `contrastive_groups` groups' ε is
 reweighted by a classifier of their aggregate posterior against it,
@@ -68,6 +80,7 @@ References:
     Vahdat, Kreis & Kautz (2021). Score-based Generative Modeling in Latent Space (LSGM). NeurIPS: a prior
         trained with the VAE, against the prior hole.
     Tomczak & Welling (2018). VAE with a VampPrior. AISTATS: a learned mixture prior, its KL by Monte Carlo.
+    Norouzi, Fleet & Norouzi (2020). Exemplar VAE. NeurIPS: a prior made of training examples' codes.
 """
 
 import math
@@ -95,7 +108,7 @@ HEAD_INIT = keras.initializers.RandomNormal(stddev=1e-3)
 BALANCE_FLOOR = 0.01  # nats added to each group's batch-mean KL before balancing
 INITIAL_POWER_ITERATIONS = 40  # at build; then one per training step
 READJUST_BATCHES = 20  # forward passes of the prior's samples that readjust the batch-norm statistics
-TOP_PRIORS = ("normal", "mog")
+TOP_PRIORS = ("normal", "mog", "exemplar")
 # The learned mixture's means start at N(0, 0.3²) per dimension: near N(0, I), so training starts close to the
 # standard prior, yet far enough apart over hundreds of dimensions that each code has one likeliest component.
 TOP_PRIOR_LOC_SPREAD = 0.3
@@ -391,7 +404,7 @@ class NVAE(VAE):
     """A deep hierarchical VAE of latent maps at several scales with residual cells (Vahdat & Kautz 2020).
 
     The code of `encode`/`decode` is the whitened ε of every group (see the module docstring), whose prior
-    is N(0, I) (but for the top groups under a mog `top_prior`); `sample(..., temperature=T)` draws
+    is N(0, I) (but for the top groups under a mog or exemplar `top_prior`); `sample(..., temperature=T)` draws
     ε ~ N(0, T² I) (the mixture's components at T times their scales there).
     """
 
@@ -417,16 +430,19 @@ class NVAE(VAE):
         # model 2.6 nats of −log p(x) and its samples' shapes (benchmarks/NVAE.md).
         H("beta", float, 1.0, "Weight of the groups' summed KL.", minimum=0, reference="Higgins et al. 2017"),
         H("group_free_bits", float, 0.0, "NVAE: floor, in nats, on each group's batch-mean KL in the loss once "
-          "the balanced warm-up is over (all along without `kl_balance`), so that no group collapses later (a mog "
+          "the balanced warm-up is over (all along without `kl_balance`), so that no group collapses later (a mog or exemplar "
           "--top-prior's groups share one floor).",
           minimum=0, reference="Kingma et al. 2016 (free bits per group)"),
         H("top_prior", str, "normal", "NVAE: the prior of the top --top-prior-groups groups' whitened code: normal "
-          "(N(0, I)) or mog (a mixture of --top-prior-components diagonal Gaussians trained with the model, its KL "
-          "by Monte Carlo), against the hole between the aggregate posterior and N(0, I).", choices=TOP_PRIORS,
-          reference="Vahdat et al. 2021 (LSGM); Tomczak & Welling 2018"),
-        H("top_prior_groups", int, None, "NVAE: how many top groups a mog --top-prior covers (default: every "
+          "(N(0, I)), mog (a mixture of --top-prior-components diagonal Gaussians trained with the model) or "
+          "exemplar (the posterior means of the last --top-prior-components training images, each widened by a "
+          "learned bandwidth); the last two take their KL by Monte Carlo, against the hole between the aggregate "
+          "posterior and N(0, I).", choices=TOP_PRIORS,
+          reference="Vahdat et al. 2021 (LSGM); Tomczak & Welling 2018; Norouzi et al. 2020"),
+        H("top_prior_groups", int, None, "NVAE: how many top groups a mog or exemplar --top-prior covers (default: every "
           "group but the finest scale's).", minimum=1, nullable=True),
-        H("top_prior_components", int, 100, "NVAE: components of a mog --top-prior.", minimum=1),
+        H("top_prior_components", int, 100, "NVAE: components of a mog --top-prior, or training codes that an "
+          "exemplar one keeps.", minimum=1),
     )
     unused_hyperparameters = ("latent_dim", "architecture", "posterior_scale", "free_bits", "prior",
                               "prior_components", "prior_refit", "dequantize", "aggressive_encoder", "decoder", "decoder_layers",
@@ -454,11 +470,13 @@ class NVAE(VAE):
         super().__init__(image_shape, **kwargs)
         self.contrastive_groups = contrastive_groups
         groups = self.plan.num_groups
+        if self.mixture_groups > groups:
+            raise UserError(f"--top-prior-groups must be at most the {groups} groups of this nvae "
+                            f"(--scales × --groups-per-scale). Received: top_prior_groups={self.top_prior_groups}.")
         if self.top_prior == "mog":
-            if self.mixture_groups > groups:
-                raise UserError(f"--top-prior-groups must be at most the {groups} groups of this nvae "
-                                f"(--scales × --groups-per-scale). Received: top_prior_groups={self.top_prior_groups}.")
             priors.add_mixture_weights(self, self.top_prior_components, self.mixture_dim, TOP_PRIOR_LOC_SPREAD)
+        elif self.top_prior == "exemplar":
+            priors.add_exemplar_memory(self, self.top_prior_components, self.mixture_dim)
         if contrastive_groups is not None and self.top_prior != "normal":
             raise UserError(f"A contrastive prior reweights an N(0, I) top prior; this nvae trained a "
                             f"{self.top_prior!r} top prior, which is already fitted to its codes.")
@@ -515,23 +533,33 @@ class NVAE(VAE):
 
     @property
     def mixture_groups(self):
-        """The top groups whose whitened code a mog `top_prior` covers (0 for an N(0, I) top prior)."""
+        """The top groups whose whitened code a mog or exemplar `top_prior` covers (0 for an N(0, I) one)."""
         if self.top_prior == "normal":
             return 0
         return self.top_prior_groups or self.default_contrastive_groups()
 
     @property
     def mixture_dim(self):
-        """The dimensions of the whitened code that a mog `top_prior` covers (its first ones)."""
+        """The dimensions of the whitened code that a mog or exemplar `top_prior` covers (its first ones)."""
         return sum(self.plan.group_sizes()[:self.mixture_groups])
 
+    def top_mixture(self):
+        """(logits [K], loc [K, L], scale [K, L]) of a mog or exemplar top prior's Gaussian mixture."""
+        if self.top_prior == "exemplar":
+            return priors.exemplar_parameters(self)
+        return priors.mixture_parameters(self)
+
     def mixture_log_ratio(self, trace):
-        """log p_mog(ε_top) − log N(ε_top; 0, I) [B] at the draws of a walk's `trace`: what a mog `top_prior`
-        adds to log p(z) against the Gaussian priors; 0 for an N(0, I) top prior."""
+        """log p_top(ε_top) − log N(ε_top; 0, I) [B] at the draws of a walk's `trace`: what a mog or exemplar
+        `top_prior` adds to log p(z) against the Gaussian priors; 0 for an N(0, I) top prior."""
         if self.top_prior == "normal":
             return 0.0
         code = whitened(trace[:self.mixture_groups])
-        return priors.learned_prior(self, "mog").log_prob(code) - standard_normal_prior(self.mixture_dim).log_prob(code)
+        if self.top_prior == "exemplar":
+            log_p = tf.cast(priors.exemplar_log_density(code, self.prior_loc, self.prior_log_bandwidth), code.dtype)
+        else:
+            log_p = priors.gaussian_mixture(*self.top_mixture()).log_prob(code)
+        return log_p - standard_normal_prior(self.mixture_dim).log_prob(code)
 
     def default_contrastive_groups(self):
         """The groups of every scale but the finest (one group for a one-scale model)."""
@@ -546,7 +574,7 @@ class NVAE(VAE):
 
     def prior_log_ratio(self, trace):
         """log r(ε_top) − log Z [B] at the top groups' draws of a walk's `trace` ((prior, posterior, z) per
-        group): what the contrastive prior adds to log p(z), or a mog top prior's `mixture_log_ratio`; 0 with
+        group): what the contrastive prior adds to log p(z), or a mog or exemplar top prior's `mixture_log_ratio`; 0 with
         neither."""
         if self.contrastive_groups is None:
             return self.mixture_log_ratio(trace)
@@ -611,8 +639,11 @@ class NVAE(VAE):
         per_dim = [losses.kl_per_dimension(q, p) for p, q, _ in trace]  # [B, h, w, c] each, via tfd.kl_divergence
         kl_groups = tf.stack([tf.reduce_sum(k, [1, 2, 3]) for k in per_dim], -1)  # [B, G]
         log_ratio = self.prior_log_ratio(trace)
+        if training and self.top_prior == "exemplar":  # after scoring the batch against the codes stored before it
+            priors.remember_exemplars(self, flat([(q.mean() - p.mean()) / p.stddev()
+                                                  for p, q, _ in trace[:self.mixture_groups]]))
         kl = tf.reduce_sum(kl_groups, -1) - log_ratio
-        units = kl_groups  # what the loss balances and floors: a mog prior's block is one (module docstring)
+        units = kl_groups  # what the loss balances and floors: a mog or exemplar prior's block is one (module docstring)
         if self.mixture_groups:
             k = self.mixture_groups
             units = tf.concat([tf.reduce_sum(kl_groups[:, :k], -1, keepdims=True) - log_ratio[:, None],
@@ -622,8 +653,8 @@ class NVAE(VAE):
                           **{f"kl_{g}": kl_groups[:, g] for g in range(self.plan.num_groups)})
 
     def kl_unit_sizes(self):
-        """Latent variables of each unit of `compute_terms`' `kl_units`: every group's, a mog top prior's block as
-        one."""
+        """Latent variables of each unit of `compute_terms`' `kl_units`: every group's, a mog or exemplar top
+        prior's block as one."""
         sizes = self.plan.group_sizes()
         return [sum(sizes[:self.mixture_groups]), *sizes[self.mixture_groups:]] if self.mixture_groups else sizes
 
@@ -631,7 +662,7 @@ class NVAE(VAE):
         """β × the KL term, plus `spectral_reg` × the norm penalty. The KL term is balanced while warming up
         (with `kl_balance`); otherwise it is the plain KL, each group's batch mean floored at
         `group_free_bits` when that is set (under tf.distribute, both the balancing's weights and which groups
-        are floored come from the global batch). A mog top prior's groups are balanced and floored as one
+        are floored come from the global batch). A mog or exemplar top prior's groups are balanced and floored as one
         (`kl_unit_sizes`)."""
         warming_up = self.kl_balance and self.kl_weight() < 1.0
         kl = tf.reduce_mean(balanced_kl(terms["kl_units"], self.kl_unit_sizes(), warming_up))
@@ -679,11 +710,11 @@ class NVAE(VAE):
     # ------------------------------------------------------ sampling
     def sample_codes(self, num_samples, seed, temperature=1.0):
         """ε ~ N(0, T² I); with a contrastive prior, the top groups' ε drawn instead from N(0, T² I)·r / Z by
-        sampling-importance-resampling (`contrastive_prior.sir_draws`); with a mog top prior, from the mixture,
-        each component's scale times T (`priors.mixture_draws`). Stateless in `seed`."""
+        sampling-importance-resampling (`contrastive_prior.sir_draws`); with a mog or exemplar top prior, from
+        its mixture, each component's scale times T (`priors.mixture_draws`). Stateless in `seed`."""
         codes = super().sample_codes(num_samples, seed, temperature)
-        if self.top_prior == "mog":
-            top = priors.mixture_draws(*priors.mixture_parameters(self), num_samples,
+        if self.mixture_groups:
+            top = priors.mixture_draws(*self.top_mixture(), num_samples,
                                        tf.random.experimental.stateless_fold_in(seed, 1), temperature)
             return tf.concat([top, codes[:, self.mixture_dim:]], -1)
         if self.contrastive_groups is None:
@@ -692,13 +723,13 @@ class NVAE(VAE):
         return tf.concat([top, codes[:, self.top_dim:]], -1)
 
     def redraw_dropped(self, codes, kept, noise, seed=0):
-        """With a mog top prior, the block's dimensions not `kept` are drawn from the mixture given the kept
+        """With a mog or exemplar top prior, the block's dimensions not `kept` are drawn from its mixture given the kept
         ones: each row's component from its weights given the kept dimensions (all of them a priori when none
         is kept; a Gumbel draw at `seed`), then loc + scale · `noise` (the temperature is in the noise)."""
         dim = self.mixture_dim
         if not dim or kept[:dim].all():
             return codes
-        logits, loc, scale = (np.asarray(a, np.float64) for a in priors.mixture_parameters(self))
+        logits, loc, scale = (np.asarray(a, np.float64) for a in self.top_mixture())
         top, given = np.asarray(codes[:, :dim], np.float64), kept[:dim]
         log_weights = mixture_log_joint(top[:, given], logits, loc[:, given], scale[:, given]).numpy()  # [N, K]
         # A stream of its own: callers draw `noise` from default_rng(seed).

@@ -44,7 +44,9 @@ group is a code of the whole image, like the single-layer VAE's, in which a shap
 (without KL balancing, whose warm-up the floor would otherwise wait for), so that the 1×1 group, which collapses
 in `nvae-sprites-global`, keeps a few nats. `nvae-sprites-mog` gives the top two groups' whitened code (4×4 and
 8×8) a prior learned with the model, a mixture of 100 diagonal Gaussians, in place of N(0, I), against the
-prior hole that no prior fitted after training closed (benchmarks/NVAE.md).
+prior hole that no prior fitted after training closed (benchmarks/NVAE.md); `nvae-sprites-exemplar` gives it
+the Exemplar VAE's prior instead: the posterior means of the last 4,096 training images, each widened by a
+bandwidth learned with the model.
 
 The `vampprior-gated` row is the package's best single-layer model (`benchmarks/reproduce/vampprior-gated.json`:
 gated MLP, 40-d code, VampPrior of 500 pseudo-inputs) for `--single-layer-epochs`, chosen so that its wall time
@@ -93,6 +95,9 @@ ROWS = {  # row: (what it is, its preset in benchmarks/reproduce, FitConfig valu
                                  {"scales": 5, "kl_balance": False, "group_free_bits": 4.0}),
     "nvae-sprites-mog": ("the same with a 100-component mixture prior over the top 2 groups, trained with the model",
                          "nvae-sprites", {"top_prior": "mog"}),
+    "nvae-sprites-exemplar": ("the same with an exemplar prior over the top 2 groups (the last 4,096 training "
+                              "images' codes, a learned bandwidth), trained with the model", "nvae-sprites",
+                              {"top_prior": "exemplar", "top_prior_components": 4096}),
     # Single-layer rows for --single-layer-epochs, chosen to match an NVAE row's wall time:
     "vampprior-gated": ("single-layer VAE + VampPrior (500), gated MLP", "vampprior-gated", None),
     "vae-conv-sprites": ("single-layer VAE, `conv` architecture, on sprites", "vae-conv-sprites", None),

@@ -24,6 +24,13 @@ def reduce_over_replicas(value, op="MEAN"):
     return value if context is None else context.all_reduce(op, value)
 
 
+def gather_over_replicas(values):
+    """`values` [B, ...] of every replica in sync, concatenated in replica order along the first axis (parts of
+    unequal size allowed), the same on every replica; the values themselves outside tf.distribute."""
+    context = tf.distribute.get_replica_context()
+    return values if context is None else context.all_gather(values, 0)
+
+
 def global_batch_mean(values):
     """The mean over the global batch of `values` [B, ...] (per-replica sums and counts all-reduced, so parts
     of unequal size weigh by their rows), as one device would take it; the local mean outside tf.distribute."""

@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from keras_vae.distribute import gather_over_replicas
 from keras_vae.errors import UserError
 from keras_vae.metrics import mixture_log_density, mixture_log_joint
 
@@ -80,51 +81,58 @@ def mixture_parameters(model):
 def add_exemplar_memory(model, size, dim):
     """Creates an exemplar prior's state on `model`: `size` stored codes over `dim` dimensions (`prior_loc`, zeros,
     so that until training stores codes every component is N(0, I)), the slot the next code goes to
-    (`exemplar_slot`), and a learned log-bandwidth per dimension (`prior_log_bandwidth`, 0). The stored codes and the
-    slot are assigned, not trained; under tf.distribute the first replica's batch is the one stored."""
+    (`exemplar_slot`), and a learned log-bandwidth per dimension (`prior_log_bandwidth`, at a bandwidth of 1). The
+    stored codes and the slot are assigned, not trained."""
     model.prior_loc = model.add_weight(shape=(size, dim), initializer="zeros", trainable=False, name="prior_loc",
                                        aggregation="only_first_replica")
-    model.exemplar_slot = model.add_weight(shape=(), initializer="zeros", dtype="int32", trainable=False,
+    model.exemplar_slot = model.add_weight(shape=(), initializer="zeros", dtype="int64", trainable=False,
                                            name="exemplar_slot", aggregation="only_first_replica")
-    model.prior_log_bandwidth = model.add_weight(shape=(dim,), initializer="zeros", name="prior_log_bandwidth")
+    model.prior_log_bandwidth = model.add_weight(shape=(dim,), name="prior_log_bandwidth",
+                                                 initializer=keras.initializers.Constant(np.log1p(-SCALE_FLOOR)))
+
+
+def exemplar_bandwidth(model):
+    """The exemplar prior's bandwidth [L]: exp(`prior_log_bandwidth`) + `SCALE_FLOOR`, floored as a mog's scales."""
+    return tf.exp(model.prior_log_bandwidth) + SCALE_FLOOR
 
 
 def exemplar_parameters(model):
     """(logits [K], loc [K, L], scale [K, L]) of the exemplar prior of `add_exemplar_memory`: equal weights, the
     stored codes as means, every component the learned bandwidth."""
     loc = model.prior_loc
-    return tf.zeros(tf.shape(loc)[:1]), loc, tf.broadcast_to(tf.exp(model.prior_log_bandwidth), tf.shape(loc))
+    return tf.zeros(tf.shape(loc)[:1]), loc, tf.broadcast_to(exemplar_bandwidth(model), tf.shape(loc))
 
 
-def exemplar_log_density(points, loc, log_bandwidth):
+def exemplar_log_density(points, loc, bandwidth):
     """log (1/K) Σ_k N(x; loc_k, diag(s²)) [N] for points [N, L], K stored codes loc [K, L] and one bandwidth
-    s = exp(log_bandwidth) [L] shared by every component: `mixture_log_density` of `exemplar_parameters`, with
+    s [L] shared by every component: `mixture_log_density` of `exemplar_parameters`, with
     Σ_l ((x_l − loc_kl)/s_l)² expanded as |x/s|² − 2 (x/s²)·loc_k + loc_k²·(1/s²), so that only the squared
     codes, not a [K, L] scale, precision and their gradients, are made each step. float64, as there."""
-    points, loc, log_bandwidth = (tf.cast(a, tf.float64) for a in (points, loc, log_bandwidth))
-    precision = tf.exp(-2.0 * log_bandwidth)  # [L]
+    points, loc, bandwidth = (tf.cast(a, tf.float64) for a in (points, loc, bandwidth))
+    precision = bandwidth**-2  # [L]
     squared = (tf.reduce_sum(points**2 * precision, -1, keepdims=True)
                - 2.0 * tf.matmul(points * precision, loc, transpose_b=True)
                + tf.linalg.matvec(loc**2, precision)[None])  # [N, K]
     size = tf.cast(tf.shape(loc)[0], tf.float64)
-    normalizer = tf.reduce_sum(log_bandwidth) + 0.5 * tf.cast(tf.shape(loc)[1], tf.float64) * np.log(2 * np.pi)
+    normalizer = tf.reduce_sum(tf.math.log(bandwidth)) + 0.5 * tf.cast(tf.shape(loc)[1], tf.float64) * np.log(2 * np.pi)
     return tf.reduce_logsumexp(-0.5 * squared, axis=1) - tf.math.log(size) - normalizer
 
 
-def enqueue(memory, slot, codes):
-    """`codes` [B, L] written over the rows slot, slot + 1, … (mod K) of `memory` [K, L], the oldest first out
-    (when B > K, only the last K codes): (the new memory, the next slot)."""
-    size = tf.shape(memory)[0]
-    codes = codes[-size:]
-    count = tf.shape(codes)[0]
-    rows = (slot + tf.range(count)) % size
-    return tf.tensor_scatter_nd_update(memory, rows[:, None], codes), (slot + count) % size
+def ring_rows(size, slot, count):
+    """The rows of a ring of `size` that `count` new entries take from `slot` on, and the next slot: when
+    count > size, only the last `size` entries are kept, so (the entries' offset, the rows, the next slot)."""
+    kept = tf.minimum(count, size)
+    rows = (slot + tf.range(kept, dtype=slot.dtype)) % size
+    return count - kept, rows, (slot + kept) % size
 
 
 def remember_exemplars(model, codes):
-    """Stores `codes` [B, L] (their gradient stopped) in the exemplar prior's memory, replacing the oldest."""
-    memory, slot = enqueue(model.prior_loc, model.exemplar_slot, tf.stop_gradient(tf.cast(codes, model.prior_loc.dtype)))
-    model.prior_loc.assign(memory)
+    """Stores `codes` [B, L] in the exemplar prior's memory over the oldest. Under tf.distribute every replica's
+    part is gathered first, so that each replica (and each worker) stores the same global batch."""
+    codes = tf.cast(gather_over_replicas(codes), model.prior_loc.dtype)
+    size = tf.cast(tf.shape(model.prior_loc)[0], tf.int64)
+    offset, rows, slot = ring_rows(size, tf.convert_to_tensor(model.exemplar_slot), tf.cast(tf.shape(codes)[0], tf.int64))
+    model.prior_loc.value.scatter_update(tf.IndexedSlices(codes[offset:], rows))
     model.exemplar_slot.assign(slot)
 
 

@@ -237,7 +237,7 @@ def test_nvae_kl_balancing_and_free_bits_weigh_the_groups_by_the_global_batch_on
     """Two replicas whose parts of a batch (3 rows and 1) use different groups: each must weigh the groups
     by the whole batch's KL, as one device does, not by its own part or a mean of the parts' means; and each
     must floor (free bits) the groups that the whole batch's means put below the floor, not its own part's.
-    An exemplar prior's memory stores the first replica's part, the same on every replica."""
+    An exemplar prior's memory stores the whole batch, the same on every replica."""
     result = subprocess.run([sys.executable, os.path.join(SCRIPTS, "replica_kl_balance.py")],
                             capture_output=True, text=True, env=env(), cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -246,4 +246,4 @@ def test_nvae_kl_balancing_and_free_bits_weigh_the_groups_by_the_global_batch_on
     np.testing.assert_allclose(report["two_replicas"], report["one_device"], rtol=1e-6)
     assert report["floored_one_device"] == [False, True, False]
     assert report["floored_replicas"] == [[False, True, False]] * 2
-    assert report["exemplar_memory"] == [[1.0, 2.0, 3.0, 0.0]] * 2 and report["exemplar_slot"] == [3, 3]
+    assert report["exemplar_memory"] == [[1.0, 2.0, 3.0, 9.0, 0.0, 0.0]] * 2 and report["exemplar_slot"] == [4, 4]

@@ -54,12 +54,16 @@ An exemplar prior trained with the model (`top_prior` exemplar; Norouzi et al.
 means c_m of the last `top_prior_components` training images, with equal
 weights and one learned bandwidth s per dimension, p(ε_top) = (1/M) Σ_m
 N(c_m, diag s²). Each training step scores its batch against the codes stored
-before it, then stores the batch's means (gradient stopped) in place of the
-oldest: so an image's own code is never its component while the memory holds
-fewer codes than an epoch has images (leave-one-out, as Exemplar VAE), and the
-encoder is rewarded for codes that lie near other images'. The memory starts
-at zeros with s = 1, i.e. at N(0, I). Everything else is as for mog: the block
-is one KL unit, and `sample` draws a stored code plus s·T·noise.
+before it, then stores the batch's means (the global batch's, gathered from
+every replica) in place of the oldest. So the encoder is rewarded for codes
+that lie near other images', and an image's own code is its component only
+when it comes round again before M other images have (across an epoch's
+reshuffle, about (M/N)²/2 of N training images an epoch; keep M well below
+N: Exemplar VAE leaves each image's own exemplar out). The memory starts at
+zeros with s = 1, i.e. at N(0, I); the codes are those of training mode (batch
+statistics) at the posterior's draw of the groups above. Everything else is as
+for mog: the block is one KL unit, and `sample` draws a stored code plus
+s·T·noise.
 
 A contrastive prior (`keras-vae fit-prior --method contrastive`, after
 training, for a model whose top prior is N(0, I)): the N(0, I) prior of the top `contrastive_groups` groups' ε is
@@ -442,7 +446,7 @@ class NVAE(VAE):
         H("top_prior_groups", int, None, "NVAE: how many top groups a mog or exemplar --top-prior covers (default: every "
           "group but the finest scale's).", minimum=1, nullable=True),
         H("top_prior_components", int, 100, "NVAE: components of a mog --top-prior, or training codes that an "
-          "exemplar one keeps.", minimum=1),
+          "exemplar one keeps (thousands, and well below the training images).", minimum=1),
     )
     unused_hyperparameters = ("latent_dim", "architecture", "posterior_scale", "free_bits", "prior",
                               "prior_components", "prior_refit", "dequantize", "aggressive_encoder", "decoder", "decoder_layers",
@@ -556,7 +560,8 @@ class NVAE(VAE):
             return 0.0
         code = whitened(trace[:self.mixture_groups])
         if self.top_prior == "exemplar":
-            log_p = tf.cast(priors.exemplar_log_density(code, self.prior_loc, self.prior_log_bandwidth), code.dtype)
+            log_p = tf.cast(priors.exemplar_log_density(code, self.prior_loc, priors.exemplar_bandwidth(self)),
+                            code.dtype)
         else:
             log_p = priors.gaussian_mixture(*self.top_mixture()).log_prob(code)
         return log_p - standard_normal_prior(self.mixture_dim).log_prob(code)

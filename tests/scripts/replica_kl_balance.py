@@ -47,11 +47,11 @@ one_device_floored = (floor_gradient(tf.constant(KL)).numpy() == 0).all(0)
 gradients = strategy.run(tf.function(floor_gradient), args=(halves,))
 replicas_floored = [(t.numpy() == 0).all(0).tolist() for t in strategy.experimental_local_results(gradients)]
 
-# An exemplar memory of 4 codes, stored from parts of 3 rows (replica 0: 1, 2, 3) and 1 row (replica 1: 9): every
-# replica's copy must hold the same codes and slot, the first replica's.
+# An exemplar memory of 6 codes, stored from parts of 3 rows (replica 0: 1, 2, 3) and 1 row (replica 1: 9): every
+# replica's copy must hold the whole batch, in replica order, and the same slot.
 with strategy.scope():
     holder = keras.layers.Layer()
-    add_exemplar_memory(holder, 4, 2)
+    add_exemplar_memory(holder, 6, 2)
 parts = strategy.experimental_distribute_values_from_function(
     lambda context: tf.constant([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]]) if context.replica_id_in_sync_group == 0
     else tf.constant([[9.0, 9.0]]))

@@ -47,7 +47,7 @@ MAX_PRIOR_ENTRIES = 20_000_000
 
 def samples_per_chunk(model, iw_samples, batch_size):
     """Importance samples scored per call: bounded by the decoder's rows and by a mixture prior's size."""
-    prior = getattr(model, "prior_loc", None)  # a `mog` prior's [components, code]
+    prior = getattr(model, "prior_loc", None)  # a mixture prior's [components, code] (mog, or the exemplar memory)
     entries = 1 if prior is None else int(prior.shape[0])
     return max(1, min(iw_samples, MAX_DECODER_ROWS // batch_size, MAX_PRIOR_ENTRIES // (batch_size * entries)))
 

@@ -63,17 +63,25 @@ def active_units(posterior_means, threshold=ACTIVE_THRESHOLD):
 
 
 def mixture_log_joint(points, logits, loc, scale):
-    """log π_k + log N(x_n; loc_k, diag(scale_k²)) for points [N, L] and K components: [N, K] float64.
+    """log π_k + log N(x_n; loc_k, diag(scale_k²)) for points [N, L] and K components: [N, K] float64. `scale` is
+    [K, L], or [L] shared by every component (an exemplar prior's bandwidth), which then makes no [K, L] array but
+    the squared means.
 
     Σ_l (x_l − μ_kl)² / σ_kl² is expanded into matrix products, so no [N, K, L] array is made; float64 keeps
     the expansion exact enough for narrow components (gradients flow through it). In TensorFlow, whose threads
     make it about 4× faster than NumPy on 2 cores at 18,000 components."""
     points, logits, loc, scale = (tf.cast(a, tf.float64) for a in (points, logits, loc, scale))
-    precision = 1.0 / scale**2  # [K, L]
-    constant = tf.nn.log_softmax(logits) - 0.5 * tf.reduce_sum(loc**2 * precision + tf.math.log(2 * np.pi * scale**2), 1)
-    cross = tf.matmul(points * points, precision, transpose_b=True) - 2 * tf.matmul(points, loc * precision,
-                                                                                      transpose_b=True)
-    return constant - 0.5 * cross
+    precision = 1.0 / scale**2  # [K, L] or [L]
+    log_normalizer = tf.reduce_sum(tf.math.log(2 * np.pi * scale**2), -1)  # [K] or []
+    if scale.shape.rank == 1:
+        quadratic = tf.linalg.matvec(loc**2, precision)  # [K]
+        cross = (tf.linalg.matvec(points * points, precision)[:, None]
+                 - 2 * tf.matmul(points * precision, loc, transpose_b=True))
+    else:
+        quadratic = tf.reduce_sum(loc**2 * precision, 1)
+        cross = tf.matmul(points * points, precision, transpose_b=True) - 2 * tf.matmul(points, loc * precision,
+                                                                                          transpose_b=True)
+    return tf.nn.log_softmax(logits) - 0.5 * (quadratic + log_normalizer) - 0.5 * cross
 
 
 def mixture_log_density(points, logits, loc, scale, rows=None):

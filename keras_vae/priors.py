@@ -42,7 +42,7 @@ class DiagonalGaussianMixture(tfd.MixtureSameFamily):
 
 
 def gaussian_mixture(logits, loc, scale):
-    """Σ_k π_k N(loc_k, diag(scale_k²)) with K components over L dimensions ([K], [K, L], [K, L])."""
+    """Σ_k π_k N(loc_k, diag(scale_k²)) with K components over L dimensions ([K], [K, L], [K, L] or [L] shared)."""
     return DiagonalGaussianMixture(
         tfd.Categorical(logits=logits), tfd.Independent(tfd.Normal(loc, scale), reinterpreted_batch_ndims=1)
     )
@@ -97,25 +97,10 @@ def exemplar_bandwidth(model):
 
 
 def exemplar_parameters(model):
-    """(logits [K], loc [K, L], scale [K, L]) of the exemplar prior of `add_exemplar_memory`: equal weights, the
-    stored codes as means, every component the learned bandwidth."""
-    loc = model.prior_loc
-    return tf.zeros(tf.shape(loc)[:1]), loc, tf.broadcast_to(exemplar_bandwidth(model), tf.shape(loc))
-
-
-def exemplar_log_density(points, loc, bandwidth):
-    """log (1/K) Σ_k N(x; loc_k, diag(s²)) [N] for points [N, L], K stored codes loc [K, L] and one bandwidth
-    s [L] shared by every component: `mixture_log_density` of `exemplar_parameters`, with
-    Σ_l ((x_l − loc_kl)/s_l)² expanded as |x/s|² − 2 (x/s²)·loc_k + loc_k²·(1/s²), so that only the squared
-    codes, not a [K, L] scale, precision and their gradients, are made each step. float64, as there."""
-    points, loc, bandwidth = (tf.cast(a, tf.float64) for a in (points, loc, bandwidth))
-    precision = bandwidth**-2  # [L]
-    squared = (tf.reduce_sum(points**2 * precision, -1, keepdims=True)
-               - 2.0 * tf.matmul(points * precision, loc, transpose_b=True)
-               + tf.linalg.matvec(loc**2, precision)[None])  # [N, K]
-    size = tf.cast(tf.shape(loc)[0], tf.float64)
-    normalizer = tf.reduce_sum(tf.math.log(bandwidth)) + 0.5 * tf.cast(tf.shape(loc)[1], tf.float64) * np.log(2 * np.pi)
-    return tf.reduce_logsumexp(-0.5 * squared, axis=1) - tf.math.log(size) - normalizer
+    """(logits [K], loc [K, L], scale [L]) of the exemplar prior of `add_exemplar_memory`: equal weights, the
+    stored codes as means, and one bandwidth that every component shares (`mixture_log_joint` takes the [L]
+    scale without making a [K, L] one)."""
+    return tf.zeros(tf.shape(model.prior_loc)[:1]), model.prior_loc, exemplar_bandwidth(model)
 
 
 def ring_rows(size, slot, count):
@@ -148,11 +133,13 @@ def learned_prior(model, name):
 
 def mixture_draws(logits, loc, scale, num_samples, seed, temperature=1.0):
     """`num_samples` draws [N, L] of Σ_k softmax(logits)_k N(loc_k, diag((T scale_k)²)), stateless in `seed`
-    ([2] int): a component from the weights, then its Gaussian with its scale times the temperature T."""
+    ([2] int): a component from the weights, then its Gaussian with its scale ([K, L], or [L] shared) times the
+    temperature T."""
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 2)
     k = tf.random.stateless_categorical(logits[None], num_samples, seed=seeds[0])[0]
     noise = tf.random.stateless_normal([num_samples, tf.shape(loc)[1]], seed=seeds[1])
-    return tf.gather(loc, k) + temperature * tf.gather(scale, k) * noise
+    scale = scale if scale.shape.rank == 1 else tf.gather(scale, k)
+    return tf.gather(loc, k) + temperature * scale * noise
 
 
 def assign_mixture(model, logits, loc, scale):

@@ -587,13 +587,17 @@ def test_the_exemplar_memory_is_a_ring_whose_oldest_codes_go_first():
 
 
 def test_the_exemplar_density_is_the_mixture_of_its_stored_codes_with_one_bandwidth_per_dimension():
-    from keras_vae.priors import exemplar_log_density
+    from keras_vae.priors import gaussian_mixture
 
     rng = np.random.default_rng(0)
     loc, points = rng.normal(size=(7, 5)), rng.normal(size=(4, 5)) * 2
     bandwidth = rng.uniform(0.3, 2.0, size=5)  # unequal: a bandwidth on the wrong axis or summed wrongly shows
-    direct = mixture_log_density_direct(points, np.zeros(7), loc, np.broadcast_to(bandwidth, loc.shape))
-    np.testing.assert_allclose(exemplar_log_density(points, loc, bandwidth), direct, rtol=1e-10)
+    logits = rng.normal(size=7)
+    direct = mixture_log_density_direct(points, logits, loc, np.broadcast_to(bandwidth, loc.shape))
+    shared = gaussian_mixture(logits, loc, bandwidth).log_prob(points)  # the [L] scale's own expansion
+    np.testing.assert_allclose(shared, direct, rtol=1e-10)
+    np.testing.assert_allclose(gaussian_mixture(logits, loc, np.broadcast_to(bandwidth, loc.shape)).log_prob(points),
+                               shared, rtol=1e-10)
 
 
 def exemplar_nvae(components):

@@ -548,7 +548,7 @@ class NVAE(VAE):
         return sum(self.plan.group_sizes()[:self.mixture_groups])
 
     def top_mixture(self):
-        """(logits [K], loc [K, L], scale [K, L]) of a mog or exemplar top prior's Gaussian mixture."""
+        """(logits [K], loc [K, L], scale [K, L], or [L] shared) of a mog or exemplar top prior's Gaussian mixture."""
         if self.top_prior == "exemplar":
             return priors.exemplar_parameters(self)
         return priors.mixture_parameters(self)
@@ -559,12 +559,8 @@ class NVAE(VAE):
         if self.top_prior == "normal":
             return 0.0
         code = whitened(trace[:self.mixture_groups])
-        if self.top_prior == "exemplar":
-            log_p = tf.cast(priors.exemplar_log_density(code, self.prior_loc, priors.exemplar_bandwidth(self)),
-                            code.dtype)
-        else:
-            log_p = priors.gaussian_mixture(*self.top_mixture()).log_prob(code)
-        return log_p - standard_normal_prior(self.mixture_dim).log_prob(code)
+        return (priors.gaussian_mixture(*self.top_mixture()).log_prob(code)
+                - standard_normal_prior(self.mixture_dim).log_prob(code))
 
     def default_contrastive_groups(self):
         """The groups of every scale but the finest (one group for a one-scale model)."""
@@ -735,6 +731,7 @@ class NVAE(VAE):
         if not dim or kept[:dim].all():
             return codes
         logits, loc, scale = (np.asarray(a, np.float64) for a in self.top_mixture())
+        scale = np.broadcast_to(scale, loc.shape)
         top, given = np.asarray(codes[:, :dim], np.float64), kept[:dim]
         log_weights = mixture_log_joint(top[:, given], logits, loc[:, given], scale[:, given]).numpy()  # [N, K]
         # A stream of its own: callers draw `noise` from default_rng(seed).

@@ -46,7 +46,8 @@ in `nvae-sprites-global`, keeps a few nats. `nvae-sprites-mog` gives the top two
 8×8) a prior learned with the model, a mixture of 100 diagonal Gaussians, in place of N(0, I), against the
 prior hole that no prior fitted after training closed (benchmarks/NVAE.md); `nvae-sprites-exemplar` gives it
 the Exemplar VAE's prior instead: the posterior means of the last 4,096 training images, each widened by a
-bandwidth learned with the model.
+bandwidth learned with the model; `nvae-sprites-exemplar-all` over all three groups, the whole code, as the
+Exemplar VAE's prior covers its one code.
 
 The `vampprior-gated` row is the package's best single-layer model (`benchmarks/reproduce/vampprior-gated.json`:
 gated MLP, 40-d code, VampPrior of 500 pseudo-inputs) for `--single-layer-epochs`, chosen so that its wall time
@@ -98,6 +99,8 @@ ROWS = {  # row: (what it is, its preset in benchmarks/reproduce, FitConfig valu
     "nvae-sprites-exemplar": ("the same with an exemplar prior over the top 2 groups (the last 4,096 training "
                               "images' codes, a learned bandwidth), trained with the model", "nvae-sprites",
                               {"top_prior": "exemplar", "top_prior_components": 4096}),
+    "nvae-sprites-exemplar-all": ("the same with the exemplar prior over all 3 groups (the whole code)", "nvae-sprites",
+                                  {"top_prior": "exemplar", "top_prior_components": 4096, "top_prior_groups": 3}),
     # Single-layer rows for --single-layer-epochs, chosen to match an NVAE row's wall time:
     "vampprior-gated": ("single-layer VAE + VampPrior (500), gated MLP", "vampprior-gated", None),
     "vae-conv-sprites": ("single-layer VAE, `conv` architecture, on sprites", "vae-conv-sprites", None),

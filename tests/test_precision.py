@@ -1,5 +1,10 @@
 """Mixed precision computes the same gradients as float32, to the rounding of its compute dtype."""
 
+import json
+import os
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -10,6 +15,8 @@ from keras_vae.models import build_model
 from keras_vae.models.vae import VAE
 from keras_vae.networks import ARCHITECTURES
 from keras_vae.train import dtype_policy
+
+SCRIPTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scripts")
 
 # Relative L2 error of a variable's gradient against float32. bfloat16 keeps 8 significant bits
 # (2^-8 = 0.4% per rounding); through a whole network the honest errors measured 0.2-6% on an Intel Xeon with
@@ -89,20 +96,18 @@ NVAE_TOLERANCE = {"mixed_bfloat16": 0.5}
 
 @pytest.mark.parametrize("precision", sorted(NVAE_TOLERANCE))
 def test_every_nvae_gradient_under_mixed_precision_matches_float32(precision):
-    # The deepest network: depthwise convolutions, batch norms, squeeze-and-excitation and a residual posterior
-    # per group, whose bias and scale gradients are sums over batch x pixels like the convolutions' above.
-    keras.backend.clear_session()  # the same weights whatever ran before in this process
-    keras.utils.set_random_seed(0)
-    x = tf.constant((np.random.default_rng(0).random((64, 28, 28, 1)) < 0.3).astype(np.float32))
-    reference, expected = gradients("float32", tiny_nvae, None, x)
-    mixed, got = gradients(precision, tiny_nvae, reference.get_weights(), x)
-    assert mixed.dtype_policy.compute_dtype == precision.removeprefix("mixed_")  # the comparison is not float32's
-    norms = {v.path: float(tf.norm(g)) for v, g in zip(reference.trainable_variables, expected)}
-    cancelled = cancelled_shifts(reference)
-    decoder_cells = [layer for layer in reference._flatten_layers()
-                     if any(isinstance(part, keras.layers.DepthwiseConv2D) for part in getattr(layer, "branch", ()))]
-    assert len(cancelled) == len(decoder_cells) > 0  # one per decoder cell
-    for beta, gamma in cancelled.items():  # zero but for rounding, beside its own scale's gradient
-        assert norms[beta] < 1e-4 * norms[gamma], (beta, norms[beta], norms[gamma])
-    errors = gradient_errors(reference.trainable_variables, expected, got)
-    assert_within({path: e for path, e in errors.items() if path not in cancelled}, NVAE_TOLERANCE[precision])
+    """The deepest network: depthwise convolutions, batch norms, squeeze-and-excitation and a residual posterior per
+    group, whose bias and scale gradients are sums over batch x pixels like the convolutions' above. Compared in a
+    fresh process (`scripts/nvae_precision_gradients.py`): in a full suite's worker, after other tests, one encoder
+    gate's bias gradient once came out 35% off and once 300 times off, where the same comparison alone gives under
+    1% (0.6%); a fresh process gives the errors that the tolerance was measured on."""
+    result = subprocess.run([sys.executable, os.path.join(SCRIPTS, "nvae_precision_gradients.py"), precision],
+                            capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["compute_dtype"] == precision.removeprefix("mixed_")  # the comparison is not float32's
+    assert len(report["cancelled"]) == report["decoder_cells"] > 0  # one per decoder cell
+    for beta, (beta_norm, gamma_norm) in report["cancelled"].items():  # zero but for rounding, beside its scale's
+        assert beta_norm < 1e-4 * gamma_norm, (beta, beta_norm, gamma_norm)
+    assert_within({path: e for path, e in report["errors"].items() if path not in report["cancelled"]},
+                  NVAE_TOLERANCE[precision])

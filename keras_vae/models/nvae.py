@@ -401,6 +401,12 @@ def whitened(trace):
     return flat([(z - p.mean()) / p.stddev() for p, _, z in trace])
 
 
+def whitened_means(trace):
+    """The posterior means of a walk's groups in the whitened code [B, Σ h·w·c], (μq − μp)/σp for each group's
+    (prior, posterior, z) of `trace`, top group first."""
+    return flat([(q.mean() - p.mean()) / p.stddev() for p, q, _ in trace])
+
+
 # ------------------------------------------------------------------ the model
 @register_model("nvae")
 @keras.saving.register_keras_serializable(package="keras_vae")
@@ -641,8 +647,7 @@ class NVAE(VAE):
         kl_groups = tf.stack([tf.reduce_sum(k, [1, 2, 3]) for k in per_dim], -1)  # [B, G]
         log_ratio = self.prior_log_ratio(trace)
         if training and self.top_prior == "exemplar":  # after scoring the batch against the codes stored before it
-            priors.remember_exemplars(self, flat([(q.mean() - p.mean()) / p.stddev()
-                                                  for p, q, _ in trace[:self.mixture_groups]]))
+            priors.remember_exemplars(self, whitened_means(trace[:self.mixture_groups]))
         kl = tf.reduce_sum(kl_groups, -1) - log_ratio
         units = kl_groups  # what the loss balances and floors: a mog or exemplar prior's block is one (module docstring)
         if self.mixture_groups:
@@ -691,9 +696,7 @@ class NVAE(VAE):
         """Means and standard deviations [B, code_dim] of the whitened code, each group at the posterior
         means of the groups above it."""
         _, trace = self.walk(x, lambda g, q: q.mean())
-        locs = [(q.mean() - p.mean()) / p.stddev() for p, q, _ in trace]
-        scales = [q.stddev() / p.stddev() for p, q, _ in trace]
-        return flat(locs), flat(scales)
+        return whitened_means(trace), flat([q.stddev() / p.stddev() for p, q, _ in trace])
 
     def whitened_posterior_sample(self, x, seed, y=None):
         """One ancestral draw z ~ q(z | x), each group given the draws above it, as the whitened code [B,

@@ -72,7 +72,7 @@ def group_mask(sizes, kept):
 def resampled_codes(model, loc, noise, keep, seed=0):
     """Whitened codes [N, L] that keep the first `keep` groups of `model.generation_order()` at `loc` (an
     image's posterior means) and take the groups below from `noise` (ε of their conditional priors; where the
-    whitened prior is not N(0, I), as under an nvae's mog or exemplar top prior, `model.redraw_dropped` draws them from it
+    whitened prior is not N(0, I), as under an nvae's learned top prior, `model.redraw_dropped` draws them from it
     given the kept groups, with `seed` for what the noise does not decide)."""
     sizes = [size for _, size in model.code_groups()]
     kept = group_mask(sizes, set(model.generation_order()[:keep]))

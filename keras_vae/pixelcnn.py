@@ -163,7 +163,7 @@ def covering_depth(grid_shape):
 
 def build_pixelcnn(grid_shape, num_codes, filters=64, num_layers=4, name="pixelcnn",
                    condition_grid=None, condition_codes=None, kernel_size=3, condition_channels=None,
-                   input_codes=None):
+                   input_codes=None, input_channels=None):
     """The prior network: logits of p(c_i | c_<i [, condition]) for every position of a code map.
 
     Args:
@@ -180,9 +180,13 @@ def build_pixelcnn(grid_shape, num_codes, filters=64, num_layers=4, name="pixelc
             own resolution (e.g. what a VAE's decoder makes of z) instead of codes; not with `condition_grid`.
         input_codes: the number of distinct inputs the embedding reads (default K): K + 1 lets an input
             position carry a "withheld" token that no output predicts (see `PixelCNNLikelihood`).
+        input_channels: C, for maps of float vectors [B, h, w, C] in place of indices (a 1×1 convolution
+            embeds them; not with `input_codes`): the network's K outputs are then whatever parameters of
+            p(x_i | x_<i) the caller reads from them (`keras_vae.spatial_prior`).
 
     Returns:
-        A functional `keras.Model` from int32 indices [B, h, w] (and, with a condition, the condition
+        A functional `keras.Model` from int32 indices [B, h, w] (float maps [B, h, w, C] with
+        `input_channels`) (and, with a condition, the condition
         [B, hc, wc] int32 or [B, h, w, Fc] float, passed as a list [indices, condition]) to float32
         logits [B, h, w, K].
         Its layers `vertical_ℓ` (ℓ < num_layers; the last layer's is read by nothing) and `horizontal_ℓ`
@@ -198,7 +202,13 @@ def build_pixelcnn(grid_shape, num_codes, filters=64, num_layers=4, name="pixelc
                          f"condition_channels={condition_channels!r}, condition_grid={condition_grid!r}.")
     if input_codes is not None and input_codes < num_codes:
         raise ValueError(f"input_codes must be at least num_codes={num_codes}. Received: input_codes={input_codes!r}.")
-    indices = keras.Input(tuple(grid_shape), dtype="int32", name="indices")
+    if input_channels is not None and (input_codes is not None or input_channels < 1):
+        raise ValueError(f"input_channels must be at least 1 and excludes input_codes. Received: "
+                         f"input_channels={input_channels!r}, input_codes={input_codes!r}.")
+    if input_channels is None:
+        indices = keras.Input(tuple(grid_shape), dtype="int32", name="indices")
+    else:
+        indices = keras.Input((*grid_shape, input_channels), name="codes")
     inputs, condition = indices, None
     if condition_grid is not None:
         factor = upsampling_factor(grid_shape, condition_grid)
@@ -207,7 +217,10 @@ def build_pixelcnn(grid_shape, num_codes, filters=64, num_layers=4, name="pixelc
     elif condition_channels is not None:
         inputs = [indices, keras.Input((*grid_shape, condition_channels), name="condition")]
         condition = inputs[1]  # each gated layer reads it through its own 1×1 convolutions
-    x = keras.layers.Embedding(input_codes or num_codes, filters, name="embedding")(indices)  # (B, h, w, F)
+    if input_channels is None:
+        x = keras.layers.Embedding(input_codes or num_codes, filters, name="embedding")(indices)  # (B, h, w, F)
+    else:
+        x = keras.layers.Conv2D(filters, 1, name="embedding")(indices)
     v, h = initial_streams(x, filters, kernel_size)
     for index in range(1, num_layers + 1):
         v, h = gated_layer(v, h, condition, filters, kernel_size, index)

@@ -101,6 +101,9 @@ ROWS = {  # row: (what it is, its preset in benchmarks/reproduce, FitConfig valu
                               {"top_prior": "exemplar", "top_prior_components": 4096}),
     "nvae-sprites-exemplar-all": ("the same with the exemplar prior over all 3 groups (the whole code)", "nvae-sprites",
                                   {"top_prior": "exemplar", "top_prior_components": 4096, "top_prior_groups": 3}),
+    "nvae-sprites-autoregressive": ("the same with an autoregressive prior over the top 2 groups (a PixelCNN per group, "
+                                    "10 Gaussians per position), trained with the model", "nvae-sprites",
+                                    {"top_prior": "autoregressive", "top_prior_components": 10}),
     # Single-layer rows for --single-layer-epochs, chosen to match an NVAE row's wall time:
     "vampprior-gated": ("single-layer VAE + VampPrior (500), gated MLP", "vampprior-gated", None),
     "vae-conv-sprites": ("single-layer VAE, `conv` architecture, on sprites", "vae-conv-sprites", None),

@@ -723,6 +723,112 @@ def test_an_exemplar_top_prior_names_its_groups_and_takes_no_contrastive_prior()
         untrained_nvae(top_prior="exemplar", top_prior_components=2).with_contrastive_prior(1)
 
 
+# ------------------------------------------------------------------ an autoregressive top prior, trained with the model
+def autoregressive_nvae(head_scale=0.0):
+    """An untrained 4-group NVAE whose autoregressive top prior (over the top 2 groups, 4×4×2 each) has a random
+    last layer of `head_scale` (0: as built, near N(0, I))."""
+    from keras_vae.spatial_prior import head_of
+
+    keras.utils.set_random_seed(0)  # the same weights whatever ran before in this worker process
+    model = untrained_nvae(top_prior="autoregressive", top_prior_components=3, top_prior_filters=8, spectral_reg=0.0)
+    rng = np.random.default_rng(1)
+    for network in model.top_networks:
+        head = head_of(network)
+        head.kernel.assign(rng.normal(0.0, head_scale, head.kernel.shape).astype(np.float32))
+    return model
+
+
+def test_an_autoregressive_top_prior_scores_the_top_groups_maps_and_enters_the_kl_by_monte_carlo():
+    from keras_vae import spatial_prior
+    from keras_vae.models.nvae import whitened
+
+    model = autoregressive_nvae(head_scale=1.0)
+    plain = untrained_nvae(spectral_reg=0.0)
+    # The spectral penalty covers the NVAE's convolutions, not the prior's PixelCNNs.
+    assert len(model.convolutions()) == len(plain.convolutions())
+    assert model.mixture_groups == 2 and model.top_shapes() == [model.plan.group_shape(0), model.plan.group_shape(1)]
+    x = tf.constant((tiny_images(6) / 255).astype(np.float32))
+    seeds = split_seeds(tf.constant([1, 2]), model.plan.num_groups)
+    _, trace = model.walk(x, lambda g, q: q.sample(seed=seeds[g]))
+    code = whitened(trace[:2]).numpy()
+    maps = [part.reshape(-1, *model.plan.group_shape(g)) for g, part in enumerate(np.split(code, [model.plan.group_sizes()[0]], 1))]
+    direct = (spatial_prior.log_prob(model.top_networks, model.top_shapes(), 3, maps).numpy()
+              + 0.5 * (code ** 2).sum(1) + 0.5 * code.shape[1] * np.log(2 * np.pi))
+    assert np.all(np.abs(direct) > 5)
+    np.testing.assert_allclose(model.prior_log_ratio(trace), direct, rtol=1e-4, atol=1e-3)
+    terms = model.compute_terms(x)
+    analytic = sum(terms[f"kl_{g}"] for g in range(4))
+    assert np.all(np.abs(terms["kl"] - analytic) > 1)  # the prior's term is there
+    np.testing.assert_allclose(terms["kl_units"].numpy().sum(1), terms["kl"], rtol=1e-5)
+    assert terms["kl_units"].shape == (6, 3)  # the block as one unit, then each group below
+
+
+def test_the_elbo_trains_an_autoregressive_top_prior_towards_the_codes():
+    """Steps on the ELBO alone (through `compute_terms`' Monte-Carlo KL), moving only the prior's networks,
+    raise its density of the posterior's draws, from a prior set far from them (every position at N(2, 0.5²))."""
+    from keras_vae.spatial_prior import SOFTPLUS_ONE, head_of
+
+    model = autoregressive_nvae()
+    for network in model.top_networks:  # 3 components over 2 channels: 3 logits, 6 means, 6 raw scales
+        raw = np.log(np.expm1(0.5 - 1e-4)) - SOFTPLUS_ONE
+        head_of(network).bias.assign(np.array([0.0] * 3 + [2.0] * 6 + [raw] * 6, np.float32))
+    variables = [v for network in model.top_networks for v in network.trainable_weights]
+    assert all(any(v is w for w in model.trainable_weights) for v in variables)
+    x = tf.constant((tiny_images(16) / 255).astype(np.float32))
+    seeds = split_seeds(tf.constant([1, 2]), model.plan.num_groups)
+    _, trace = model.walk(x, lambda g, q: q.sample(seed=seeds[g]))
+    before = float(tf.reduce_mean(model.mixture_log_ratio(trace)))
+    assert before < -100
+    optimizer = keras.optimizers.Adam(0.02)
+    for _ in range(8):
+        with tf.GradientTape() as tape:
+            loss = -tf.reduce_mean(model.compute_terms(x)["elbo"])
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+    assert float(tf.reduce_mean(model.mixture_log_ratio(trace))) > before + 5
+
+
+def test_an_autoregressive_top_prior_draws_as_its_density_reads_resamples_whole_groups_and_is_saved(tmp_path):
+    from keras_vae import spatial_prior
+    from keras_vae.explore import resampled_codes
+    from keras_vae.export import save_keras_model
+    from keras_vae.models.vae import VAE
+
+    model = autoregressive_nvae(head_scale=1.0)
+    dim, size0 = model.mixture_dim, model.plan.group_sizes()[0]
+    seed = tf.constant([3, 0], tf.int64)
+    codes = model.sample_codes(6, seed, temperature=0.5).numpy()
+    base = VAE.sample_codes(model, 6, seed, 1.0)  # ε ~ N(0, I): the noise of the same draw
+    np.testing.assert_allclose(codes[:, dim:], 0.5 * base.numpy()[:, dim:], rtol=1e-5)  # N(0, T² I) below the block
+    maps = model.plan.split_code(tf.constant(codes))[:2]
+    for g in range(2):  # each value is one component's loc + scale · T · ε, the components read by teacher forcing
+        mixture = spatial_prior.position_mixture(
+            spatial_prior.network_params(model.top_networks[g], maps, g, model.top_shapes()[g]), 2, 3)
+        normal = mixture.components_distribution.distribution
+        part = 0.5 * model.plan.split_code(base)[g].numpy()[..., None, :]
+        value = maps[g].numpy()[..., None, :]
+        match = np.all(np.abs(normal.loc.numpy() + normal.scale.numpy() * part - value) < 1e-4, -1)  # [6, h, w, M]
+        assert match.any(-1).all(), g
+    # Resampling keeps whole top groups and draws the ones below given them; part of a group is refused.
+    rng = np.random.default_rng(0)
+    loc, noise = rng.normal(size=(4, model.code_dim)).astype(np.float32), rng.normal(size=(4, model.code_dim)).astype(np.float32)
+    one = resampled_codes(model, loc, noise, 1)
+    np.testing.assert_array_equal(one[:, :size0], loc[:, :size0])
+    np.testing.assert_array_equal(one[:, dim:], noise[:, dim:])
+    given = spatial_prior.draws(model.top_networks, model.top_shapes(), 3, noise[:, :dim], tf.constant([0, 1], tf.int64),
+                                given=model.plan.split_code(tf.constant(loc))[:1])
+    np.testing.assert_allclose(one[:, size0:dim], given[1].numpy().reshape(4, -1), rtol=1e-5, atol=1e-6)
+    kept = np.zeros(model.code_dim, bool)
+    kept[:size0 + 1] = True
+    with pytest.raises(ValueError, match="whole groups below the kept ones"):
+        model.redraw_dropped(loc, kept, noise)
+    # Saved and loaded; a traced graph (as the `sample` signature runs) draws as eagerly.
+    save_keras_model(model, str(tmp_path / "model.keras"))
+    loaded = keras.saving.load_model(str(tmp_path / "model.keras"))
+    np.testing.assert_allclose(loaded.sample_codes(6, seed, 0.5), codes, rtol=1e-5, atol=1e-5)
+    traced = tf.function(lambda s, t: model.sample_codes(6, s, t))
+    np.testing.assert_allclose(traced(seed, tf.constant(0.5)), codes, rtol=1e-5, atol=1e-5)  # float noise carried down the positions
+
+
 # ------------------------------------------------------------------ resampling the groups below
 def test_the_group_mask_marks_the_kept_groups_dimensions():
     from keras_vae.explore import group_mask

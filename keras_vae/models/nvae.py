@@ -65,6 +65,18 @@ statistics) at the posterior's draw of the groups above. Everything else is as
 for mog: the block is one KL unit, and `sample` draws a stored code plus
 s·T·noise.
 
+An autoregressive prior trained with the model (`top_prior` autoregressive;
+PixelVAE, Gulrajani et al. 2017): the top groups' whitened maps are drawn
+one after the other, each position given the positions before it in raster
+order and the maps above, from a mixture of `top_prior_components` diagonal
+Gaussians over its channels that a gated PixelCNN of `top_prior_filters`
+channels makes (`keras_vae.spatial_prior`). The Gaussian priors draw every
+position of a group independently given the groups above, so the outline of
+a shape that a group holds has to come from the groups above; here its
+positions can depend on one another. Its density is exact; its KL is taken
+by Monte Carlo and the block is one KL unit, as for mog; `sample` draws
+position by position (one network pass each).
+
 A contrastive prior (`keras-vae fit-prior --method contrastive`, after
 training, for a model whose top prior is N(0, I)): the N(0, I) prior of the top `contrastive_groups` groups' ε is
 reweighted by a classifier of their aggregate posterior against it,
@@ -93,7 +105,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_vae import contrastive_prior, losses, priors
+from keras_vae import contrastive_prior, losses, priors, spatial_prior
 from keras_vae.distribute import global_batch_mean
 from keras_vae.errors import UserError
 from keras_vae.hparams import Hyperparameter as H
@@ -112,7 +124,7 @@ HEAD_INIT = keras.initializers.RandomNormal(stddev=1e-3)
 BALANCE_FLOOR = 0.01  # nats added to each group's batch-mean KL before balancing
 INITIAL_POWER_ITERATIONS = 40  # at build; then one per training step
 READJUST_BATCHES = 20  # forward passes of the prior's samples that readjust the batch-norm statistics
-TOP_PRIORS = ("normal", "mog", "exemplar")
+TOP_PRIORS = ("normal", "mog", "exemplar", "autoregressive")
 # The learned mixture's means start at N(0, 0.3²) per dimension: near N(0, I), so training starts close to the
 # standard prior, yet far enough apart over hundreds of dimensions that each code has one likeliest component.
 TOP_PRIOR_LOC_SPREAD = 0.3
@@ -414,8 +426,8 @@ class NVAE(VAE):
     """A deep hierarchical VAE of latent maps at several scales with residual cells (Vahdat & Kautz 2020).
 
     The code of `encode`/`decode` is the whitened ε of every group (see the module docstring), whose prior
-    is N(0, I) (but for the top groups under a mog or exemplar `top_prior`); `sample(..., temperature=T)` draws
-    ε ~ N(0, T² I) (the mixture's components at T times their scales there).
+    is N(0, I) (but for the top groups under a learned `top_prior`); `sample(..., temperature=T)` draws
+    ε ~ N(0, T² I) (a learned top prior's Gaussians at T times their scales there).
     """
 
     hyperparameters = (
@@ -440,19 +452,23 @@ class NVAE(VAE):
         # model 2.6 nats of −log p(x) and its samples' shapes (benchmarks/NVAE.md).
         H("beta", float, 1.0, "Weight of the groups' summed KL.", minimum=0, reference="Higgins et al. 2017"),
         H("group_free_bits", float, 0.0, "NVAE: floor, in nats, on each group's batch-mean KL in the loss once "
-          "the balanced warm-up is over (all along without `kl_balance`), so that no group collapses later (a mog or exemplar "
+          "the balanced warm-up is over (all along without `kl_balance`), so that no group collapses later (a learned "
           "--top-prior's groups share one floor).",
           minimum=0, reference="Kingma et al. 2016 (free bits per group)"),
         H("top_prior", str, "normal", "NVAE: the prior of the top --top-prior-groups groups' whitened code: normal "
-          "(N(0, I)), mog (a mixture of --top-prior-components diagonal Gaussians trained with the model) or "
+          "(N(0, I)), mog (a mixture of --top-prior-components diagonal Gaussians trained with the model), "
           "exemplar (the posterior means of the last --top-prior-components training images, each widened by a "
-          "learned bandwidth); the last two take their KL by Monte Carlo, against the hole between the aggregate "
-          "posterior and N(0, I).", choices=TOP_PRIORS,
-          reference="Vahdat et al. 2021 (LSGM); Tomczak & Welling 2018; Norouzi et al. 2020"),
-        H("top_prior_groups", int, None, "NVAE: how many top groups a mog or exemplar --top-prior covers (default: every "
+          "learned bandwidth) or autoregressive (each position of each group's map given the ones before it and "
+          "the groups above, by a PixelCNN); the last three are trained with the model and take their KL by Monte "
+          "Carlo, against the hole between the aggregate posterior and N(0, I).", choices=TOP_PRIORS,
+          reference="Vahdat et al. 2021 (LSGM); Tomczak & Welling 2018; Norouzi et al. 2020; Gulrajani et al. 2017"),
+        H("top_prior_groups", int, None, "NVAE: how many top groups a learned --top-prior covers (default: every "
           "group but the finest scale's).", minimum=1, nullable=True),
-        H("top_prior_components", int, 100, "NVAE: components of a mog --top-prior, or training codes that an "
-          "exemplar one keeps (thousands, and well below the training images).", minimum=1),
+        H("top_prior_components", int, 100, "NVAE: components of a mog --top-prior, training codes that an "
+          "exemplar one keeps (thousands, and well below the training images), or Gaussians per position of an "
+          "autoregressive one (about 10).", minimum=1),
+        H("top_prior_filters", int, 32, "NVAE: channels of each stream of an autoregressive --top-prior's "
+          "PixelCNNs (one per group).", minimum=1),
     )
     unused_hyperparameters = ("latent_dim", "architecture", "posterior_scale", "free_bits", "prior",
                               "prior_components", "prior_refit", "dequantize", "aggressive_encoder", "decoder", "decoder_layers",
@@ -487,6 +503,9 @@ class NVAE(VAE):
             priors.add_mixture_weights(self, self.top_prior_components, self.mixture_dim, TOP_PRIOR_LOC_SPREAD)
         elif self.top_prior == "exemplar":
             priors.add_exemplar_memory(self, self.top_prior_components, self.mixture_dim)
+        elif self.top_prior == "autoregressive":
+            self.top_networks = spatial_prior.build_networks(self.top_shapes(), self.top_prior_components,
+                                                             self.top_prior_filters, self.seed)
         if contrastive_groups is not None and self.top_prior != "normal":
             raise UserError(f"A contrastive prior reweights an N(0, I) top prior; this nvae trained a "
                             f"{self.top_prior!r} top prior, which is already fitted to its codes.")
@@ -524,10 +543,13 @@ class NVAE(VAE):
     def convolutions(self):
         """The convolution layers the spectral penalty covers, in a fixed order (found, not stored: a stored
         list of layers or kernels would be tracked, and saved, twice); not the contrastive prior's classifier,
-        which is trained apart, after the model."""
-        classifier = set() if self.contrastive_groups is None else {id(c) for c in self.contrast.convs}
+        which is trained apart, after the model, nor an autoregressive top prior's PixelCNNs, a density rather
+        than a path the stabilizer keeps smooth."""
+        apart = set() if self.contrastive_groups is None else {id(c) for c in self.contrast.convs}
+        for network in getattr(self, "top_networks", ()):
+            apart.update(id(layer) for layer in network._flatten_layers())
         return [layer for layer in self._flatten_layers()
-                if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)) and id(layer) not in classifier]
+                if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)) and id(layer) not in apart]
 
     def batch_norms(self):
         return [layer for layer in self._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
@@ -543,15 +565,19 @@ class NVAE(VAE):
 
     @property
     def mixture_groups(self):
-        """The top groups whose whitened code a mog or exemplar `top_prior` covers (0 for an N(0, I) one)."""
+        """The top groups whose whitened code a learned `top_prior` covers (0 for an N(0, I) one)."""
         if self.top_prior == "normal":
             return 0
         return self.top_prior_groups or self.default_contrastive_groups()
 
     @property
     def mixture_dim(self):
-        """The dimensions of the whitened code that a mog or exemplar `top_prior` covers (its first ones)."""
+        """The dimensions of the whitened code that a learned `top_prior` covers (its first ones)."""
         return sum(self.plan.group_sizes()[:self.mixture_groups])
+
+    def top_shapes(self):
+        """(h, w, c) of each group a learned `top_prior` covers, top first."""
+        return [self.plan.group_shape(g) for g in range(self.mixture_groups)]
 
     def top_mixture(self):
         """(logits [K], loc [K, L], scale [K, L], or [L] shared) of a mog or exemplar top prior's Gaussian mixture."""
@@ -560,13 +586,17 @@ class NVAE(VAE):
         return priors.mixture_parameters(self)
 
     def mixture_log_ratio(self, trace):
-        """log p_top(ε_top) − log N(ε_top; 0, I) [B] at the draws of a walk's `trace`: what a mog or exemplar
+        """log p_top(ε_top) − log N(ε_top; 0, I) [B] at the draws of a walk's `trace`: what a learned
         `top_prior` adds to log p(z) against the Gaussian priors; 0 for an N(0, I) top prior."""
         if self.top_prior == "normal":
             return 0.0
-        code = whitened(trace[:self.mixture_groups])
-        return (priors.gaussian_mixture(*self.top_mixture()).log_prob(code)
-                - standard_normal_prior(self.mixture_dim).log_prob(code))
+        maps = [(z - p.mean()) / p.stddev() for p, _, z in trace[:self.mixture_groups]]
+        code = flat(maps)
+        if self.top_prior == "autoregressive":
+            log_prior = spatial_prior.log_prob(self.top_networks, self.top_shapes(), self.top_prior_components, maps)
+        else:
+            log_prior = priors.gaussian_mixture(*self.top_mixture()).log_prob(code)
+        return log_prior - standard_normal_prior(self.mixture_dim).log_prob(code)
 
     def default_contrastive_groups(self):
         """The groups of every scale but the finest (one group for a one-scale model)."""
@@ -581,7 +611,7 @@ class NVAE(VAE):
 
     def prior_log_ratio(self, trace):
         """log r(ε_top) − log Z [B] at the top groups' draws of a walk's `trace` ((prior, posterior, z) per
-        group): what the contrastive prior adds to log p(z), or a mog or exemplar top prior's `mixture_log_ratio`; 0 with
+        group): what the contrastive prior adds to log p(z), or a learned top prior's `mixture_log_ratio`; 0 with
         neither."""
         if self.contrastive_groups is None:
             return self.mixture_log_ratio(trace)
@@ -649,7 +679,7 @@ class NVAE(VAE):
         if training and self.top_prior == "exemplar":  # after scoring the batch against the codes stored before it
             priors.remember_exemplars(self, whitened_means(trace[:self.mixture_groups]))
         kl = tf.reduce_sum(kl_groups, -1) - log_ratio
-        units = kl_groups  # what the loss balances and floors: a mog or exemplar prior's block is one (module docstring)
+        units = kl_groups  # what the loss balances and floors: a learned top prior's block is one (module docstring)
         if self.mixture_groups:
             k = self.mixture_groups
             units = tf.concat([tf.reduce_sum(kl_groups[:, :k], -1, keepdims=True) - log_ratio[:, None],
@@ -659,7 +689,7 @@ class NVAE(VAE):
                           **{f"kl_{g}": kl_groups[:, g] for g in range(self.plan.num_groups)})
 
     def kl_unit_sizes(self):
-        """Latent variables of each unit of `compute_terms`' `kl_units`: every group's, a mog or exemplar top
+        """Latent variables of each unit of `compute_terms`' `kl_units`: every group's, a learned top
         prior's block as one."""
         sizes = self.plan.group_sizes()
         return [sum(sizes[:self.mixture_groups]), *sizes[self.mixture_groups:]] if self.mixture_groups else sizes
@@ -668,7 +698,7 @@ class NVAE(VAE):
         """β × the KL term, plus `spectral_reg` × the norm penalty. The KL term is balanced while warming up
         (with `kl_balance`); otherwise it is the plain KL, each group's batch mean floored at
         `group_free_bits` when that is set (under tf.distribute, both the balancing's weights and which groups
-        are floored come from the global batch). A mog or exemplar top prior's groups are balanced and floored as one
+        are floored come from the global batch). A learned top prior's groups are balanced and floored as one
         (`kl_unit_sizes`)."""
         warming_up = self.kl_balance and self.kl_weight() < 1.0
         kl = tf.reduce_mean(balanced_kl(terms["kl_units"], self.kl_unit_sizes(), warming_up))
@@ -715,8 +745,13 @@ class NVAE(VAE):
     def sample_codes(self, num_samples, seed, temperature=1.0):
         """ε ~ N(0, T² I); with a contrastive prior, the top groups' ε drawn instead from N(0, T² I)·r / Z by
         sampling-importance-resampling (`contrastive_prior.sir_draws`); with a mog or exemplar top prior, from
-        its mixture, each component's scale times T (`priors.mixture_draws`). Stateless in `seed`."""
+        its mixture, each component's scale times T (`priors.mixture_draws`); with an autoregressive one,
+        position by position with each Gaussian's scale times T (`spatial_prior.draws`). Stateless in `seed`."""
         codes = super().sample_codes(num_samples, seed, temperature)
+        if self.top_prior == "autoregressive":  # `codes` (ε ~ N(0, T² I)) are the noise of its draws
+            top = spatial_prior.draws(self.top_networks, self.top_shapes(), self.top_prior_components,
+                                      codes[:, :self.mixture_dim], tf.random.experimental.stateless_fold_in(seed, 1))
+            return tf.concat([flat(top), codes[:, self.mixture_dim:]], -1)
         if self.mixture_groups:
             top = priors.mixture_draws(*self.top_mixture(), num_samples,
                                        tf.random.experimental.stateless_fold_in(seed, 1), temperature)
@@ -729,10 +764,15 @@ class NVAE(VAE):
     def redraw_dropped(self, codes, kept, noise, seed=0):
         """With a mog or exemplar top prior, the block's dimensions not `kept` are drawn from its mixture given the kept
         ones: each row's component from its weights given the kept dimensions (all of them a priori when none
-        is kept; a Gumbel draw at `seed`), then loc + scale · `noise` (the temperature is in the noise)."""
+        is kept; a Gumbel draw at `seed`), then loc + scale · `noise` (the temperature is in the noise). With an
+        autoregressive one, whose groups come one after the other, the kept dimensions must be whole top groups;
+        the groups below them are drawn position by position given them, with `noise` as their Gaussians'
+        noise and `seed` for the components."""
         dim = self.mixture_dim
         if not dim or kept[:dim].all():
             return codes
+        if self.top_prior == "autoregressive":
+            return self.redraw_autoregressive(codes, kept, noise, seed)
         logits, loc, scale = (np.asarray(a, np.float64) for a in self.top_mixture())
         scale = np.broadcast_to(scale, loc.shape)
         top, given = np.asarray(codes[:, :dim], np.float64), kept[:dim]
@@ -742,6 +782,22 @@ class NVAE(VAE):
         component = np.argmax(log_weights + gumbel, axis=1)
         drawn = loc[component] + scale[component] * noise[:, :dim]
         return np.concatenate([np.where(given, top, drawn).astype(codes.dtype), codes[:, dim:]], 1)
+
+    def redraw_autoregressive(self, codes, kept, noise, seed):
+        """`redraw_dropped` under an autoregressive top prior."""
+        sizes = self.plan.group_sizes()[:self.mixture_groups]
+        given = 0
+        while given < len(sizes) and kept[sum(sizes[:given]):sum(sizes[:given + 1])].all():
+            given += 1
+        if kept[sum(sizes[:given]):self.mixture_dim].any():
+            raise ValueError(f"An autoregressive top prior redraws whole groups below the kept ones; the kept "
+                             f"dimensions cover {given} whole top groups and part of the next. Received: "
+                             f"{int(kept[:self.mixture_dim].sum())} of its {self.mixture_dim} dimensions kept.")
+        dim = self.mixture_dim
+        maps = self.plan.split_code(tf.constant(codes, tf.float32))
+        top = spatial_prior.draws(self.top_networks, self.top_shapes(), self.top_prior_components, noise[:, :dim],
+                                  tf.constant([seed, 1], tf.int64), given=maps[:given])
+        return np.concatenate([np.asarray(flat(top), codes.dtype), codes[:, dim:]], 1)
 
     def prepare_sampling(self, temperature):
         """Below temperature 1 the decoder's batch norms meet samples unlike those of training: readjust."""

@@ -829,6 +829,37 @@ def test_an_autoregressive_top_prior_draws_as_its_density_reads_resamples_whole_
     np.testing.assert_allclose(traced(seed, tf.constant(0.5)), codes, rtol=1e-5, atol=1e-5)  # float noise carried down the positions
 
 
+def test_an_autoregressive_top_prior_is_served_by_tensor_name_in_a_v1_session(tmp_path):
+    """The export's `sample` runs the position-by-position draws (a while loop around the PixelCNNs) as the
+    model draws them, and `score` adds the prior's exact log-density, read as TF Serving reads the SavedModel."""
+    from keras_vae import losses
+    from keras_vae.export import export_saved_model
+    from keras_vae.serving import SCORE_SAMPLES, _SCORE_SEED
+
+    keras.utils.set_random_seed(0)
+    model = build_model(config_for("nvae", channels=8, latent_channels=2, groups_per_scale=1, kl_warmup_steps=0,
+                                   top_prior="autoregressive", top_prior_components=2, top_prior_filters=4,
+                                   top_prior_groups=1, seed=5), (28, 28, 1))
+    path = export_saved_model(model, str(tmp_path), "nvae")
+    x = (tiny_images(3) / 255).astype(np.float32)
+    with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+        signatures = tf.compat.v1.saved_model.loader.load(session, ["serve"], path).signature_def
+
+        def run(name, feeds):
+            info = signatures[name]
+            return session.run({k: t.name for k, t in info.outputs.items()},
+                               {info.inputs[k].name: v for k, v in feeds.items()})
+
+        sample = run("sample", {"num_samples": np.int32(4), "seed": np.int32(11), "temperature": np.float32(0.8)})
+        score = run("score", {"x": x})
+    x_mean, z = model.sample(4, seed=11, temperature=0.8)
+    np.testing.assert_allclose(sample["z"], z, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(sample["x_mean"], x_mean, rtol=1e-4, atol=1e-4)
+    log_weights, elbo = model.importance_log_weights(tf.constant(x), SCORE_SAMPLES, seed=_SCORE_SEED)
+    np.testing.assert_allclose(score["log_px_iw"], losses.iwae_bound(log_weights), rtol=1e-4)
+    np.testing.assert_allclose(score["elbo"], elbo, rtol=1e-4)
+
+
 # ------------------------------------------------------------------ resampling the groups below
 def test_the_group_mask_marks_the_kept_groups_dimensions():
     from keras_vae.explore import group_mask

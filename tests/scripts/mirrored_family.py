@@ -1,8 +1,9 @@
 """Runs in its own process (the CPU must be split before TensorFlow starts).
 
-Trains every registered model (and the EMA VQ-VAE) for two epochs under
-MirroredStrategy on two CPU replicas and prints, per model, its losses, whether
-every trainable weight moved, and whether its non-trainable EMA state moved.
+Trains every registered model (and the EMA VQ-VAE, and an NVAE with an
+autoregressive top prior) for two epochs under MirroredStrategy on two CPU
+replicas and prints, per model, its losses, whether every trainable weight
+moved, and whether its non-trainable EMA state moved.
 """
 
 import json
@@ -26,7 +27,10 @@ strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 x = (tiny_images(64) / 255).astype(np.float32)
 y = (np.arange(64) % 3).astype(np.int32)
 report = {}
-for name, extra in [(n, {}) for n in model_names()] + [("vq_vae", {"vq_ema": True})]:
+VARIANTS = {"vq_vae-ema": ("vq_vae", {"vq_ema": True}),
+            "nvae-autoregressive": ("nvae", {"top_prior": "autoregressive", "top_prior_components": 2,
+                                             "top_prior_filters": 4})}
+for key, (name, extra) in [(n, (n, {})) for n in model_names()] + list(VARIANTS.items()):
     with strategy.scope():
         keras.utils.set_random_seed(0)
         config = config_for(name, latent_dim=4, kl_warmup_steps=0, codebook_size=16, codebook_dim=2,
@@ -38,7 +42,7 @@ for name, extra in [(n, {}) for n in model_names()] + [("vq_vae", {"vq_ema": Tru
     history = model.fit(data, epochs=2, verbose=0).history
     moved = [not np.allclose(b, w.numpy()) for b, w in zip(before, model.weights)]
     trainable = {id(w) for w in model.trainable_weights}
-    report[name + ("-ema" if extra else "")] = {
+    report[key] = {
         "loss": [float(v) for v in history["loss"]],
         "all_trainable_moved": all(m for m, w in zip(moved, model.weights) if id(w) in trainable),
         "moved_state": sorted(w.name for m, w in zip(moved, model.weights) if m and id(w) not in trainable),

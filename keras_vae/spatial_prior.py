@@ -20,9 +20,9 @@ of a group independently given the groups above. Its log-density is exact and
 takes one pass of each network; drawing takes one pass per position.
 
 Each network's last layer starts at zero weights, with the components' means
-spread as N(0, `LOC_SPREAD`²) by its bias and every scale at 1: at the start
-every position is an equal mixture of unit Gaussians near 0, i.e. the prior
-starts near N(0, I).
+spread as N(0, `LOC_SPREAD`²) by its bias and every scale at 1 (plus the
+floor, `priors.SCALE_FLOOR`): at the start every position is an equal
+mixture of unit Gaussians near 0, i.e. the prior starts near N(0, I).
 
 References:
     Gulrajani, Kumar, Ahmed, Taiga, Visin, Vazquez & Courville (2017). PixelVAE: A Latent Variable Model

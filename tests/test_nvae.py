@@ -746,7 +746,7 @@ def test_an_autoregressive_top_prior_scores_the_top_groups_maps_and_enters_the_k
     plain = untrained_nvae(spectral_reg=0.0)
     # The spectral penalty covers the NVAE's convolutions, not the prior's PixelCNNs.
     assert len(model.convolutions()) == len(plain.convolutions())
-    assert model.mixture_groups == 2 and model.top_shapes() == [model.plan.group_shape(0), model.plan.group_shape(1)]
+    assert model.mixture_groups == 2  # every group but the finest scale's
     x = tf.constant((tiny_images(6) / 255).astype(np.float32))
     seeds = split_seeds(tf.constant([1, 2]), model.plan.num_groups)
     _, trace = model.walk(x, lambda g, q: q.sample(seed=seeds[g]))

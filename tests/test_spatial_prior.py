@@ -51,15 +51,14 @@ def test_each_position_reads_the_positions_before_it_and_the_maps_above_and_noth
     maps = [tf.constant(rng.normal(size=(1, *shape)).astype(np.float32)) for shape in shapes]
     before = [position_params(networks, shapes, maps, g).reshape(-1, spatial_prior.parameter_count(2, 2))
               for g in range(2)]
-    for position in (0, 5, 15):  # of the finer map, in raster order
+    for position in range(16):  # of the finer map, in raster order
         changed = maps[1].numpy().reshape(16, 2)
         changed[position] += 3.0
         moved = [maps[0], tf.constant(changed.reshape(1, 4, 4, 2))]
         after = position_params(networks, shapes, moved, 1).reshape(16, -1)
         differs = np.abs(after - before[1]).max(1) > 1e-6
-        assert not differs[:position + 1].any()  # itself and every earlier position unchanged
-        assert position == 15 or differs[position + 1:].any()
-        np.testing.assert_array_equal(position_params(networks, shapes, moved, 0).reshape(4, -1), before[0])
+        assert not differs[:position + 1].any(), position  # itself and every earlier position unchanged
+        assert position == 15 or differs[15], position  # no blind spot: the last position reads every earlier one
     coarse = maps[0].numpy().copy()
     coarse[0, 1, 1] += 3.0  # the coarser map's bottom-right position: every position of the finer map reads it
     after = position_params(networks, shapes, [tf.constant(coarse), maps[1]], 1).reshape(16, -1)
@@ -92,6 +91,49 @@ def test_draws_follow_the_conditionals_that_the_density_reads_at_the_temperature
     kept = spatial_prior.draws(networks, shapes, components, noise, tf.constant([8, 1], tf.int64), given=maps[:1])
     np.testing.assert_array_equal(kept[0], maps[0])
     assert np.abs(kept[1].numpy() - maps[1].numpy()).max() > 1e-3  # other components drawn below the kept map
+
+
+def test_each_component_is_drawn_at_the_weight_that_the_values_above_give_it():
+    """A value below a given one: its component's frequency is softmax(π) at that position given the value
+    above (the weights move with it), not the weights at another position or at another value."""
+    shapes = [(1, 1, 1), (1, 1, 1)]
+    networks = networks_for(shapes, components=3, head_scale=3.0)
+    noise = np.random.default_rng(2).standard_normal((4000, 2)).astype(np.float32)
+    shares = []
+    for above in (-1.5, 1.5):
+        given = [tf.fill([4000, 1, 1, 1], above)]
+        drawn = spatial_prior.draws(networks, shapes, 3, noise, tf.constant([4, 4], tf.int64), given=given)
+        mixture = spatial_prior.position_mixture(position_params(networks, shapes, drawn, 1), 1, 3)
+        normal = mixture.components_distribution.distribution
+        residual = np.abs(normal.loc.numpy() + normal.scale.numpy() * noise[:, 1, None, None, None, None]
+                          - drawn[1].numpy()[..., None, :])[:, 0, 0, :, 0]  # [4000, 3]: which component made it
+        ordered = np.sort(residual, 1)
+        assert np.all(ordered[:, 0] < 1e-4) and np.mean(ordered[:, 1] < 1e-3) < 0.01  # one component, seldom two
+        weights = tf.nn.softmax(mixture.mixture_distribution.logits).numpy()[0, 0, 0]
+        np.testing.assert_allclose(np.bincount(residual.argmin(1), minlength=3) / 4000, weights, atol=0.03)
+        shares.append(weights)
+    assert np.abs(shares[0] - shares[1]).max() > 0.1  # the value above moves the weights
+
+
+def test_under_mixed_precision_the_density_and_the_draws_stay_float32_and_close():
+    shapes = [(2, 2, 2), (4, 4, 2)]
+    exact = networks_for(shapes, components=2)
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        mixed = networks_for(shapes, components=2)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    for fast, slow in zip(mixed, exact):
+        fast.set_weights(slow.get_weights())
+    rng = np.random.default_rng(0)
+    maps = [tf.constant(rng.normal(size=(4, *shape)).astype(np.float32)) for shape in shapes]
+    log_prob = spatial_prior.log_prob(mixed, shapes, 2, maps)
+    assert log_prob.dtype == tf.float32
+    reference = spatial_prior.log_prob(exact, shapes, 2, maps).numpy()
+    assert np.abs(log_prob.numpy() - reference).max() < 0.03 * np.abs(reference).max()
+    noise = rng.standard_normal((4, 40)).astype(np.float32)
+    drawn = spatial_prior.draws(mixed, shapes, 2, noise, tf.constant([1, 1], tf.int64))
+    assert all(m.dtype == tf.float32 and np.all(np.isfinite(m.numpy())) for m in drawn)
 
 
 def test_it_starts_as_an_equal_mixture_of_unit_gaussians_near_zero_and_draws_components_at_their_weights():

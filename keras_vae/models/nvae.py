@@ -125,6 +125,8 @@ BALANCE_FLOOR = 0.01  # nats added to each group's batch-mean KL before balancin
 INITIAL_POWER_ITERATIONS = 40  # at build; then one per training step
 READJUST_BATCHES = 20  # forward passes of the prior's samples that readjust the batch-norm statistics
 TOP_PRIORS = ("normal", "mog", "exemplar", "autoregressive")
+# --top-prior-components when not given: a mixture's components, an exemplar memory's codes, Gaussians per position.
+TOP_PRIOR_COMPONENTS = {"normal": 100, "mog": 100, "exemplar": 4096, "autoregressive": 10}
 # The learned mixture's means start at N(0, 0.3²) per dimension: near N(0, I), so training starts close to the
 # standard prior, yet far enough apart over hundreds of dimensions that each code has one likeliest component.
 TOP_PRIOR_LOC_SPREAD = 0.3
@@ -464,9 +466,9 @@ class NVAE(VAE):
           reference="Vahdat et al. 2021 (LSGM); Tomczak & Welling 2018; Norouzi et al. 2020; Gulrajani et al. 2017"),
         H("top_prior_groups", int, None, "NVAE: how many top groups a learned --top-prior covers (default: every "
           "group but the finest scale's).", minimum=1, nullable=True),
-        H("top_prior_components", int, 100, "NVAE: components of a mog --top-prior, training codes that an "
-          "exemplar one keeps (thousands, and well below the training images), or Gaussians per position of an "
-          "autoregressive one (about 10).", minimum=1),
+        H("top_prior_components", int, None, "NVAE: components of a mog --top-prior (default 100), training codes "
+          "that an exemplar one keeps (default 4096; keep it well below the training images), or Gaussians per "
+          "position of an autoregressive one (default 10).", minimum=1, nullable=True),
         H("top_prior_filters", int, 32, "NVAE: channels of each stream of an autoregressive --top-prior's "
           "PixelCNNs (one per group).", minimum=1),
     )
@@ -494,6 +496,8 @@ class NVAE(VAE):
         if len(image_shape) != 3:
             raise UserError(f"--model nvae reads images [H, W, C]; received data of shape {list(image_shape)}.")
         super().__init__(image_shape, **kwargs)
+        if self.top_prior_components is None:
+            self.top_prior_components = TOP_PRIOR_COMPONENTS[self.top_prior]
         self.contrastive_groups = contrastive_groups
         groups = self.plan.num_groups
         if self.mixture_groups > groups:
@@ -793,11 +797,12 @@ class NVAE(VAE):
             raise ValueError(f"An autoregressive top prior redraws whole groups below the kept ones; the kept "
                              f"dimensions cover {given} whole top groups and part of the next. Received: "
                              f"{int(kept[:self.mixture_dim].sum())} of its {self.mixture_dim} dimensions kept.")
-        dim = self.mixture_dim
+        dim, start = self.mixture_dim, sum(sizes[:given])
         maps = self.plan.split_code(tf.constant(codes, tf.float32))
         top = spatial_prior.draws(self.top_networks, self.top_shapes(), self.top_prior_components, noise[:, :dim],
                                   tf.constant([seed, 1], tf.int64), given=maps[:given])
-        return np.concatenate([np.asarray(flat(top), codes.dtype), codes[:, dim:]], 1)
+        drawn = np.asarray(flat(top[given:]), codes.dtype)  # something is drawn: `redraw_dropped` returned if not
+        return np.concatenate([codes[:, :start], drawn, codes[:, dim:]], 1)  # the kept groups exactly as given
 
     def prepare_sampling(self, temperature):
         """Below temperature 1 the decoder's batch norms meet samples unlike those of training: readjust."""

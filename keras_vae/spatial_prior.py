@@ -74,17 +74,27 @@ def build_network(shape, above, components, filters, name):
         return pixelcnn.build_pixelcnn((height, width), count, filters, layers, name=name, input_channels=channels)
     inner = pixelcnn.build_pixelcnn((height, width), count, filters, layers, name=f"{name}_pixelcnn",
                                     condition_channels=filters, input_channels=channels)
-    codes, condition = keras.Input(shape, name="codes"), keras.Input((height, width, above), name="condition")
+    condition = keras.Input((height, width, above), name="condition")
     features = condition
     for dilation in condition_dilations((height, width)):
         features = keras.layers.Conv2D(filters, 3, padding="same", dilation_rate=dilation, activation="swish")(features)
-    return keras.Model([codes, condition], inner([codes, features]), name=name)
+    reader = keras.Model(condition, features, name=f"{name}_condition")
+    codes = keras.Input(shape, name="codes")
+    return keras.Model([codes, condition], inner([codes, reader(condition)]), name=name)
+
+
+def parts(network):
+    """(the condition's reader, or None for the top map, and the PixelCNN) of a map's network, so that drawing
+    can read the condition once for all positions."""
+    nested = {layer.name: layer for layer in network.layers if isinstance(layer, keras.Model)}
+    if not nested:
+        return None, network
+    return nested[f"{network.name}_condition"], nested[f"{network.name}_pixelcnn"]
 
 
 def head_of(network):
     """The last layer of a map's network, whose outputs are its positions' parameters."""
-    inner = [layer for layer in network.layers if isinstance(layer, keras.Model)]
-    return (inner[0] if inner else network).get_layer("logits")
+    return parts(network)[1].get_layer("logits")
 
 
 def build_networks(shapes, components, filters, seed=0, name="top_prior"):
@@ -146,14 +156,16 @@ def log_prob(networks, shapes, components, maps):
 def draw_map(network, shape, components, above, noise, seed):
     """Map [N, h, w, c] drawn position by position in raster order given the maps `above`: at position i a
     component from π (a stateless draw at fold_in(seed, i)), then μ + σ·noise[:, i] (`noise` [N, h·w, c]
-    carries the temperature). One `tf.while_loop`, so a traced graph holds one copy of the network."""
+    carries the temperature). One `tf.while_loop`, so a traced graph holds one copy of the network; the maps
+    above are read once, before it."""
     height, width, channels = shape
     positions = height * width
-    condition = context(above, shape)
+    reader, inner = parts(network)
+    features = None if reader is None else reader(context(above, shape))
 
     def draw(position, values):  # values (N, h·w, c), zero from `position` on
         current = tf.reshape(values, [-1, height, width, channels])
-        params = network(pixelcnn.network_inputs(current, condition))
+        params = inner(pixelcnn.network_inputs(current, features))
         params = tf.gather(tf.reshape(params, [tf.shape(values)[0], positions, -1]), position, axis=1)
         mixture = position_mixture(params, channels, components)
         k = tf.random.stateless_categorical(mixture.mixture_distribution.logits, 1,

@@ -409,10 +409,15 @@ def flat(maps):
     return tf.concat([tf.reshape(m, tf.concat([tf.shape(m)[:-3], [-1]], 0)) for m in maps], -1)
 
 
-def whitened(trace):
-    """The whitened code [B, Σ h·w·c] of a walk's draws, ε_l = (z_l − μp)/σp for each group's (prior,
+def whitened_maps(trace):
+    """The whitened maps [B, h, w, c] of a walk's draws, ε_l = (z_l − μp)/σp for each group's (prior,
     posterior, z) of `trace`, top group first."""
-    return flat([(z - p.mean()) / p.stddev() for p, _, z in trace])
+    return [(z - p.mean()) / p.stddev() for p, _, z in trace]
+
+
+def whitened(trace):
+    """The whitened code [B, Σ h·w·c] of a walk's draws (`whitened_maps`, flattened)."""
+    return flat(whitened_maps(trace))
 
 
 def whitened_means(trace):
@@ -594,7 +599,7 @@ class NVAE(VAE):
         `top_prior` adds to log p(z) against the Gaussian priors; 0 for an N(0, I) top prior."""
         if self.top_prior == "normal":
             return 0.0
-        maps = [(z - p.mean()) / p.stddev() for p, _, z in trace[:self.mixture_groups]]
+        maps = whitened_maps(trace[:self.mixture_groups])
         code = flat(maps)
         if self.top_prior == "autoregressive":
             log_prior = spatial_prior.log_prob(self.top_networks, self.top_shapes(), self.top_prior_components, maps)
@@ -789,15 +794,16 @@ class NVAE(VAE):
 
     def redraw_autoregressive(self, codes, kept, noise, seed):
         """`redraw_dropped` under an autoregressive top prior."""
-        sizes = self.plan.group_sizes()[:self.mixture_groups]
+        dim = self.mixture_dim
+        offsets = np.cumsum([0, *self.plan.group_sizes()[:self.mixture_groups]])  # each top group's first dimension
         given = 0
-        while given < len(sizes) and kept[sum(sizes[:given]):sum(sizes[:given + 1])].all():
+        while given < self.mixture_groups and kept[offsets[given]:offsets[given + 1]].all():
             given += 1
-        if kept[sum(sizes[:given]):self.mixture_dim].any():
+        start = offsets[given]
+        if kept[start:dim].any():
             raise ValueError(f"An autoregressive top prior redraws whole groups below the kept ones; the kept "
                              f"dimensions cover {given} whole top groups and part of the next. Received: "
-                             f"{int(kept[:self.mixture_dim].sum())} of its {self.mixture_dim} dimensions kept.")
-        dim, start = self.mixture_dim, sum(sizes[:given])
+                             f"{int(kept[:dim].sum())} of its {dim} dimensions kept.")
         maps = self.plan.split_code(tf.constant(codes, tf.float32))
         top = spatial_prior.draws(self.top_networks, self.top_shapes(), self.top_prior_components, noise[:, :dim],
                                   tf.constant([seed, 1], tf.int64), given=maps[:given])

@@ -504,6 +504,20 @@ def test_a_mog_top_prior_draws_its_mixture_and_n01_below_it_at_the_temperature()
     assert abs(np.std(below) - 0.5) < 0.01 and abs(np.mean(below)) < 0.01
 
 
+def prior_density_under_elbo_steps(model, variables, learning_rate, steps, x):
+    """The top prior's mean log-ratio against N(0, I) at fixed posterior draws of x, before and after `steps` Adam
+    steps on the ELBO (through `compute_terms`' Monte-Carlo KL) that move only `variables`."""
+    seeds = split_seeds(tf.constant([1, 2]), model.plan.num_groups)
+    _, trace = model.walk(x, lambda g, q: q.sample(seed=seeds[g]))
+    before = float(tf.reduce_mean(model.mixture_log_ratio(trace)))
+    optimizer = keras.optimizers.Adam(learning_rate)
+    for _ in range(steps):
+        with tf.GradientTape() as tape:
+            loss = -tf.reduce_mean(model.compute_terms(x)["elbo"])
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+    return before, float(tf.reduce_mean(model.mixture_log_ratio(trace)))
+
+
 def test_the_elbo_fits_a_mog_top_prior_to_the_codes():
     """Steps on the ELBO alone (through `compute_terms`' Monte-Carlo KL), moving only the mixture, raise its
     density of the posterior's draws: the prior learns from the same objective as the model."""
@@ -511,15 +525,8 @@ def test_the_elbo_fits_a_mog_top_prior_to_the_codes():
     mixture = [model.prior_logits, model.prior_loc, model.prior_raw_scale]
     assert all(any(v is w for w in model.trainable_weights) for v in mixture)
     x = tf.constant((tiny_images(16) / 255).astype(np.float32))
-    seeds = split_seeds(tf.constant([1, 2]), model.plan.num_groups)
-    _, trace = model.walk(x, lambda g, q: q.sample(seed=seeds[g]))
-    before = float(tf.reduce_mean(model.mixture_log_ratio(trace)))
-    optimizer = keras.optimizers.Adam(0.1)
-    for _ in range(6):
-        with tf.GradientTape() as tape:
-            loss = -tf.reduce_mean(model.compute_terms(x)["elbo"])
-        optimizer.apply_gradients(zip(tape.gradient(loss, mixture), mixture))
-    assert float(tf.reduce_mean(model.mixture_log_ratio(trace))) > before + 5
+    before, after = prior_density_under_elbo_steps(model, mixture, 0.1, 6, x)
+    assert after > before + 5
 
 
 def test_a_mog_top_prior_is_saved_and_its_draws_are_stateless_in_a_graph(tmp_path):
@@ -666,16 +673,8 @@ def test_the_elbo_trains_an_exemplar_priors_bandwidth_towards_its_codes():
     x = tf.constant((tiny_images(16) / 255).astype(np.float32))
     model.compute_terms(x, training=True)  # these images' codes stored
     model.prior_log_bandwidth.assign(np.ones(model.mixture_dim, np.float32))
-    seeds = split_seeds(tf.constant([1, 2]), model.plan.num_groups)
-    _, trace = model.walk(x, lambda g, q: q.sample(seed=seeds[g]))
-    before = float(tf.reduce_mean(model.mixture_log_ratio(trace)))
-    optimizer = keras.optimizers.Adam(0.1)
-    variables = [model.prior_log_bandwidth]
-    for _ in range(5):
-        with tf.GradientTape() as tape:
-            loss = -tf.reduce_mean(model.compute_terms(x)["elbo"])
-        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-    assert float(tf.reduce_mean(model.mixture_log_ratio(trace))) > before + 10
+    before, after = prior_density_under_elbo_steps(model, [model.prior_log_bandwidth], 0.1, 5, x)
+    assert after > before + 10
     assert np.all(model.prior_log_bandwidth.numpy() < 0.75)  # narrowed at every step, in every dimension
 
 
@@ -775,16 +774,9 @@ def test_the_elbo_trains_an_autoregressive_top_prior_towards_the_codes():
     variables = [v for network in model.top_networks for v in network.trainable_weights]
     assert all(any(v is w for w in model.trainable_weights) for v in variables)
     x = tf.constant((tiny_images(16) / 255).astype(np.float32))
-    seeds = split_seeds(tf.constant([1, 2]), model.plan.num_groups)
-    _, trace = model.walk(x, lambda g, q: q.sample(seed=seeds[g]))
-    before = float(tf.reduce_mean(model.mixture_log_ratio(trace)))
+    before, after = prior_density_under_elbo_steps(model, variables, 0.02, 8, x)
     assert before < -100
-    optimizer = keras.optimizers.Adam(0.02)
-    for _ in range(8):
-        with tf.GradientTape() as tape:
-            loss = -tf.reduce_mean(model.compute_terms(x)["elbo"])
-        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-    assert float(tf.reduce_mean(model.mixture_log_ratio(trace))) > before + 5
+    assert after > before + 5
 
 
 def test_an_autoregressive_top_prior_draws_as_its_density_reads_resamples_whole_groups_and_is_saved(tmp_path):

@@ -199,6 +199,10 @@ def table(reports):
         if 0 < r.get("fit_epochs", r["settings"]["epochs"]) < r["settings"]["epochs"]:
             fit += f" (its last {r['fit_epochs']} epochs, resumed)"
         kls = " / ".join(f"{g['kl']:.1f}" for g in groups)
+        settings = r["settings"]
+        if settings.get("top_prior", "normal") != "normal" and groups:  # a learned prior's KL is one block's
+            covered = settings.get("top_prior_groups") or len(groups) - settings["groups_per_scale"]
+            kls += f" (the top {covered} against N(0, I), not the learned prior)"
         units = " / ".join(str(g["active_units"]) for g in groups)
         lines.append(
             f"| `{r['row']}` | {r['what']} | {r['settings']['epochs']} | {fit} | {rate} | {r['test_elbo']:.2f} "

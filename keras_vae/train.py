@@ -202,8 +202,8 @@ def resume_point(config, run_dir, force, log):
             "--force) with the --epochs you want."
         )
     if state["epoch"] >= config.epochs and os.path.exists(os.path.join(run_dir, runs.MODEL_FILE)):
-        log(f"{run_dir} is already complete ({state['epoch']} epochs). "
-            "Use --force to start it over, or a larger --epochs to train it further.")
+        log(f"{run_dir} is already complete ({state['epoch']} epochs): nothing to train, its saved model stands "
+            "(--force starts it over; a larger --epochs trains it further).")
         return state, True
     if os.path.exists(os.path.join(run_dir, runs.PRIOR_HISTORY_FILE)):
         raise UserError(

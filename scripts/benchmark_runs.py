@@ -3,6 +3,7 @@
 import json
 import os
 import platform
+import resource
 import time
 
 TIMES_FILE = "benchmark_seconds.json"  # a run's stage seconds, kept so that a rerun reuses the run
@@ -30,9 +31,17 @@ def timed_fit(config):
     result = fit(config, verbose=2)
     if not result["complete"]:
         times.update(fit=time.time() - start, train_steps=result["timings"].get("train steps"),
-                     epochs=result["epochs_trained"])
+                     epochs=result["epochs_trained"], peak_rss_gb=peak_rss_gb())
         write_times(config.run_dir, times)
     return dict(times, epochs=times.get("epochs", config.epochs))
+
+
+def peak_rss_gb(times=None):
+    """The peak resident memory of this process so far, in GiB (Linux reports kilobytes), or, given a run's
+    `timed_fit` times, the larger of that and the peak of the call that trained the run (a later call that
+    only scores it would otherwise report its own, smaller peak)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return max(own, (times or {}).get("peak_rss_gb", 0.0))
 
 
 def chunked_evaluation(model, split, count, iw_samples, cache, fingerprint, chunk=500, batch_size=100,

@@ -64,7 +64,7 @@ samples on the first `--test-images` images (the same images for every row), wit
 for the preset on a 2-core EPYC VM) can be spread over calls with `--score-minutes`; each
 group's KL and active units on the first 500 of them; the test ELBO after every epoch (the learning curve, from the
 run's validation, which is the test split); training images per second over the optimizer steps alone;
-and the peak memory of the process so far. Sample grids at T = 1 and, after the batch-norm readjustment,
+and the peak memory (of the call that trained the run or of this one, whichever is larger). Sample grids at T = 1 and, after the batch-norm readjustment,
 T = 0.7 go to `benchmarks/nvae/<row>-<epochs>ep-t<T>.png`. Writes `benchmarks/nvae.json` and prints the Markdown
 tables of `benchmarks/NVAE.md`. Runs are kept in `--scratch` and reused when complete.
 """
@@ -72,11 +72,10 @@ tables of `benchmarks/NVAE.md`. Runs are kept in `--scratch` and reused when com
 import argparse
 import json
 import os
-import resource
 import sys
 import tempfile
 
-from benchmark_runs import chunked_evaluation, file_fingerprint, timed_fit
+from benchmark_runs import chunked_evaluation, file_fingerprint, peak_rss_gb, timed_fit
 from reproduce import load_config, machine
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -116,6 +115,9 @@ ROWS = {  # row: (what it is, its preset in benchmarks/reproduce, FitConfig valu
     "nvae-sprites-autoregressive": ("the same with an autoregressive prior over the top 2 groups (a PixelCNN per group, "
                                     "10 Gaussians per position), trained with the model", "nvae-sprites",
                                     AUTOREGRESSIVE),
+    "nvae-sprites-autoregressive-top": ("the same with the autoregressive prior over the 4×4 group alone (the 8×8 "
+                                        "group keeps its Gaussian prior)", "nvae-sprites",
+                                        {**AUTOREGRESSIVE, "top_prior_groups": 1}),
     # Single-layer rows for --single-layer-epochs, chosen to match an NVAE row's wall time:
     "vampprior-gated": ("single-layer VAE + VampPrior (500), gated MLP", "vampprior-gated", None),
     "vae-conv-sprites": ("single-layer VAE, `conv` architecture, on sprites", "vae-conv-sprites", None),
@@ -182,7 +184,7 @@ def measure(row, args):
             "settings": dict(config.to_dict(), run_dir=f"<scratch>/{os.path.basename(config.run_dir)}"),
             "fit_seconds": times.get("fit"), "fit_epochs": timed_epochs, "train_step_seconds": times.get("train_steps"),
             "images_per_second": trained / times["train_steps"] if times.get("train_steps") and trained else None,
-            "score_seconds": head["seconds"], "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            "score_seconds": head["seconds"], "peak_rss_gb": peak_rss_gb(times),
             "test_elbo": whole["elbo"], "test_reconstruction": whole["reconstruction_loss"], "test_kl": whole["kl"],
             "elbo_curve": history.get("val_elbo", []),
             "nll_iw": head["nll_iw"], "nll_iw_stderr": head["nll_iw_stderr"], "iw_samples": args.iw_samples,

@@ -14,8 +14,8 @@ batch 32):
   learned speaker embedding, so the codes need not carry the voice.
 
 Each row reports the test split's ELBO and −log p(x) in nats per utterance
-and bits per real value, training examples per second and the process's peak
-memory. The judges are two classifiers (a small 1-D CNN over log-mel frames)
+and bits per real value, training examples per second and the peak memory
+(of the call that trained the row or of this one, whichever is larger). The judges are two classifiers (a small 1-D CNN over log-mel frames)
 trained here on the real training recordings, one for the speaker and one for
 the digit. They score, on the 300 test utterances: the originals; the
 originals through Griffin-Lim (the vocoder's own cost); the model's
@@ -30,11 +30,10 @@ Writes `benchmarks/voice.json` and prints the table of `benchmarks/VOICE.md`.
 import argparse
 import json
 import os
-import resource
 import sys
 import tempfile
 
-from benchmark_runs import cpu_model, timed_fit
+from benchmark_runs import cpu_model, peak_rss_gb, timed_fit
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VQ = dict(model="vq_vae", latent_dim=64, codebook_size=256, vq_ema=True)
@@ -154,7 +153,7 @@ def measure(row, args, dataset, judges):
            "real_values_per_utterance": steps * test.x.shape[2],
            "digit_probe": figures["linear_probe_accuracy"],
            "train_examples_per_second": len(train.x) * fit_epochs / times["fit"] if times.get("fit") and fit_epochs else None,
-           "fit_seconds": times.get("fit"), "fit_epochs": fit_epochs, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+           "fit_seconds": times.get("fit"), "fit_epochs": fit_epochs, "peak_rss_mb": 1024 * peak_rss_gb(times)}
     labels = speakers if model.uses_labels else None
     rebuilt = np.asarray(model.reconstruct(tf.constant(test.x), None if labels is None else tf.constant(labels)))
     out["reconstructions"] = judged(judges, rebuilt, test.mask, dataset.audio, speakers, digits)

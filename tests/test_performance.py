@@ -149,3 +149,22 @@ def test_chunked_scoring_equals_one_pass_and_goes_on_from_its_cache(tmp_path):
     json.dump(kept, open(cache, "w"))
     assert score(250)["nll_iw"] == pytest.approx(whole["nll_iw"] + 100.0 * 100 / 250, rel=1e-6)
     assert score(250, fingerprint="b")["nll_iw"] == pytest.approx(whole["nll_iw"], rel=1e-6)  # scored anew
+
+
+def test_a_scoring_only_call_reports_the_training_calls_peak_memory():
+    """A benchmark row measured again without training (its run complete) keeps the peak memory of the call
+    that trained it, when that was larger than its own; without a recorded one it reports its own."""
+    import os
+    import resource
+    import sys
+
+    from conftest import REPO
+
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    from benchmark_runs import peak_rss_gb
+
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    assert peak_rss_gb() == pytest.approx(own, rel=0.05)
+    assert peak_rss_gb({"fit": 10.0}) == pytest.approx(own, rel=0.05)
+    assert peak_rss_gb({"peak_rss_gb": own + 100.0}) == own + 100.0
+    assert peak_rss_gb({"peak_rss_gb": own / 10}) == pytest.approx(own, rel=0.05)

@@ -52,7 +52,9 @@ in `nvae-sprites-global`, keeps a few nats. `nvae-sprites-mog` gives the top two
 prior hole that no prior fitted after training closed (benchmarks/NVAE.md); `nvae-sprites-exemplar` gives it
 the Exemplar VAE's prior instead: the posterior means of the last 4,096 training images, each widened by a
 bandwidth learned with the model; `nvae-sprites-exemplar-all` over all three groups, the whole code, as the
-Exemplar VAE's prior covers its one code.
+Exemplar VAE's prior covers its one code. `nvae-sprites-autoregressive` gives the top two groups the
+autoregressive prior of the Fashion-MNIST rows, and `nvae-sprites-autoregressive-top` the 4×4 group alone, which
+sat idle under it while the 8×8 group's prior took over its job.
 
 The `vampprior-gated` row is the package's best single-layer model (`benchmarks/reproduce/vampprior-gated.json`:
 gated MLP, 40-d code, VampPrior of 500 pseudo-inputs) for `--single-layer-epochs`, chosen so that its wall time

@@ -382,6 +382,41 @@ def test_the_residual_posterior_reads_the_prior_and_the_direct_one_does_not():
         assert moved == residual
 
 
+def test_clamp_sums_clamps_the_posteriors_sums_and_floors_every_scale_as_the_official_code_does():
+    """With `clamp_sums`, group l's posterior is N(5 tanh((μp + Δμ)/5), (exp(5 tanh((log σp + Δ log σ)/5)) +
+    0.01)²) of the heads' raw outputs and its prior's σ has the same floor; without it the prior's parameters
+    and the offsets are clamped apart, so that large head outputs put log σq beyond 5."""
+    from keras_vae.models.nvae import SCALE_FLOOR
+
+    def clamp(value):
+        return 5 * np.tanh(value / 5)
+
+    x = tf.constant((tiny_images(4) / 255).astype(np.float32))
+    for sums in (False, True):
+        model = untrained_nvae(clamp_sums=sums)
+        for head in model.decoder.prior_heads[1:] + model.decoder.posterior_heads:
+            bias = next(w for w in head.weights if "bias" in w.path)
+            bias.assign(tf.fill(bias.shape, 4.0))  # large raw means and log-scales at every group
+        raw, gaussian = [], model.decoder.gaussian
+        model.decoder.gaussian = lambda head, h: raw.append([t.numpy() for t in gaussian(head, h)]) or raw[-1]
+        _, trace = model.walk(x, lambda g, q: q.mean())
+        (prior_loc, prior_log_scale), (delta_loc, delta_log_scale) = raw[1], raw[2]  # group 1: its prior, then q
+        prior, posterior = trace[1][0], trace[1][1]
+        if sums:
+            np.testing.assert_allclose(posterior.mean(), clamp(prior_loc + delta_loc), rtol=1e-5)
+            np.testing.assert_allclose(posterior.stddev(),
+                                       np.exp(clamp(prior_log_scale + delta_log_scale)) + SCALE_FLOOR, rtol=1e-5)
+            np.testing.assert_allclose(prior.stddev(), np.exp(clamp(prior_log_scale)) + SCALE_FLOOR, rtol=1e-5)
+        else:
+            np.testing.assert_allclose(posterior.mean(), clamp(prior_loc) + clamp(delta_loc), rtol=1e-5)
+            np.testing.assert_allclose(posterior.stddev(), np.exp(clamp(prior_log_scale) + clamp(delta_log_scale)),
+                                       rtol=1e-5)
+            np.testing.assert_allclose(prior.stddev(), np.exp(clamp(prior_log_scale)), rtol=1e-5)
+        assert (np.log(posterior.stddev().numpy()).max() > 5) == (not sums)
+        assert (np.abs(posterior.mean().numpy()).max() > 5) == (not sums)
+        np.testing.assert_array_equal(trace[0][0].stddev(), 1.0)  # the top group's prior stays N(0, I)
+
+
 def warming_nvae_terms(balance):
     """An untrained NVAE at step 0 of its KL warm-up (with or without balancing), and its terms on 8 images."""
     model = untrained_nvae(kl_balance=balance, spectral_reg=0.0)

@@ -26,7 +26,10 @@ Images whose sides are not divisible by the hierarchy's total stride are
 padded (bottom and right) and the padding cropped before p(x | z). For
 ablations, the SE gates (`squeeze_excite`), the residual posterior
 (`residual_posterior`), KL balancing (`kl_balance`) and the norm penalties
-(`spectral_reg` 0) can each be switched off.
+(`spectral_reg` 0) can each be switched off. Each head's mean and log-scale
+are soft-clamped to ±5 before the posterior's offsets are added to the
+prior's; `clamp_sums` clamps the sums instead and floors every σ at 0.01, as
+the official code does.
 
 The code. `encode`/`decode` use the whitened code ε (ε_l = (z_l − μp)/σp for
 every group, flattened top group first), whose prior is exactly N(0, I):
@@ -121,6 +124,7 @@ EXPANSION = 6  # the decoder cell's 1×1 expansion
 SE_RATIO, SE_MIN = 16, 4  # squeeze-and-excitation bottleneck: channels / 16, at least 4
 BN_MOMENTUM = 0.95
 HEAD_INIT = keras.initializers.RandomNormal(stddev=1e-3)
+SCALE_FLOOR = 0.01  # every group's σ is at least this with `clamp_sums`, as in the official code
 BALANCE_FLOOR = 0.01  # nats added to each group's batch-mean KL before balancing
 INITIAL_POWER_ITERATIONS = 40  # at build; then one per training step
 READJUST_BATCHES = 20  # forward passes of the prior's samples that readjust the batch-norm statistics
@@ -141,6 +145,13 @@ def soft_clamp(x, bound=5.0):
 def residual_normal(prior_loc, prior_scale, delta_loc, delta_log_scale):
     """(loc, scale) of q = N(μp + Δμ, (σp · exp Δlog σ)²): the posterior relative to the prior."""
     return prior_loc + delta_loc, prior_scale * tf.exp(delta_log_scale)
+
+
+def clamped_normal(loc, log_scale, floor=0.0):
+    """(loc, scale) of N(5 tanh(μ/5), (exp(5 tanh(log σ/5)) + floor)²): a head's raw mean and log-scale made
+    safe. The official NVAE clamps sums this way (the prior's raw parameters plus the posterior's offsets) with
+    a floor of SCALE_FLOOR."""
+    return soft_clamp(loc), tf.exp(soft_clamp(log_scale)) + floor
 
 
 def spectral_norm_estimate(matrix, u, iterations=1):
@@ -328,9 +339,18 @@ class TopDown(keras.layers.Layer):
                             decoder_cell(c // 4, se), keras.layers.Activation("elu"), conv(output_channels)]
 
     def gaussian(self, head, h):
-        """(loc, log-scale) [B, h, w, latent] in float32 from a head's output."""
-        loc, log_scale = tf.split(tf.cast(head(h), tf.float32), 2, axis=-1)
-        return soft_clamp(loc), soft_clamp(log_scale)
+        """(loc, log-scale) [B, h, w, latent] in float32 from a head's output, not yet clamped."""
+        return tf.split(tf.cast(head(h), tf.float32), 2, axis=-1)
+
+    def posterior(self, prior_raw, delta_loc, delta_log_scale):
+        """q's (loc, scale) from the prior's raw (loc, log-scale) and the posterior head's raw output: with
+        `clamp_sums` the official code's way (the sums clamped, σ floored), otherwise each part clamped alone
+        (the residual posterior then reaches log σ = ±10 and has no floor)."""
+        if not self.plan.residual_posterior:
+            return clamped_normal(delta_loc, delta_log_scale, self.plan.scale_floor)
+        if self.plan.clamp_sums:
+            return clamped_normal(prior_raw[0] + delta_loc, prior_raw[1] + delta_log_scale, self.plan.scale_floor)
+        return residual_normal(*clamped_normal(*prior_raw), soft_clamp(delta_loc), soft_clamp(delta_log_scale))
 
     def run(self, batch, choose, features=None, training=False):
         h = tf.tile(tf.cast(self.constant[None], self.compute_dtype), [batch, 1, 1, 1])
@@ -338,18 +358,17 @@ class TopDown(keras.layers.Layer):
             scale = self.plan.scale_of(g)
             if g > 0 and scale != self.plan.scale_of(g - 1):
                 h = self.ups[scale](h)
-            if g == 0:
+            if g == 0:  # N(0, I) exactly, floor or not: the whitened code's top prior
                 shape = tf.concat([[batch], self.plan.group_shape(0)], 0)
+                prior_raw = (tf.zeros(shape), tf.zeros(shape))
                 prior = (tf.zeros(shape), tf.ones(shape))
             else:
-                loc, log_scale = self.gaussian(self.prior_heads[g], h)
-                prior = (loc, tf.exp(log_scale))
+                prior_raw = self.gaussian(self.prior_heads[g], h)
+                prior = clamped_normal(*prior_raw, self.plan.scale_floor)
             posterior = None
             if features is not None:
-                delta_loc, delta_log_scale = self.gaussian(self.posterior_heads[g],
-                                                           tf.concat([features[g], h], -1))
-                posterior = (residual_normal(*prior, delta_loc, delta_log_scale) if self.plan.residual_posterior
-                             else (delta_loc, tf.exp(delta_log_scale)))
+                posterior = self.posterior(prior_raw, *self.gaussian(self.posterior_heads[g],
+                                                                     tf.concat([features[g], h], -1)))
             z = choose(g, prior, posterior)
             h = self.combiners[g](tf.concat([h, tf.cast(z, h.dtype)], -1))
             h = run_cells(self.cells[g], h, training)
@@ -368,11 +387,13 @@ class Plan:
     residual posterior), padding, and the whitened code's layout."""
 
     def __init__(self, image_shape, scales, groups_per_scale, latent_channels, channels, cells_per_group,
-                 squeeze_excite=True, residual_posterior=True):
+                 squeeze_excite=True, residual_posterior=True, clamp_sums=False):
         self.image_shape = tuple(image_shape)
         self.scales, self.groups_per_scale = scales, groups_per_scale
         self.latent_channels, self.channels, self.cells_per_group = latent_channels, channels, cells_per_group
         self.squeeze_excite, self.residual_posterior = squeeze_excite, residual_posterior
+        self.clamp_sums = clamp_sums
+        self.scale_floor = SCALE_FLOOR if clamp_sums else 0.0
         stride = 2 ** (scales + 1)  # two preprocessing halvings, then one between scales
         self.padded = tuple(-(-side // stride) * stride for side in self.image_shape[:2])
         self.num_groups = scales * groups_per_scale
@@ -453,6 +474,10 @@ class NVAE(VAE):
           reference="Hu et al. 2018"),
         H("residual_posterior", bool, True, "NVAE: each group's posterior parameterized relative to its prior "
           "(N(μp + Δμ, (σp e^Δ)²)); off, the posterior's head gives its mean and log-scale directly."),
+        H("clamp_sums", bool, False, "NVAE: clamp as the official code does: each group's mean and log-scale "
+          "soft-clamped to ±5 after the posterior's offsets are added to the prior's, and every σ but the top "
+          "group's prior floored at 0.01; off, the prior's parameters and the offsets are clamped apart (the "
+          "posterior's log-scale then reaches ±10) and σ has no floor."),
         H("kl_balance", bool, True, "NVAE: weight each group's KL by its share during the KL warm-up, so that "
           "few groups cannot carry the whole code."),
         # Its own β, so that a dataset's default β does not reach it: sprites' 0.5, chosen for the `vae`, cost this
@@ -531,7 +556,7 @@ class NVAE(VAE):
 
     def build_networks(self):
         self.plan = Plan(self.image_shape, self.scales, self.groups_per_scale, self.latent_channels, self.channels,
-                         self.cells_per_group, self.squeeze_excite, self.residual_posterior)
+                         self.cells_per_group, self.squeeze_excite, self.residual_posterior, self.clamp_sums)
         return (BottomUp(self.plan, name="encoder"),
                 TopDown(self.plan, self.decoder_channels(), name="decoder"))
 

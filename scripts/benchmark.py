@@ -27,13 +27,12 @@ the same run. Writes benchmarks/results.json and benchmarks/RESULTS.md
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 
-from benchmark_runs import cpu_model
+from benchmark_runs import cpu_model, peak_rss_gb
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DATA = os.path.join(REPO, "..", "shared", "data", "fashion_mnist")
@@ -413,7 +412,7 @@ def child_main(kind, job):
                 "reference_speed": child_reference_speed, "reference_curve": child_reference_curve,
                 "package_curve": child_package_curve}
     figures = children[kind](json.loads(job))
-    figures["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    figures["peak_rss_mb"] = 1024 * peak_rss_gb()
     print(json.dumps(figures))
 
 

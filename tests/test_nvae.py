@@ -252,10 +252,7 @@ def test_the_power_vectors_move_only_in_training_and_track_the_kernels_norms(nva
     assert all(np.array_equal(b, v.numpy()) for b, v in zip(before, model.power_vectors))
     exact = 0.0
     for layer in model.convolutions():
-        kernel = layer.kernel.numpy()  # [kh, kw, in, out], or depthwise [kh, kw, C, 1]: one column per channel
-        depthwise = isinstance(layer, keras.layers.DepthwiseConv2D)
-        matrix = kernel.reshape(kernel.shape[0] * kernel.shape[1], -1) if depthwise else kernel.reshape(-1, kernel.shape[-1])
-        exact += np.linalg.svd(matrix, compute_uv=False)[0]
+        exact += np.linalg.svd(kernel_matrix_of(layer.kernel.numpy(), layer), compute_uv=False)[0]
     exact += sum(np.abs(layer.gamma.numpy()).max() for layer in model.batch_norms())
     np.testing.assert_allclose(penalty, exact, rtol=0.02)
     model.compute_terms(x[:4], training=True)
@@ -415,6 +412,89 @@ def test_clamp_sums_clamps_the_posteriors_sums_and_floors_every_scale_as_the_off
         assert (np.log(posterior.stddev().numpy()).max() > 5) == (not sums)
         assert (np.abs(posterior.mean().numpy()).max() > 5) == (not sums)
         np.testing.assert_array_equal(trace[0][0].stddev(), 1.0)  # the top group's prior stays N(0, I)
+
+
+def test_weight_normalization_holds_each_output_channels_norm_at_its_learned_value_whatever_the_kernels_scale():
+    """w = g v / (‖v‖ + 1e-5) per output channel: ‖w‖ = g, w does not change when v is scaled, so the gradient
+    with respect to v is orthogonal to v (Salimans & Kingma 2016); a depthwise kernel [kh, kw, C, 1] is normalized
+    per channel."""
+    from keras_vae.models.nvae import weight_normalized
+
+    rng = np.random.default_rng(0)
+    for shape, axes in (((3, 3, 5, 4), (0, 1, 2)), ((5, 5, 6, 1), (0, 1, 3))):
+        kernel = tf.Variable(rng.normal(size=shape).astype(np.float32))
+        log_norm = tf.constant(rng.normal(size=shape[-1] if axes == (0, 1, 2) else shape[2]).astype(np.float32))
+        with tf.GradientTape() as tape:
+            w = weight_normalized(kernel, log_norm, axes)
+            loss = tf.reduce_sum(w * tf.constant(rng.normal(size=shape).astype(np.float32)))
+        np.testing.assert_allclose(np.sqrt((w.numpy() ** 2).sum(axes)).ravel(), np.exp(log_norm), rtol=1e-4)
+        np.testing.assert_allclose(weight_normalized(3.0 * kernel, log_norm, axes), w, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose((tape.gradient(loss, kernel).numpy() * kernel.numpy()).sum(axes), 0, atol=1e-4)
+
+
+def test_weight_norm_normalizes_every_convolution_which_the_spectral_penalty_reads_and_a_save_keeps(tmp_path):
+    """With `weight_norm`, every convolution of the hierarchy is weight-normalized (one learned log-norm per
+    output channel more, starting at the initial kernel's norm plus 0.01), so that scaling every kernel leaves
+    the model's output unchanged (it changes the plain model's); the spectral penalty is that of the normalized
+    kernels; the gradient of the loss is orthogonal to each kernel; a save and load keeps the log-norms."""
+    from keras_vae.export import save_keras_model
+    from keras_vae.models.nvae import WeightNormConv2D, WeightNormDepthwiseConv2D
+
+    x = tf.constant((tiny_images(4) / 255).astype(np.float32))
+    plain, normalized = untrained_nvae(), untrained_nvae(weight_norm=True)
+    layers = normalized.convolutions()
+    assert len(layers) == len(plain.convolutions())
+    assert all(isinstance(layer, (WeightNormConv2D, WeightNormDepthwiseConv2D)) for layer in layers)
+    assert not any(isinstance(layer, (WeightNormConv2D, WeightNormDepthwiseConv2D)) for layer in plain.convolutions())
+    assert normalized.count_params() - plain.count_params() == sum(layer.kernel.shape[-1] if
+                                                                   isinstance(layer, WeightNormConv2D) else
+                                                                   layer.kernel.shape[2] for layer in layers)
+    for layer in layers:
+        kernel = layer.kernel.numpy()
+        np.testing.assert_allclose(np.exp(layer.log_norm.numpy()).ravel(),
+                                   np.sqrt((kernel ** 2).sum(layer.norm_axes)).ravel() + 0.01, rtol=1e-5)
+
+    def output(model):
+        return model.walk(x, lambda g, q: q.mean())[0].numpy()
+
+    def scale_kernels(model, factor):
+        for layer in model.convolutions():
+            layer.kernel.assign(factor * layer.kernel)
+
+    for model, invariant in ((normalized, True), (plain, False)):
+        before = output(model)
+        scale_kernels(model, 3.0)
+        assert np.allclose(output(model), before, rtol=1e-3, atol=1e-4) == invariant
+        scale_kernels(model, 1 / 3)
+
+    exact = sum(np.linalg.svd(kernel_matrix_of(layer.effective_kernel().numpy(), layer), compute_uv=False)[0]
+                for layer in layers)
+    exact += sum(np.abs(layer.gamma.numpy()).max() for layer in normalized.batch_norms())
+    raw = sum(np.linalg.svd(kernel_matrix_of(layer.kernel.numpy(), layer), compute_uv=False)[0] for layer in layers)
+    assert abs(raw - exact) > 0.05 * exact  # the normalized kernels' norms differ from the raw ones'
+    np.testing.assert_allclose(float(normalized.compute_terms(x)["norm_penalty"]), exact, rtol=0.02)
+
+    kernels = [layer.kernel for layer in layers]
+    with tf.GradientTape() as tape:
+        terms = normalized.compute_terms(x, training=True)
+        loss = tf.reduce_mean(terms["reconstruction_loss"] + terms["kl"])
+    for layer, gradient in zip(layers, tape.gradient(loss, kernels)):
+        radial = (gradient.numpy() * layer.kernel.numpy()).sum(layer.norm_axes)
+        np.testing.assert_allclose(radial, 0, atol=1e-4 * max(1.0, np.abs(gradient.numpy()).max()))
+
+    for layer in layers:
+        layer.log_norm.assign(layer.log_norm + 0.1 * tf.ones_like(layer.log_norm))
+    path = str(tmp_path / "model.keras")
+    save_keras_model(normalized, path)
+    loaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(output(loaded), output(normalized), rtol=1e-5, atol=1e-6)
+
+
+def kernel_matrix_of(kernel, layer):
+    """A kernel [kh, kw, in, out] as [kh·kw·in, out], a depthwise one [kh, kw, C, 1] as [kh·kw, C]."""
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        return kernel.reshape(kernel.shape[0] * kernel.shape[1], -1)
+    return kernel.reshape(-1, kernel.shape[-1])
 
 
 def warming_nvae_terms(balance):

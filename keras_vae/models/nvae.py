@@ -29,7 +29,9 @@ ablations, the SE gates (`squeeze_excite`), the residual posterior
 (`spectral_reg` 0) can each be switched off. Each head's mean and log-scale
 are soft-clamped to ±5 before the posterior's offsets are added to the
 prior's; `clamp_sums` clamps the sums instead and floors every σ at 0.01, as
-the official code does.
+the official code does. `weight_norm` weight-normalizes every convolution as the
+official code does (Salimans & Kingma 2016: a learned norm per output
+channel), the spectral penalty then taken on the normalized kernels.
 
 The code. `encode`/`decode` use the whitened code ε (ε_l = (z_l − μp)/σp for
 every group, flattened top group first), whose prior is exactly N(0, I):
@@ -94,6 +96,7 @@ References:
     Sønderby et al. (2016). Ladder Variational Autoencoders. NeurIPS: KL warm-up, top-down inference.
     Yoshida & Miyato (2017). Spectral Norm Regularization. arXiv:1705.10941.
     Hu et al. (2018). Squeeze-and-Excitation Networks. CVPR.
+    Salimans & Kingma (2016). Weight Normalization. NeurIPS.
     Salimans et al. (2017). PixelCNN++: the discretized logistic mixture (`--likelihood logistic_mixture`).
     Aneja et al. (2021). A Contrastive Learning Approach for Training VAE Priors (NCP-VAE). NeurIPS.
     Vahdat, Kreis & Kautz (2021). Score-based Generative Modeling in Latent Space (LSGM). NeurIPS: a prior
@@ -125,6 +128,8 @@ SE_RATIO, SE_MIN = 16, 4  # squeeze-and-excitation bottleneck: channels / 16, at
 BN_MOMENTUM = 0.95
 HEAD_INIT = keras.initializers.RandomNormal(stddev=1e-3)
 SCALE_FLOOR = 0.01  # every group's σ is at least this with `clamp_sums`, as in the official code
+WEIGHT_NORM_EPSILON = 1e-5  # added to a kernel's norm before dividing by it (`weight_norm`, as in the official code)
+WEIGHT_NORM_OFFSET = 0.01  # added to a kernel's initial norm before its log starts the learned log-norm (ditto)
 BALANCE_FLOOR = 0.01  # nats added to each group's batch-mean KL before balancing
 INITIAL_POWER_ITERATIONS = 40  # at build; then one per training step
 READJUST_BATCHES = 20  # forward passes of the prior's samples that readjust the batch-norm statistics
@@ -170,12 +175,22 @@ def spectral_norm_estimate(matrix, u, iterations=1):
     return tf.tensordot(u, tf.linalg.matvec(matrix, v), 1), u
 
 
+def weight_normalized(kernel, log_norm, axes):
+    """exp(log_norm) · v / (‖v‖ + 1e-5), the norm of the kernel v over `axes` (all but its output channel's):
+    weight normalization (Salimans & Kingma 2016) as the official NVAE writes it. `log_norm` holds one value per
+    output channel (per channel of a depthwise kernel [kh, kw, C, 1])."""
+    norm = tf.sqrt(tf.reduce_sum(tf.square(kernel), axes, keepdims=True))
+    return tf.reshape(tf.exp(log_norm), tf.shape(norm)) * kernel / (norm + WEIGHT_NORM_EPSILON)
+
+
 def kernel_matrix(layer):
     """A convolution's kernel [kh, kw, in, out] as the matrix [kh·kw·in, out]; a depthwise one's [kh, kw, C, 1]
-    as [kh·kw, C] (one column per channel), as NVAE reshapes its weights."""
+    as [kh·kw, C] (one column per channel), as NVAE reshapes its weights; a weight-normalized layer's
+    effective kernel (the official code's spectral norms are of its normalized weights)."""
+    kernel = layer.effective_kernel() if hasattr(layer, "effective_kernel") else layer.kernel
     if isinstance(layer, keras.layers.DepthwiseConv2D):
-        return tf.reshape(layer.kernel, [-1, layer.kernel.shape[2] * layer.kernel.shape[3]])
-    return tf.reshape(layer.kernel, [-1, layer.kernel.shape[-1]])
+        return tf.reshape(kernel, [-1, kernel.shape[2] * kernel.shape[3]])
+    return tf.reshape(kernel, [-1, kernel.shape[-1]])
 
 
 def balanced_kl(kl_groups, group_sizes, warming_up):
@@ -208,13 +223,58 @@ def batch_norm():
     return keras.layers.BatchNormalization(momentum=BN_MOMENTUM, synchronized=synchronized)
 
 
-def conv(filters, kernel_size=3, strides=1, bias=True, initializer="glorot_uniform"):
-    """A convolution; with `bias`, its bias is a float32 `BiasAdd` (right gradients under bfloat16)."""
-    if bias:
-        return keras.Sequential(convolution(keras.layers.Conv2D, filters, kernel_size, strides,
-                                            kernel_initializer=initializer))
-    return keras.layers.Conv2D(filters, kernel_size, strides=strides, padding="same", use_bias=False,
-                               kernel_initializer=initializer)
+class WeightNormConv2D(keras.layers.Conv2D):
+    """A convolution whose kernel is `weight_normalized` (its log-norm per output channel learned, starting at
+    the log of the initial kernel's norm plus 0.01, as in the official NVAE)."""
+
+    norm_axes = (0, 1, 2)  # of the kernel [kh, kw, in, out]: all but the output channel
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.log_norm = add_log_norm(self)
+
+    def effective_kernel(self):
+        return weight_normalized(self.kernel, self.log_norm, self.norm_axes)
+
+    def convolution_op(self, inputs, kernel):
+        return super().convolution_op(inputs, weight_normalized(kernel, self.log_norm, self.norm_axes))
+
+    # Every variable, the log-norm too (Conv2D's own methods save only the kernel and the bias).
+    save_own_variables = keras.layers.Layer.save_own_variables
+    load_own_variables = keras.layers.Layer.load_own_variables
+
+
+class WeightNormDepthwiseConv2D(keras.layers.DepthwiseConv2D):
+    """A bias-free depthwise convolution whose kernel [kh, kw, C, 1] is `weight_normalized` per channel."""
+
+    norm_axes = (0, 1, 3)
+
+    def __init__(self, kernel_size, **kwargs):
+        super().__init__(kernel_size, **kwargs)
+        if self.use_bias or self.activation is not keras.activations.linear:
+            raise ValueError("WeightNormDepthwiseConv2D has neither a bias nor an activation.")
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.log_norm = add_log_norm(self)
+
+    def effective_kernel(self):
+        return weight_normalized(self.kernel, self.log_norm, self.norm_axes)
+
+    def call(self, inputs):
+        return keras.ops.depthwise_conv(inputs, self.effective_kernel(), strides=self.strides, padding=self.padding,
+                                        dilation_rate=self.dilation_rate, data_format=self.data_format)
+
+
+def add_log_norm(layer):
+    """The learned log-norm of a weight-normalized layer's kernel, one per output channel, at the log of the
+    initial kernel's norm plus WEIGHT_NORM_OFFSET."""
+    def initial(shape, dtype=None):
+        norm = tf.sqrt(tf.reduce_sum(tf.square(layer.kernel), layer.norm_axes, keepdims=True))
+        return tf.cast(tf.reshape(tf.math.log(norm + WEIGHT_NORM_OFFSET), shape), dtype or tf.float32)
+
+    shape = [n for i, n in enumerate(layer.kernel.shape) if i not in layer.norm_axes]
+    return layer.add_weight(shape=shape, initializer=initial, name="log_norm")
 
 
 class SqueezeExcite(keras.layers.Layer):
@@ -244,30 +304,29 @@ class ResidualCell(keras.layers.Layer):
         return x + RESIDUAL_SCALE * h
 
 
-def encoder_cell(channels, squeeze_excite=True):
-    """BN–Swish–Conv3×3–BN–Swish–Conv3×3–SE, residual (without the SE when not `squeeze_excite`)."""
-    return ResidualCell([batch_norm(), keras.layers.Activation("swish"), conv(channels, bias=False), batch_norm(),
-                         keras.layers.Activation("swish"), conv(channels)]
-                        + [SqueezeExcite(channels)] * squeeze_excite)
+def encoder_cell(channels, plan):
+    """BN–Swish–Conv3×3–BN–Swish–Conv3×3–SE, residual (without the SE when not `plan.squeeze_excite`)."""
+    return ResidualCell([batch_norm(), keras.layers.Activation("swish"), plan.conv(channels, bias=False),
+                         batch_norm(), keras.layers.Activation("swish"), plan.conv(channels)]
+                        + [SqueezeExcite(channels)] * plan.squeeze_excite)
 
 
-def decoder_cell(channels, squeeze_excite=True):
+def decoder_cell(channels, plan):
     """BN–1×1 expansion–BN–Swish–depthwise 5×5–BN–Swish–1×1–BN–SE, residual (without the SE when not
-    `squeeze_excite`)."""
-    return ResidualCell([batch_norm(), conv(EXPANSION * channels, 1, bias=False), batch_norm(),
-                         keras.layers.Activation("swish"),
-                         keras.layers.DepthwiseConv2D(5, padding="same", use_bias=False), batch_norm(),
-                         keras.layers.Activation("swish"), conv(channels, 1, bias=False), batch_norm()]
-                        + [SqueezeExcite(channels)] * squeeze_excite)
+    `plan.squeeze_excite`)."""
+    return ResidualCell([batch_norm(), plan.conv(EXPANSION * channels, 1, bias=False), batch_norm(),
+                         keras.layers.Activation("swish"), plan.depthwise(5), batch_norm(),
+                         keras.layers.Activation("swish"), plan.conv(channels, 1, bias=False), batch_norm()]
+                        + [SqueezeExcite(channels)] * plan.squeeze_excite)
 
 
 class Resample(keras.layers.Layer):
     """Halves (stride-2 3×3 convolution) or doubles (nearest neighbour, then 1×1) the resolution."""
 
-    def __init__(self, channels, up, **kwargs):
+    def __init__(self, channels, up, plan, **kwargs):
         super().__init__(**kwargs)
         self.up = up
-        self.conv = conv(channels, 1) if up else conv(channels, 3, strides=2)
+        self.conv = plan.conv(channels, 1) if up else plan.conv(channels, 3, strides=2)
 
     def call(self, x):
         return self.conv(tf.repeat(tf.repeat(x, 2, axis=1), 2, axis=2) if self.up else x)
@@ -286,13 +345,12 @@ class BottomUp(keras.layers.Layer):
         super().__init__(**kwargs)
         self.plan = plan
         c = plan.channels
-        self.stem = conv(c // 4)
-        se = plan.squeeze_excite
-        self.preprocess = [encoder_cell(c // 4, se), Resample(c // 2, up=False), encoder_cell(c // 2, se),
-                           Resample(c, up=False)]
-        self.cells = [[[encoder_cell(plan.scale_channels(s), se) for _ in range(plan.cells_per_group)]
+        self.stem = plan.conv(c // 4)
+        self.preprocess = [encoder_cell(c // 4, plan), Resample(c // 2, False, plan), encoder_cell(c // 2, plan),
+                           Resample(c, False, plan)]
+        self.cells = [[[encoder_cell(plan.scale_channels(s), plan) for _ in range(plan.cells_per_group)]
                        for _ in range(plan.groups_per_scale)] for s in range(plan.scales)]
-        self.downs = [Resample(plan.scale_channels(s + 1), up=False) for s in range(plan.scales - 1)]
+        self.downs = [Resample(plan.scale_channels(s + 1), False, plan) for s in range(plan.scales - 1)]
 
     def call(self, x, training=False):
         h = self.stem(2.0 * self.plan.pad(x) - 1.0)
@@ -327,16 +385,15 @@ class TopDown(keras.layers.Layer):
         # Group 0's prior is N(0, I): no head.
         # Heads start near 0 (each posterior at its prior, each prior near N(0, I)), so that the first steps'
         # KL is small rather than blown up by the soft-clamped log-scales.
-        self.prior_heads = [None] + [conv(2 * latent, initializer=HEAD_INIT) for _ in groups[1:]]
-        self.posterior_heads = [conv(2 * latent, initializer=HEAD_INIT) for _ in groups]
-        self.combiners = [conv(plan.scale_channels(plan.scale_of(g)), 1) for g in groups]
-        se = plan.squeeze_excite
-        self.cells = [[decoder_cell(plan.scale_channels(plan.scale_of(g)), se) for _ in range(plan.cells_per_group)]
-                      for g in groups]
-        self.ups = [Resample(plan.scale_channels(s), up=True) for s in range(top)]  # to scale s
+        self.prior_heads = [None] + [plan.conv(2 * latent, initializer=HEAD_INIT) for _ in groups[1:]]
+        self.posterior_heads = [plan.conv(2 * latent, initializer=HEAD_INIT) for _ in groups]
+        self.combiners = [plan.conv(plan.scale_channels(plan.scale_of(g)), 1) for g in groups]
+        self.cells = [[decoder_cell(plan.scale_channels(plan.scale_of(g)), plan)
+                       for _ in range(plan.cells_per_group)] for g in groups]
+        self.ups = [Resample(plan.scale_channels(s), True, plan) for s in range(top)]  # to scale s
         c = plan.channels
-        self.postprocess = [Resample(c // 2, up=True), decoder_cell(c // 2, se), Resample(c // 4, up=True),
-                            decoder_cell(c // 4, se), keras.layers.Activation("elu"), conv(output_channels)]
+        self.postprocess = [Resample(c // 2, True, plan), decoder_cell(c // 2, plan), Resample(c // 4, True, plan),
+                            decoder_cell(c // 4, plan), keras.layers.Activation("elu"), plan.conv(output_channels)]
 
     def gaussian(self, head, h):
         """(loc, log-scale) [B, h, w, latent] in float32 from a head's output, not yet clamped."""
@@ -384,19 +441,34 @@ class TopDown(keras.layers.Layer):
 
 class Plan:
     """The hierarchy's design: scales, groups, channels, the switchable parts (squeeze-and-excitation, the
-    residual posterior), padding, and the whitened code's layout."""
+    residual posterior, the clamping, weight normalization), its convolutions, padding, and the whitened code's
+    layout."""
 
     def __init__(self, image_shape, scales, groups_per_scale, latent_channels, channels, cells_per_group,
-                 squeeze_excite=True, residual_posterior=True, clamp_sums=False):
+                 squeeze_excite=True, residual_posterior=True, clamp_sums=False, weight_norm=False):
         self.image_shape = tuple(image_shape)
         self.scales, self.groups_per_scale = scales, groups_per_scale
         self.latent_channels, self.channels, self.cells_per_group = latent_channels, channels, cells_per_group
         self.squeeze_excite, self.residual_posterior = squeeze_excite, residual_posterior
-        self.clamp_sums = clamp_sums
+        self.clamp_sums, self.weight_norm = clamp_sums, weight_norm
         self.scale_floor = SCALE_FLOOR if clamp_sums else 0.0
         stride = 2 ** (scales + 1)  # two preprocessing halvings, then one between scales
         self.padded = tuple(-(-side // stride) * stride for side in self.image_shape[:2])
         self.num_groups = scales * groups_per_scale
+
+    def conv(self, filters, kernel_size=3, strides=1, bias=True, initializer="glorot_uniform"):
+        """A convolution, weight-normalized with `weight_norm`; with `bias`, its bias is a float32 `BiasAdd`
+        (right gradients under bfloat16)."""
+        layer = WeightNormConv2D if self.weight_norm else keras.layers.Conv2D
+        if bias:
+            return keras.Sequential(convolution(layer, filters, kernel_size, strides, kernel_initializer=initializer))
+        return layer(filters, kernel_size, strides=strides, padding="same", use_bias=False,
+                     kernel_initializer=initializer)
+
+    def depthwise(self, kernel_size):
+        """A bias-free depthwise convolution, weight-normalized with `weight_norm`."""
+        layer = WeightNormDepthwiseConv2D if self.weight_norm else keras.layers.DepthwiseConv2D
+        return layer(kernel_size, padding="same", use_bias=False)
 
     def scale_channels(self, scale):
         return self.channels * 2 ** scale
@@ -478,6 +550,10 @@ class NVAE(VAE):
           "soft-clamped to ±5 after the posterior's offsets are added to the prior's, and every σ but the top "
           "group's prior floored at 0.01; off, the prior's parameters and the offsets are clamped apart (the "
           "posterior's log-scale then reaches ±10) and σ has no floor."),
+        H("weight_norm", bool, False, "NVAE: weight-normalize every convolution of the hierarchy, as the official "
+          "code does: kernel = g · v / ‖v‖ per output channel with a learned log g (starting at the initial "
+          "kernel's norm), the spectral penalty taken on the normalized kernels.",
+          reference="Salimans & Kingma 2016"),
         H("kl_balance", bool, True, "NVAE: weight each group's KL by its share during the KL warm-up, so that "
           "few groups cannot carry the whole code."),
         # Its own β, so that a dataset's default β does not reach it: sprites' 0.5, chosen for the `vae`, cost this
@@ -556,7 +632,8 @@ class NVAE(VAE):
 
     def build_networks(self):
         self.plan = Plan(self.image_shape, self.scales, self.groups_per_scale, self.latent_channels, self.channels,
-                         self.cells_per_group, self.squeeze_excite, self.residual_posterior, self.clamp_sums)
+                         self.cells_per_group, self.squeeze_excite, self.residual_posterior, self.clamp_sums,
+                         self.weight_norm)
         return (BottomUp(self.plan, name="encoder"),
                 TopDown(self.plan, self.decoder_channels(), name="decoder"))
 

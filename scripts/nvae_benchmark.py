@@ -86,6 +86,7 @@ from reproduce import load_config, machine
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AUTOREGRESSIVE = {"top_prior": "autoregressive", "top_prior_components": 10}  # the rows' PixelVAE top prior
+EXEMPLAR = {"top_prior": "exemplar", "top_prior_components": 4096}  # the sprites rows' Exemplar VAE top prior
 ROWS = {  # row: (what it is, its preset in benchmarks/reproduce, FitConfig values over the preset's or None)
     "nvae": ("NVAE, all of it (the preset)", "nvae-fashion", {}),
     "no-se": ("without squeeze-and-excitation", "nvae-fashion", {"squeeze_excite": False}),
@@ -119,9 +120,9 @@ ROWS = {  # row: (what it is, its preset in benchmarks/reproduce, FitConfig valu
                          "nvae-sprites", {"top_prior": "mog"}),
     "nvae-sprites-exemplar": ("the same with an exemplar prior over the top 2 groups (the last 4,096 training "
                               "images' codes, a learned bandwidth), trained with the model", "nvae-sprites",
-                              {"top_prior": "exemplar", "top_prior_components": 4096}),
+                              EXEMPLAR),
     "nvae-sprites-exemplar-all": ("the same with the exemplar prior over all 3 groups (the whole code)", "nvae-sprites",
-                                  {"top_prior": "exemplar", "top_prior_components": 4096, "top_prior_groups": 3}),
+                                  {**EXEMPLAR, "top_prior_groups": 3}),
     "nvae-sprites-autoregressive": ("the same with an autoregressive prior over the top 2 groups (a PixelCNN per group, "
                                     "10 Gaussians per position), trained with the model", "nvae-sprites",
                                     AUTOREGRESSIVE),

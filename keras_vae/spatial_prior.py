@@ -144,13 +144,17 @@ def network_params(network, maps, g, shape):
     return network(pixelcnn.network_inputs(maps[g], context(maps[:g], shape)))
 
 
+def group_log_probs(networks, shapes, components, maps):
+    """log p(ε_g | ε_<g) [B, G] of each of the maps [B, h_g, w_g, c_g] (coarse first) given the maps above it, by
+    teacher forcing: one pass of each network. They sum to log p(ε)."""
+    return tf.stack([tf.reduce_sum(position_mixture(network_params(network, maps, g, shape), shape[2], components)
+                                   .log_prob(tf.cast(maps[g], tf.float32)), [1, 2])
+                     for g, (network, shape) in enumerate(zip(networks, shapes))], -1)
+
+
 def log_prob(networks, shapes, components, maps):
     """log p(ε) [B] of maps [B, h_g, w_g, c_g] (coarse first) by teacher forcing: one pass of each network."""
-    total = 0.0
-    for g, (network, shape) in enumerate(zip(networks, shapes)):
-        mixture = position_mixture(network_params(network, maps, g, shape), shape[2], components)
-        total += tf.reduce_sum(mixture.log_prob(tf.cast(maps[g], tf.float32)), [1, 2])
-    return total
+    return tf.reduce_sum(group_log_probs(networks, shapes, components, maps), -1)
 
 
 def draw_map(network, shape, components, above, noise, seed):

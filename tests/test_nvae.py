@@ -838,13 +838,14 @@ def test_an_exemplar_top_prior_names_its_groups_and_takes_no_contrastive_prior()
 
 
 # ------------------------------------------------------------------ an autoregressive top prior, trained with the model
-def autoregressive_nvae(head_scale=0.0):
+def autoregressive_nvae(head_scale=0.0, **switches):
     """An untrained 4-group NVAE whose autoregressive top prior (over the top 2 groups, 4×4×2 each) has a random
     last layer of `head_scale` (0: as built, near N(0, I))."""
     from keras_vae.spatial_prior import head_of
 
     keras.utils.set_random_seed(0)  # the same weights whatever ran before in this worker process
-    model = untrained_nvae(top_prior="autoregressive", top_prior_components=3, top_prior_filters=8, spectral_reg=0.0)
+    model = untrained_nvae(top_prior="autoregressive", top_prior_components=3, top_prior_filters=8, spectral_reg=0.0,
+                           **switches)
     rng = np.random.default_rng(1)
     for network in model.top_networks:
         head = head_of(network)
@@ -875,6 +876,44 @@ def test_an_autoregressive_top_prior_scores_the_top_groups_maps_and_enters_the_k
     assert np.all(np.abs(terms["kl"] - analytic) > 1)  # the prior's term is there
     np.testing.assert_allclose(terms["kl_units"].numpy().sum(1), terms["kl"], rtol=1e-5)
     assert terms["kl_units"].shape == (6, 3)  # the block as one unit, then each group below
+
+
+def test_per_group_units_split_an_autoregressive_priors_kl_by_group_and_free_bits_floor_each():
+    """With `top_prior_per_group`, each group of the block is a unit of its own, KL_g − (log p(ε_g | ε_<g) −
+    log N(ε_g; 0, I)) at the draw, the prior's density taken group by group (the groups' terms sum to its
+    log-density); the units still sum to the ELBO's KL, and free bits floor each group's batch mean apart."""
+    from keras_vae import spatial_prior
+    from keras_vae.models.nvae import whitened_maps
+
+    model = autoregressive_nvae(head_scale=1.0, top_prior_per_group=True, kl_balance=False, group_free_bits=20.0)
+    assert model.kl_unit_sizes() == model.plan.group_sizes()
+    x = tf.constant((tiny_images(6) / 255).astype(np.float32))
+    walks, walk = [], model.walk
+    model.walk = lambda *args, **kwargs: walks.append(walk(*args, **kwargs)) or walks[-1]
+    terms = model.compute_terms(x)
+    trace = walks[0][1]
+    maps = [m.numpy() for m in whitened_maps(trace[:2])]
+    by_group = spatial_prior.group_log_probs(model.top_networks, model.top_shapes(), 3, maps).numpy()
+    np.testing.assert_allclose(by_group.sum(1), spatial_prior.log_prob(model.top_networks, model.top_shapes(), 3, maps),
+                               rtol=1e-5)
+    normal = np.stack([-0.5 * (m ** 2).reshape(6, -1).sum(1) - 0.5 * m[0].size * np.log(2 * np.pi) for m in maps], 1)
+    ratios = by_group - normal
+    assert np.all(np.abs(ratios) > 1)
+    np.testing.assert_allclose(model.group_log_ratios(trace), ratios, rtol=1e-4, atol=1e-3)
+    units = terms["kl_units"].numpy()
+    assert units.shape == (6, 4)
+    for g in range(4):
+        np.testing.assert_allclose(units[:, g], terms[f"kl_{g}"].numpy() - (ratios[:, g] if g < 2 else 0),
+                                   rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(units.sum(1), terms["kl"], rtol=1e-5)
+    # Free bits floor each group's batch mean at 20 nats, not the block's sum.
+    model.compile(optimizer=keras.optimizers.Adamax(1e-3))
+    means = units.mean(0)
+    np.testing.assert_allclose(model.regularizer(terms, 1.0), np.maximum(means, 20.0).sum(), rtol=1e-5)
+    block = max(means[:2].sum(), 20.0) + np.maximum(means[2:], 20.0).sum()
+    assert abs(np.maximum(means, 20.0).sum() - block) > 1  # one top group below the floor: the test tells them apart
+    with pytest.raises(UserError, match="splits an autoregressive top prior's KL by group"):
+        untrained_nvae(top_prior="mog", top_prior_components=2, top_prior_per_group=True)
 
 
 def test_the_elbo_trains_an_autoregressive_top_prior_towards_the_codes():

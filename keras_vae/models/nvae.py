@@ -79,8 +79,11 @@ channels makes (`keras_vae.spatial_prior`). The Gaussian priors draw every
 position of a group independently given the groups above, so the outline of
 a shape that a group holds has to come from the groups above; here its
 positions can depend on one another. Its density is exact; its KL is taken
-by Monte Carlo and the block is one KL unit, as for mog; `sample` draws
-position by position (one network pass each).
+by Monte Carlo and the block is one KL unit, as for mog; with
+`top_prior_per_group` each group is its own unit instead, log q(z_g) −
+log p(ε_g | ε_<g) at the draw (the density factorizes over the groups, so
+each unit is a KL estimate in its own right). `sample` draws position by
+position (one network pass each).
 
 A contrastive prior (`keras-vae fit-prior --method contrastive`, after
 training, for a model whose top prior is N(0, I)): the N(0, I) prior of the top `contrastive_groups` groups' ε is
@@ -561,7 +564,7 @@ class NVAE(VAE):
         H("beta", float, 1.0, "Weight of the groups' summed KL.", minimum=0, reference="Higgins et al. 2017"),
         H("group_free_bits", float, 0.0, "NVAE: floor, in nats, on each group's batch-mean KL in the loss once "
           "the balanced warm-up is over (all along without `kl_balance`), so that no group collapses later (a learned "
-          "--top-prior's groups share one floor).",
+          "--top-prior's groups share one floor, but with --top-prior-per-group).",
           minimum=0, reference="Kingma et al. 2016 (free bits per group)"),
         H("top_prior", str, "normal", "NVAE: the prior of the top --top-prior-groups groups' whitened code: normal "
           "(N(0, I)), mog (a mixture of --top-prior-components diagonal Gaussians trained with the model), "
@@ -575,6 +578,10 @@ class NVAE(VAE):
         H("top_prior_components", int, None, "NVAE: components of a mog --top-prior (default 100), training codes "
           "that an exemplar one keeps (default 4096; keep it well below the training images), or Gaussians per "
           "position of an autoregressive one (default 10).", minimum=1, nullable=True),
+        H("top_prior_per_group", bool, False, "NVAE: with an autoregressive --top-prior, balance and floor "
+          "(--group-free-bits) each of its groups' KL apart, log q(z_g) − log p(ε_g | ε_<g) by Monte Carlo (its "
+          "density factorizes over the groups), instead of the block as one unit, so that no group of the block "
+          "can fall idle behind the others."),
         H("top_prior_filters", int, 32, "NVAE: channels of each stream of an autoregressive --top-prior's "
           "PixelCNNs (one per group).", minimum=1),
     )
@@ -609,6 +616,11 @@ class NVAE(VAE):
         if self.mixture_groups > groups:
             raise UserError(f"--top-prior-groups must be at most the {groups} groups of this nvae "
                             f"(--scales × --groups-per-scale). Received: top_prior_groups={self.top_prior_groups}.")
+        if self.top_prior_per_group and self.top_prior != "autoregressive":
+            raise UserError(f"--top-prior-per-group splits an autoregressive top prior's KL by group (its density "
+                            f"factorizes over them); a {self.top_prior!r} top prior's does not. Use --top-prior "
+                            f"autoregressive, or leave --top-prior-per-group off. Received: "
+                            f"top_prior={self.top_prior!r}, top_prior_per_group=True.")
         if self.top_prior == "mog":
             priors.add_mixture_weights(self, self.top_prior_components, self.mixture_dim, TOP_PRIOR_LOC_SPREAD)
         elif self.top_prior == "exemplar":
@@ -701,13 +713,21 @@ class NVAE(VAE):
         `top_prior` adds to log p(z) against the Gaussian priors; 0 for an N(0, I) top prior."""
         if self.top_prior == "normal":
             return 0.0
-        maps = whitened_maps(trace[:self.mixture_groups])
-        code = flat(maps)
         if self.top_prior == "autoregressive":
-            log_prior = spatial_prior.log_prob(self.top_networks, self.top_shapes(), self.top_prior_components, maps)
-        else:
-            log_prior = priors.gaussian_mixture(*self.top_mixture()).log_prob(code)
-        return log_prior - standard_normal_prior(self.mixture_dim).log_prob(code)
+            return tf.reduce_sum(self.group_log_ratios(trace), -1)
+        code = whitened(trace[:self.mixture_groups])
+        return (priors.gaussian_mixture(*self.top_mixture()).log_prob(code)
+                - standard_normal_prior(self.mixture_dim).log_prob(code))
+
+    def group_log_ratios(self, trace):
+        """log p(ε_g | ε_<g) − log N(ε_g; 0, I) [B, k] for each of the k groups an autoregressive `top_prior`
+        covers, at the draws of a walk's `trace`: its `mixture_log_ratio` group by group (the density factorizes
+        over them)."""
+        maps = whitened_maps(trace[:self.mixture_groups])
+        log_prior = spatial_prior.group_log_probs(self.top_networks, self.top_shapes(), self.top_prior_components,
+                                                  maps)
+        normal = [standard_normal_prior(math.prod(shape)).log_prob(flat([m])) for m, shape in zip(maps, self.top_shapes())]
+        return log_prior - tf.stack(normal, -1)
 
     def default_contrastive_groups(self):
         """The groups of every scale but the finest (one group for a one-scale model)."""
@@ -786,31 +806,38 @@ class NVAE(VAE):
         reconstruction_loss = -self.likelihood_layer(params, training=training).log_prob(x)
         per_dim = [losses.kl_per_dimension(q, p) for p, q, _ in trace]  # [B, h, w, c] each, via tfd.kl_divergence
         kl_groups = tf.stack([tf.reduce_sum(k, [1, 2, 3]) for k in per_dim], -1)  # [B, G]
-        log_ratio = self.prior_log_ratio(trace)
+        if self.top_prior_per_group:
+            group_ratios = self.group_log_ratios(trace)
+            log_ratio = tf.reduce_sum(group_ratios, -1)
+        else:
+            log_ratio = self.prior_log_ratio(trace)
         if training and self.top_prior == "exemplar":  # after scoring the batch against the codes stored before it
             priors.remember_exemplars(self, whitened_means(trace[:self.mixture_groups]))
         kl = tf.reduce_sum(kl_groups, -1) - log_ratio
         units = kl_groups  # what the loss balances and floors: a learned top prior's block is one (module docstring)
         if self.mixture_groups:
             k = self.mixture_groups
-            units = tf.concat([tf.reduce_sum(kl_groups[:, :k], -1, keepdims=True) - log_ratio[:, None],
-                               kl_groups[:, k:]], -1)
+            block = (kl_groups[:, :k] - group_ratios if self.top_prior_per_group else
+                     tf.reduce_sum(kl_groups[:, :k], -1, keepdims=True) - log_ratio[:, None])
+            units = tf.concat([block, kl_groups[:, k:]], -1)
         return elbo_terms(reconstruction_loss, kl, flat(per_dim), kl_units=units,
                           norm_penalty=self.norm_penalty(training),
                           **{f"kl_{g}": kl_groups[:, g] for g in range(self.plan.num_groups)})
 
     def kl_unit_sizes(self):
         """Latent variables of each unit of `compute_terms`' `kl_units`: every group's, a learned top
-        prior's block as one."""
+        prior's block as one (but with `top_prior_per_group`)."""
         sizes = self.plan.group_sizes()
-        return [sum(sizes[:self.mixture_groups]), *sizes[self.mixture_groups:]] if self.mixture_groups else sizes
+        if not self.mixture_groups or self.top_prior_per_group:
+            return sizes
+        return [sum(sizes[:self.mixture_groups]), *sizes[self.mixture_groups:]]
 
     def regularizer(self, terms, beta):
         """β × the KL term, plus `spectral_reg` × the norm penalty. The KL term is balanced while warming up
         (with `kl_balance`); otherwise it is the plain KL, each group's batch mean floored at
         `group_free_bits` when that is set (under tf.distribute, both the balancing's weights and which groups
         are floored come from the global batch). A learned top prior's groups are balanced and floored as one
-        (`kl_unit_sizes`)."""
+        (`kl_unit_sizes`), an autoregressive one's each apart with `top_prior_per_group`."""
         warming_up = self.kl_balance and self.kl_weight() < 1.0
         kl = tf.reduce_mean(balanced_kl(terms["kl_units"], self.kl_unit_sizes(), warming_up))
         if self.group_free_bits > 0:

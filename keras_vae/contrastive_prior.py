@@ -29,6 +29,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_vae.early_stopping import train_keeping_best
 from keras_vae.errors import UserError
 
 PROPOSALS = 1000  # SIR proposals per sample
@@ -179,28 +180,22 @@ def fit_ratio(network, positives, held_out, epochs, batch_size, learning_rate, s
     def held_out_loss():
         return float(contrastive_loss(log_ratios_of(network, held_out), log_ratios_of(network, held_out_noise)))
 
-    history, best, best_weights = {"loss": [], "val_loss": [], "best_epoch": 0}, math.inf, None
     steps = max(1, len(positives) // batch_size)
-    for epoch in range(epochs):
+
+    def run_epoch():
         order = rng.permutation(len(positives))
         total = 0.0
         for s in range(steps):
             rows = order[s * batch_size: (s + 1) * batch_size]
             noise = rng.standard_normal((len(rows), dim)).astype(np.float32)
             total += float(train_step(tf.constant(positives[rows], tf.float32), tf.constant(noise)))
-        history["loss"].append(total / steps)
-        history["val_loss"].append(held_out_loss())
-        if history["val_loss"][-1] < best:
-            best, best_weights, history["best_epoch"] = history["val_loss"][-1], network.get_weights(), epoch + 1
-        if log:
-            log(f"epoch {epoch + 1}: loss {history['loss'][-1]:.4f}, held-out {history['val_loss'][-1]:.4f}")
-        if epoch + 1 - history["best_epoch"] >= PATIENCE:
-            break
-    if best_weights is None:
+        return total / steps
+
+    history = train_keeping_best(run_epoch, held_out_loss, network.weights, epochs, PATIENCE, log)
+    if not history["best_epoch"]:
         raise UserError(f"The contrastive prior's classifier diverged: its held-out loss was never finite "
                         f"({history['val_loss'][:3]} ...). Try a lower --learning-rate. Received: "
                         f"learning_rate={learning_rate}.")
-    network.set_weights(best_weights)
     return history
 
 

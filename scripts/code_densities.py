@@ -14,6 +14,8 @@ Both are fitted in float32, numpy in and out, their initial weights seeded.
 
 import numpy as np
 
+from keras_vae.early_stopping import train_keeping_best
+
 MIXTURE_COMPONENTS = 10
 MADE_HIDDEN = 1024
 MADE_LAYERS = 2
@@ -95,19 +97,17 @@ def fit_made(points, held_out, seed=0, epochs=40, batch_size=BATCH, learning_rat
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
 
     rng = np.random.default_rng(seed)
-    history, best = [], None
-    for _ in range(epochs):
+
+    def run_epoch():
         order = rng.permutation(len(points))
         for start in range(0, len(order), batch_size):
             step(tf.gather(data, order[start: start + batch_size]))
-        history.append(float(tf.reduce_mean(mixture_log_prob(held_out, *params(held_out)))))
-        if best is None or history[-1] > history[best]:
-            best, kept = len(history) - 1, [v.numpy() for v in variables]
-        elif len(history) - 1 - best >= patience:
-            break
-    for variable, value in zip(variables, kept):
-        variable.assign(value)
-    return params, history
+
+    def held_out_loss():
+        return -float(tf.reduce_mean(mixture_log_prob(held_out, *params(held_out))))
+
+    history = train_keeping_best(run_epoch, held_out_loss, variables, epochs, patience)
+    return params, [-loss for loss in history["val_loss"]]
 
 
 def made_log_density(params, points):

@@ -63,7 +63,7 @@ def kl_per_dimension(posterior, prior):
         return None
 
 
-def free_bits_kl(kl_per_dim, free_bits):
+def free_bits_kl(kl_per_dim, free_bits, kept_gradient=None):
     """KL with a floor of `free_bits` nats on each dimension's batch mean.
 
     Implements the "free bits" objective of Kingma et al. (2016), eq. 15:
@@ -78,13 +78,19 @@ def free_bits_kl(kl_per_dim, free_bits):
     Args:
         kl_per_dim: [B, L] KL per example and dimension.
         free_bits: λ, nats per dimension.
+        kept_gradient: optional [B, L] terms whose batch mean's gradient a floored dimension keeps (its value
+            stays λ): for a learned prior's fit to the codes, which the floor should not stop.
 
     Returns:
         Scalar: the regularizer for the batch (a per-example mean).
     """
     mean_kl = tf.reduce_mean(kl_per_dim, axis=0)  # (B, L) -> (L,)
     above = tf.stop_gradient(global_batch_mean(kl_per_dim)) >= free_bits  # at a tie, max()'s gradient: the mean's
-    return tf.reduce_sum(tf.where(above, mean_kl, tf.cast(free_bits, kl_per_dim.dtype)))
+    floor = tf.cast(free_bits, kl_per_dim.dtype)
+    if kept_gradient is not None:
+        fit = tf.reduce_mean(kept_gradient, axis=0)
+        floor = floor + (fit - tf.stop_gradient(fit))
+    return tf.reduce_sum(tf.where(above, mean_kl, floor))
 
 
 def warmup_beta(step, beta, warmup_steps):

@@ -221,14 +221,15 @@ def test_distribution_mistakes_get_a_message(args, extra_env, message, tmp_path)
 
 def test_every_model_trains_on_two_mirrored_replicas():
     """The family under MirroredStrategy: labels reach the CVAE, the EMA codebook is all-reduced and assigned, an
-    NVAE's autoregressive top prior trains with it."""
+    NVAE's autoregressive top prior trains with it, and so does a weight-normalized NVAE's whose every KL unit is
+    floored (by its fit to the codes alone)."""
     result = subprocess.run([sys.executable, os.path.join(SCRIPTS, "mirrored_family.py")],
                             capture_output=True, text=True, env=env(), cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     from keras_vae.models import model_names
 
-    assert set(report) == set(model_names()) | {"vq_vae-ema", "nvae-autoregressive"}
+    assert set(report) == set(model_names()) | {"vq_vae-ema", "nvae-autoregressive", "nvae-weight-norm-floored"}
     for name, outcome in report.items():
         assert np.all(np.isfinite(outcome["loss"])) and outcome["all_trainable_moved"], name
     assert {"codebook", "ema_counts", "ema_sums"} <= set(report["vq_vae-ema"]["moved_state"])

@@ -432,6 +432,40 @@ def test_weight_normalization_holds_each_output_channels_norm_at_its_learned_val
         np.testing.assert_allclose((tape.gradient(loss, kernel).numpy() * kernel.numpy()).sum(axes), 0, atol=1e-4)
 
 
+def test_a_weight_normalized_convolution_normalizes_each_output_channel_in_float32():
+    """Scaling one output channel's kernel leaves the layer's output as it was, scaling one input channel's does
+    not; under mixed_float16 the log-norm starts at the float32 norm of a tiny kernel (whose squares would be
+    float16 subnormals) and the output is the float32-normalized convolution's."""
+    from keras_vae.models.nvae import WeightNormConv2D, WeightNormDepthwiseConv2D
+
+    rng = np.random.default_rng(3)
+    x = tf.constant(rng.normal(size=(2, 6, 6, 3)).astype(np.float32))
+    for layer, out_axis in ((WeightNormConv2D(4, 3, padding="same", use_bias=False), 3),
+                            (WeightNormDepthwiseConv2D(5, padding="same", use_bias=False), 2)):
+        before, kernel = layer(x).numpy(), layer.kernel.numpy()
+        per_output = np.ones(kernel.shape[out_axis], np.float32)
+        per_output[1] = 3.0
+        layer.kernel.assign(kernel * per_output.reshape([-1 if a == out_axis else 1 for a in range(4)]))
+        np.testing.assert_allclose(layer(x), before, rtol=1e-4, atol=1e-5)
+        if out_axis == 3:  # a plain convolution's input channels share each output channel's norm
+            per_input = np.array([1.0, 3.0, 1.0], np.float32).reshape(1, 1, 3, 1)
+            layer.kernel.assign(kernel * per_input)
+            assert not np.allclose(layer(x), before, rtol=1e-2, atol=1e-3)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        layer = WeightNormConv2D(4, 3, padding="same", use_bias=False,
+                                 kernel_initializer=keras.initializers.RandomNormal(stddev=1e-3, seed=1))
+        y = layer(tf.cast(x, tf.float16))
+    finally:
+        keras.config.set_dtype_policy(previous)
+    kernel = layer.kernel.numpy().astype(np.float64)
+    np.testing.assert_allclose(np.exp(layer.log_norm.numpy()), np.sqrt((kernel ** 2).sum((0, 1, 2))) + 0.01, rtol=1e-5)
+    assert y.dtype == tf.float16
+    exact = tf.nn.conv2d(tf.cast(tf.cast(x, tf.float16), tf.float32), layer.effective_kernel(), 1, "SAME")
+    np.testing.assert_allclose(tf.cast(y, tf.float32), exact, rtol=5e-3, atol=5e-3)
+
+
 def test_weight_norm_normalizes_every_convolution_which_the_spectral_penalty_reads_and_a_save_keeps(tmp_path):
     """With `weight_norm`, every convolution of the hierarchy is weight-normalized (one learned log-norm per
     output channel more, starting at the initial kernel's norm plus 0.01), so that scaling every kernel leaves
@@ -467,12 +501,14 @@ def test_weight_norm_normalizes_every_convolution_which_the_spectral_penalty_rea
         assert np.allclose(output(model), before, rtol=1e-3, atol=1e-4) == invariant
         scale_kernels(model, 1 / 3)
 
+    for layer in layers:  # every kernel e^0.5 times its raw self (its singular vectors, and the power vectors, kept)
+        layer.log_norm.assign(layer.log_norm + 0.5)
     exact = sum(np.linalg.svd(kernel_matrix_of(layer.effective_kernel().numpy(), layer), compute_uv=False)[0]
                 for layer in layers)
-    exact += sum(np.abs(layer.gamma.numpy()).max() for layer in normalized.batch_norms())
     raw = sum(np.linalg.svd(kernel_matrix_of(layer.kernel.numpy(), layer), compute_uv=False)[0] for layer in layers)
-    assert abs(raw - exact) > 0.05 * exact  # the normalized kernels' norms differ from the raw ones'
-    np.testing.assert_allclose(float(normalized.compute_terms(x)["norm_penalty"]), exact, rtol=0.02)
+    assert exact > 1.5 * raw
+    gammas = sum(np.abs(layer.gamma.numpy()).max() for layer in normalized.batch_norms())
+    np.testing.assert_allclose(float(normalized.compute_terms(x)["norm_penalty"]) - gammas, exact, rtol=0.02)
 
     kernels = [layer.kernel for layer in layers]
     with tf.GradientTape() as tape:
@@ -482,9 +518,7 @@ def test_weight_norm_normalizes_every_convolution_which_the_spectral_penalty_rea
         radial = (gradient.numpy() * layer.kernel.numpy()).sum(layer.norm_axes)
         np.testing.assert_allclose(radial, 0, atol=1e-4 * max(1.0, np.abs(gradient.numpy()).max()))
 
-    for layer in layers:
-        layer.log_norm.assign(layer.log_norm + 0.1 * tf.ones_like(layer.log_norm))
-    path = str(tmp_path / "model.keras")
+    path = str(tmp_path / "model.keras")  # its log-norms no longer their initial values
     save_keras_model(normalized, path)
     loaded = keras.saving.load_model(path)
     np.testing.assert_allclose(output(loaded), output(normalized), rtol=1e-5, atol=1e-6)
@@ -894,8 +928,12 @@ def test_per_group_units_split_an_autoregressive_priors_kl_by_group_and_free_bit
     trace = walks[0][1]
     maps = [m.numpy() for m in whitened_maps(trace[:2])]
     by_group = spatial_prior.group_log_probs(model.top_networks, model.top_shapes(), 3, maps).numpy()
-    np.testing.assert_allclose(by_group.sum(1), spatial_prior.log_prob(model.top_networks, model.top_shapes(), 3, maps),
-                               rtol=1e-5)
+    # The top group alone, by its own network; the second given the first, position by position.
+    np.testing.assert_allclose(by_group[:, 0], spatial_prior.log_prob(model.top_networks[:1], model.top_shapes()[:1],
+                                                                       3, maps[:1]), rtol=1e-5)
+    mixture = spatial_prior.position_mixture(spatial_prior.network_params(model.top_networks[1], maps, 1,
+                                                                          model.top_shapes()[1]), 2, 3)
+    np.testing.assert_allclose(by_group[:, 1], mixture.log_prob(maps[1]).numpy().sum((1, 2)), rtol=1e-5)
     normal = np.stack([-0.5 * (m ** 2).reshape(6, -1).sum(1) - 0.5 * m[0].size * np.log(2 * np.pi) for m in maps], 1)
     ratios = by_group - normal
     assert np.all(np.abs(ratios) > 1)
@@ -906,14 +944,40 @@ def test_per_group_units_split_an_autoregressive_priors_kl_by_group_and_free_bit
         np.testing.assert_allclose(units[:, g], terms[f"kl_{g}"].numpy() - (ratios[:, g] if g < 2 else 0),
                                    rtol=1e-4, atol=1e-3)
     np.testing.assert_allclose(units.sum(1), terms["kl"], rtol=1e-5)
-    # Free bits floor each group's batch mean at 20 nats, not the block's sum.
+    # KL balancing weighs each group of the block by its own share and size.
     model.compile(optimizer=keras.optimizers.Adamax(1e-3))
+    gamma = (np.abs(units).mean(0) + 0.01) / (np.array(model.plan.group_sizes()) / min(model.plan.group_sizes()))
+    np.testing.assert_allclose(balanced_kl(terms["kl_units"], model.kl_unit_sizes(), tf.constant(True)),
+                               units @ (gamma / gamma.mean()), rtol=1e-4)
+    # Free bits floor each group's batch mean at 20 nats, not the block's sum.
     means = units.mean(0)
     np.testing.assert_allclose(model.regularizer(terms, 1.0), np.maximum(means, 20.0).sum(), rtol=1e-5)
     block = max(means[:2].sum(), 20.0) + np.maximum(means[2:], 20.0).sum()
     assert abs(np.maximum(means, 20.0).sum() - block) > 1  # one top group below the floor: the test tells them apart
     with pytest.raises(UserError, match="splits an autoregressive top prior's KL by group"):
         untrained_nvae(top_prior="mog", top_prior_components=2, top_prior_per_group=True)
+
+
+@pytest.mark.parametrize("per_group", [False, True])
+def test_a_floored_autoregressive_prior_still_fits_the_codes(per_group):
+    """Free bits set a floored unit's value to the floor, which stops the posterior's gradient, but the learned
+    prior's weights get the gradient they get unfloored: that of −log p(ε_top) at the same draws."""
+    def regularizer_and_prior_gradient(floor):
+        model = autoregressive_nvae(head_scale=1.0, kl_balance=False, group_free_bits=floor,
+                                    top_prior_per_group=per_group)
+        model.compile(optimizer=keras.optimizers.Adamax(1e-3))
+        variables = [v for network in model.top_networks for v in network.trainable_weights]
+        with tf.GradientTape() as tape:
+            terms = model.compute_terms(tf.constant((tiny_images(6) / 255).astype(np.float32)), training=True)
+            regularizer = model.regularizer(terms, 1.0)
+        return model, float(regularizer), [g.numpy() for g in tape.gradient(regularizer, variables)]
+
+    free_model, _, free = regularizer_and_prior_gradient(0.0)
+    floored_model, value, floored = regularizer_and_prior_gradient(1000.0)
+    assert value == pytest.approx(1000.0 * len(floored_model.kl_unit_sizes()))  # every unit floored
+    assert sum(np.abs(g).sum() for g in floored) > 1.0
+    for a, b in zip(free, floored):
+        np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-5)
 
 
 def test_the_elbo_trains_an_autoregressive_top_prior_towards_the_codes():

@@ -80,9 +80,10 @@ position of a group independently given the groups above, so the outline of
 a shape that a group holds has to come from the groups above; here its
 positions can depend on one another. Its density is exact; its KL is taken
 by Monte Carlo and the block is one KL unit, as for mog; with
-`top_prior_per_group` each group is its own unit instead, log q(z_g) −
-log p(ε_g | ε_<g) at the draw (the density factorizes over the groups, so
-each unit is a KL estimate in its own right). `sample` draws position by
+`top_prior_per_group` each group is its own unit instead, its analytic KL
+against its Gaussian prior less log p(ε_g | ε_<g) − log N(ε_g; 0, I) at
+the draw (the density factorizes over the groups, so each unit estimates
+that group's KL given the groups above). `sample` draws position by
 position (one network pass each).
 
 A contrastive prior (`keras-vae fit-prior --method contrastive`, after
@@ -180,8 +181,9 @@ def spectral_norm_estimate(matrix, u, iterations=1):
 
 def weight_normalized(kernel, log_norm, axes):
     """exp(log_norm) · v / (‖v‖ + 1e-5), the norm of the kernel v over `axes` (all but its output channel's):
-    weight normalization (Salimans & Kingma 2016) as the official NVAE writes it. `log_norm` holds one value per
-    output channel (per channel of a depthwise kernel [kh, kw, C, 1])."""
+    weight normalization (Salimans & Kingma 2016) as the official NVAE writes it, in float32. `log_norm` holds
+    one value per output channel (per channel of a depthwise kernel [kh, kw, C, 1])."""
+    kernel, log_norm = tf.cast(kernel, tf.float32), tf.cast(log_norm, tf.float32)
     norm = tf.sqrt(tf.reduce_sum(tf.square(kernel), axes, keepdims=True))
     return tf.reshape(tf.exp(log_norm), tf.shape(norm)) * kernel / (norm + WEIGHT_NORM_EPSILON)
 
@@ -226,11 +228,13 @@ def batch_norm():
     return keras.layers.BatchNormalization(momentum=BN_MOMENTUM, synchronized=synchronized)
 
 
-class WeightNormConv2D(keras.layers.Conv2D):
-    """A convolution whose kernel is `weight_normalized` (its log-norm per output channel learned, starting at
-    the log of the initial kernel's norm plus 0.01, as in the official NVAE)."""
+class WeightNormalized:
+    """What the weight-normalized convolutions share: the learned log-norm, built after the kernel, and the
+    effective kernel, formed in float32 (the layer reads its variables uncast: `autocast` off) and cast to the
+    compute dtype with the inputs, so that the norms of small kernels stay exact under mixed precision."""
 
-    norm_axes = (0, 1, 2)  # of the kernel [kh, kw, in, out]: all but the output channel
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **{**kwargs, "autocast": False})
 
     def build(self, input_shape):
         super().build(input_shape)
@@ -239,41 +243,54 @@ class WeightNormConv2D(keras.layers.Conv2D):
     def effective_kernel(self):
         return weight_normalized(self.kernel, self.log_norm, self.norm_axes)
 
+
+@keras.saving.register_keras_serializable(package="keras_vae")
+class WeightNormConv2D(WeightNormalized, keras.layers.Conv2D):
+    """A convolution whose kernel is `weight_normalized` (its log-norm per output channel learned, starting at
+    the log of the initial kernel's norm plus 0.01, as in the official NVAE)."""
+
+    norm_axes = (0, 1, 2)  # of the kernel [kh, kw, in, out]: all but the output channel
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.use_bias or self.groups != 1:
+            raise ValueError("WeightNormConv2D has no bias (NVAE adds it apart) and one group.")
+
     def convolution_op(self, inputs, kernel):
-        return super().convolution_op(inputs, weight_normalized(kernel, self.log_norm, self.norm_axes))
+        return super().convolution_op(tf.cast(inputs, self.compute_dtype),
+                                      tf.cast(weight_normalized(kernel, self.log_norm, self.norm_axes),
+                                              self.compute_dtype))
 
     # Every variable, the log-norm too (Conv2D's own methods save only the kernel and the bias).
     save_own_variables = keras.layers.Layer.save_own_variables
     load_own_variables = keras.layers.Layer.load_own_variables
 
 
-class WeightNormDepthwiseConv2D(keras.layers.DepthwiseConv2D):
+@keras.saving.register_keras_serializable(package="keras_vae")
+class WeightNormDepthwiseConv2D(WeightNormalized, keras.layers.DepthwiseConv2D):
     """A bias-free depthwise convolution whose kernel [kh, kw, C, 1] is `weight_normalized` per channel."""
 
     norm_axes = (0, 1, 3)
 
-    def __init__(self, kernel_size, **kwargs):
-        super().__init__(kernel_size, **kwargs)
-        if self.use_bias or self.activation is not keras.activations.linear:
-            raise ValueError("WeightNormDepthwiseConv2D has neither a bias nor an activation.")
-
-    def build(self, input_shape):
-        super().build(input_shape)
-        self.log_norm = add_log_norm(self)
-
-    def effective_kernel(self):
-        return weight_normalized(self.kernel, self.log_norm, self.norm_axes)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.use_bias or self.activation is not keras.activations.linear or self.depth_multiplier != 1:
+            raise ValueError("WeightNormDepthwiseConv2D has neither a bias nor an activation, and one output "
+                             "channel per input channel.")
 
     def call(self, inputs):
-        return keras.ops.depthwise_conv(inputs, self.effective_kernel(), strides=self.strides, padding=self.padding,
-                                        dilation_rate=self.dilation_rate, data_format=self.data_format)
+        kernel = tf.cast(self.effective_kernel(), self.compute_dtype)
+        return keras.ops.depthwise_conv(tf.cast(inputs, self.compute_dtype), kernel, strides=self.strides,
+                                        padding=self.padding, dilation_rate=self.dilation_rate,
+                                        data_format=self.data_format)
 
 
 def add_log_norm(layer):
     """The learned log-norm of a weight-normalized layer's kernel, one per output channel, at the log of the
-    initial kernel's norm plus WEIGHT_NORM_OFFSET."""
+    initial kernel's norm plus WEIGHT_NORM_OFFSET (in float32, whatever the autocast scope it is built in)."""
     def initial(shape, dtype=None):
-        norm = tf.sqrt(tf.reduce_sum(tf.square(layer.kernel), layer.norm_axes, keepdims=True))
+        kernel = tf.cast(layer.kernel, tf.float32)
+        norm = tf.sqrt(tf.reduce_sum(tf.square(kernel), layer.norm_axes, keepdims=True))
         return tf.cast(tf.reshape(tf.math.log(norm + WEIGHT_NORM_OFFSET), shape), dtype or tf.float32)
 
     shape = [n for i, n in enumerate(layer.kernel.shape) if i not in layer.norm_axes]
@@ -387,7 +404,8 @@ class TopDown(keras.layers.Layer):
         latent = plan.latent_channels
         # Group 0's prior is N(0, I): no head.
         # Heads start near 0 (each posterior at its prior, each prior near N(0, I)), so that the first steps'
-        # KL is small rather than blown up by the soft-clamped log-scales.
+        # KL is small rather than blown up by the soft-clamped log-scales. (Weight-normalized, a head's norm starts
+        # at its kernel's plus 0.01, as in the official code: 1.3-1.8× larger than HEAD_INIT's, still small.)
         self.prior_heads = [None] + [plan.conv(2 * latent, initializer=HEAD_INIT) for _ in groups[1:]]
         self.posterior_heads = [plan.conv(2 * latent, initializer=HEAD_INIT) for _ in groups]
         self.combiners = [plan.conv(plan.scale_channels(plan.scale_of(g)), 1) for g in groups]
@@ -555,7 +573,7 @@ class NVAE(VAE):
           "posterior's log-scale then reaches ±10) and σ has no floor."),
         H("weight_norm", bool, False, "NVAE: weight-normalize every convolution of the hierarchy, as the official "
           "code does: kernel = g · v / ‖v‖ per output channel with a learned log g (starting at the initial "
-          "kernel's norm), the spectral penalty taken on the normalized kernels.",
+          "kernel's norm plus 0.01), the spectral penalty taken on the normalized kernels.",
           reference="Salimans & Kingma 2016"),
         H("kl_balance", bool, True, "NVAE: weight each group's KL by its share during the KL warm-up, so that "
           "few groups cannot carry the whole code."),
@@ -564,7 +582,8 @@ class NVAE(VAE):
         H("beta", float, 1.0, "Weight of the groups' summed KL.", minimum=0, reference="Higgins et al. 2017"),
         H("group_free_bits", float, 0.0, "NVAE: floor, in nats, on each group's batch-mean KL in the loss once "
           "the balanced warm-up is over (all along without `kl_balance`), so that no group collapses later (a learned "
-          "--top-prior's groups share one floor, but with --top-prior-per-group).",
+          "--top-prior's groups share one floor, except with --top-prior-per-group; a floored learned prior still "
+          "fits the codes).",
           minimum=0, reference="Kingma et al. 2016 (free bits per group)"),
         H("top_prior", str, "normal", "NVAE: the prior of the top --top-prior-groups groups' whitened code: normal "
           "(N(0, I)), mog (a mixture of --top-prior-components diagonal Gaussians trained with the model), "
@@ -579,9 +598,10 @@ class NVAE(VAE):
           "that an exemplar one keeps (default 4096; keep it well below the training images), or Gaussians per "
           "position of an autoregressive one (default 10).", minimum=1, nullable=True),
         H("top_prior_per_group", bool, False, "NVAE: with an autoregressive --top-prior, balance and floor "
-          "(--group-free-bits) each of its groups' KL apart, log q(z_g) − log p(ε_g | ε_<g) by Monte Carlo (its "
-          "density factorizes over the groups), instead of the block as one unit, so that no group of the block "
-          "can fall idle behind the others."),
+          "(--group-free-bits) each of its groups' Monte-Carlo KL apart (the group's analytic KL against its "
+          "Gaussian prior less log p(ε_g | ε_<g) − log N(ε_g; 0, I) at the draw: the density factorizes over the "
+          "groups), instead of the block as one unit, so that no group of the block can fall idle behind the "
+          "others."),
         H("top_prior_filters", int, 32, "NVAE: channels of each stream of an autoregressive --top-prior's "
           "PixelCNNs (one per group).", minimum=1),
     )
@@ -811,6 +831,9 @@ class NVAE(VAE):
             log_ratio = tf.reduce_sum(group_ratios, -1)
         else:
             log_ratio = self.prior_log_ratio(trace)
+        extra = {}
+        if training and self.mixture_groups and self.group_free_bits > 0:
+            extra["prior_fit"] = self.top_prior_fit(trace)
         if training and self.top_prior == "exemplar":  # after scoring the batch against the codes stored before it
             priors.remember_exemplars(self, whitened_means(trace[:self.mixture_groups]))
         kl = tf.reduce_sum(kl_groups, -1) - log_ratio
@@ -821,12 +844,28 @@ class NVAE(VAE):
                      tf.reduce_sum(kl_groups[:, :k], -1, keepdims=True) - log_ratio[:, None])
             units = tf.concat([block, kl_groups[:, k:]], -1)
         return elbo_terms(reconstruction_loss, kl, flat(per_dim), kl_units=units,
-                          norm_penalty=self.norm_penalty(training),
+                          norm_penalty=self.norm_penalty(training), **extra,
                           **{f"kl_{g}": kl_groups[:, g] for g in range(self.plan.num_groups)})
+
+    def top_prior_fit(self, trace):
+        """−log p_top(ε_top) [B, units] of a learned top prior at a walk's draws held constant, one column per
+        KL unit (zeros for the groups below it): what its weights are trained on while free bits floor its units
+        (`losses.free_bits_kl`'s `kept_gradient`), so that the floor releases the posterior but never stops the
+        prior fitting the codes (unfloored, a unit's own gradient with respect to those weights is the same)."""
+        maps = [tf.stop_gradient(m) for m in whitened_maps(trace[:self.mixture_groups])]
+        if self.top_prior == "autoregressive":
+            fit = -spatial_prior.group_log_probs(self.top_networks, self.top_shapes(), self.top_prior_components,
+                                                 maps)
+            if not self.top_prior_per_group:
+                fit = tf.reduce_sum(fit, -1, keepdims=True)
+        else:
+            fit = -priors.gaussian_mixture(*self.top_mixture()).log_prob(flat(maps))[:, None]
+        below = len(self.kl_unit_sizes()) - fit.shape[-1]
+        return tf.concat([fit, tf.zeros([tf.shape(fit)[0], below], fit.dtype)], -1)
 
     def kl_unit_sizes(self):
         """Latent variables of each unit of `compute_terms`' `kl_units`: every group's, a learned top
-        prior's block as one (but with `top_prior_per_group`)."""
+        prior's block as one (except with `top_prior_per_group`)."""
         sizes = self.plan.group_sizes()
         if not self.mixture_groups or self.top_prior_per_group:
             return sizes
@@ -837,11 +876,12 @@ class NVAE(VAE):
         (with `kl_balance`); otherwise it is the plain KL, each group's batch mean floored at
         `group_free_bits` when that is set (under tf.distribute, both the balancing's weights and which groups
         are floored come from the global batch). A learned top prior's groups are balanced and floored as one
-        (`kl_unit_sizes`), an autoregressive one's each apart with `top_prior_per_group`."""
+        (`kl_unit_sizes`), an autoregressive one's each apart with `top_prior_per_group`; floored, they still
+        train the prior's weights on the codes (`top_prior_fit`)."""
         warming_up = self.kl_balance and self.kl_weight() < 1.0
         kl = tf.reduce_mean(balanced_kl(terms["kl_units"], self.kl_unit_sizes(), warming_up))
         if self.group_free_bits > 0:
-            floored = losses.free_bits_kl(terms["kl_units"], self.group_free_bits)
+            floored = losses.free_bits_kl(terms["kl_units"], self.group_free_bits, terms.get("prior_fit"))
             kl = floored if warming_up is False else tf.where(warming_up, kl, floored)
         return beta * kl + self.spectral_reg * terms["norm_penalty"]
 

@@ -1,7 +1,8 @@
 """Runs in its own process (the CPU must be split before TensorFlow starts).
 
-Trains every registered model (and the EMA VQ-VAE, and an NVAE with an
-autoregressive top prior) for two epochs under MirroredStrategy on two CPU
+Trains every registered model (and the EMA VQ-VAE, an NVAE with an
+autoregressive top prior, and a weight-normalized one whose groups' KL are all
+floored) for two epochs under MirroredStrategy on two CPU
 replicas and prints, per model, its losses, whether every trainable weight
 moved, and whether its non-trainable EMA state moved.
 """
@@ -29,7 +30,11 @@ y = (np.arange(64) % 3).astype(np.int32)
 report = {}
 VARIANTS = {"vq_vae-ema": ("vq_vae", {"vq_ema": True}),
             "nvae-autoregressive": ("nvae", {"top_prior": "autoregressive", "top_prior_components": 2,
-                                             "top_prior_filters": 4})}
+                                             "top_prior_filters": 4}),
+            # Weight-normalized, and every group's KL floored (so the prior's networks learn by its fit alone).
+            "nvae-weight-norm-floored": ("nvae", {"weight_norm": True, "top_prior": "autoregressive",
+                                                  "top_prior_components": 2, "top_prior_filters": 4,
+                                                  "top_prior_per_group": True, "group_free_bits": 1000.0})}
 for key, (name, extra) in [(n, (n, {})) for n in model_names()] + list(VARIANTS.items()):
     with strategy.scope():
         keras.utils.set_random_seed(0)

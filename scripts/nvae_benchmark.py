@@ -7,6 +7,7 @@
     python scripts/nvae_benchmark.py --rows nvae-sprites,vae-conv-sprites --single-layer-epochs N   # 64×64 sprites
     python scripts/nvae_benchmark.py --rows nvae --epochs 24 --iw-samples 1000 --test-images 10000 --score-minutes 50
                                                                   # the whole test split, 50 minutes per call
+    python scripts/nvae_benchmark.py --rows nvae,official-weight-norm --step-times   # train-step speeds, side by side
 
 Every NVAE row is the preset `benchmarks/reproduce/nvae-fashion.json` (dynamically binarized
 Fashion-MNIST, 2 scales × 2 groups of 20-channel maps, 32 channels, batch 64, Adamax 1e-2 with warm-up and
@@ -146,6 +147,7 @@ ROWS = {  # row: (what it is, its preset in benchmarks/reproduce, FitConfig valu
 REMEDIES = ("free-bits", "official-epsilon", "official-clamp", "official-weight-norm", "autoregressive", "autoregressive-free-bits")  # rows that add to the preset, not ablations: measured at the long budgets only
 TEMPERATURES = (1.0, 0.7)
 SAMPLES = 64
+STEPS = 15  # train steps per round of --step-times
 
 
 def config_for(row, args):
@@ -234,6 +236,44 @@ def table(reports):
     return "\n".join(lines)
 
 
+IMAGE_SHAPES = {"fashion_mnist": (28, 28, 1), "sprites": (64, 64, 1)}  # the presets' data, as the models see it
+
+
+def step_times(rows, args):
+    """Milliseconds per training step of each row's model (built and compiled as `fit` builds it, at its
+    preset's batch size, on one fixed binary batch), the median of `--rounds` rounds of STEPS steps interleaved
+    row by row in this process, so that the rows' ratios share the machine's state; prints each against the
+    first row. Trains nothing else and writes nothing."""
+    import statistics
+    from types import SimpleNamespace
+
+    import numpy as np
+    import tensorflow as tf
+
+    from keras_vae.train import build_compiled_model
+    from precision_benchmark import timed_steps
+
+    models = {}
+    for row in rows:
+        config = config_for(row, args)
+        shape = IMAGE_SHAPES[config.dataset]
+        model = build_compiled_model(config, SimpleNamespace(image_shape=shape, num_classes=0),
+                                     tf.distribute.get_strategy(), total_steps=10_000)
+        x = (np.random.default_rng(0).random((config.batch_size, *shape)) < 0.3).astype(np.float32)
+        models[row] = (model, x)
+    times = {row: [] for row in rows}
+    for _ in range(args.rounds):
+        for row, (model, x) in models.items():
+            times[row].append(timed_steps(model, x, STEPS, warmup=3))
+    first = statistics.median(times[rows[0]])
+    print(f"train step, median of {args.rounds} interleaved rounds of {STEPS} steps")
+    for row in rows:
+        median = statistics.median(times[row])
+        batch = models[row][1].shape[0]
+        print(f"{row:40s} batch {batch:3d}: {1000 * median:7.1f} ms ({batch / median:5.0f} images/s), "
+              f"{first / median:.2f}x the {rows[0]} row's speed", flush=True)
+
+
 def curve_table(reports):
     lines = ["| row | test ELBO after each epoch |", "|---|---|"]
     lines += ["| `{}` | {} |".format(r["row"], " → ".join(f"{v:.2f}" for v in r["elbo_curve"])) for r in reports]
@@ -257,7 +297,12 @@ def main(argv=None):
                              "the run and a later call goes on from them)")
     parser.add_argument("--scratch", default=os.path.join(tempfile.gettempdir(), "nvae"))
     parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "nvae.json"))
+    parser.add_argument("--step-times", action="store_true",
+                        help="instead of training, time each row's train step, interleaved in one process")
+    parser.add_argument("--rounds", type=int, default=3, help="--step-times rounds")
     args = parser.parse_args(argv)
+    if args.step_times:
+        return step_times([row for row in args.rows.split(",") if row], args)
     reports = {}
     if os.path.exists(args.out):  # a row measured again at the same budget replaces itself; the others stay
         with open(args.out) as f:

@@ -183,9 +183,14 @@ def weight_normalized(kernel, log_norm, axes):
     """exp(log_norm) · v / (‖v‖ + 1e-5), the norm of the kernel v over `axes` (all but its output channel's):
     weight normalization (Salimans & Kingma 2016) as the official NVAE writes it, in float32. `log_norm` holds
     one value per output channel (per channel of a depthwise kernel [kh, kw, C, 1])."""
-    kernel, log_norm = tf.cast(kernel, tf.float32), tf.cast(log_norm, tf.float32)
-    norm = tf.sqrt(tf.reduce_sum(tf.square(kernel), axes, keepdims=True))
-    return tf.reshape(tf.exp(log_norm), tf.shape(norm)) * kernel / (norm + WEIGHT_NORM_EPSILON)
+    kernel, norm = tf.cast(kernel, tf.float32), kernel_norm(kernel, axes)
+    return tf.reshape(tf.exp(tf.cast(log_norm, tf.float32)), tf.shape(norm)) * kernel / (norm + WEIGHT_NORM_EPSILON)
+
+
+def kernel_norm(kernel, axes):
+    """‖v‖ over `axes` of a kernel, kept as size-1 axes, in float32."""
+    kernel = tf.cast(kernel, tf.float32)
+    return tf.sqrt(tf.reduce_sum(tf.square(kernel), axes, keepdims=True))
 
 
 def kernel_matrix(layer):
@@ -289,8 +294,7 @@ def add_log_norm(layer):
     """The learned log-norm of a weight-normalized layer's kernel, one per output channel, at the log of the
     initial kernel's norm plus WEIGHT_NORM_OFFSET (in float32, whatever the autocast scope it is built in)."""
     def initial(shape, dtype=None):
-        kernel = tf.cast(layer.kernel, tf.float32)
-        norm = tf.sqrt(tf.reduce_sum(tf.square(kernel), layer.norm_axes, keepdims=True))
+        norm = kernel_norm(layer.kernel, layer.norm_axes)
         return tf.cast(tf.reshape(tf.math.log(norm + WEIGHT_NORM_OFFSET), shape), dtype or tf.float32)
 
     shape = [n for i, n in enumerate(layer.kernel.shape) if i not in layer.norm_axes]
@@ -733,21 +737,24 @@ class NVAE(VAE):
         `top_prior` adds to log p(z) against the Gaussian priors; 0 for an N(0, I) top prior."""
         if self.top_prior == "normal":
             return 0.0
+        maps = whitened_maps(trace[:self.mixture_groups])
+        return (tf.reduce_sum(self.top_log_density(maps), -1)
+                - standard_normal_prior(self.mixture_dim).log_prob(flat(maps)))
+
+    def top_log_density(self, maps):
+        """A learned `top_prior`'s log-density of the top groups' whitened maps: [B, k], log p(ε_g | ε_<g) for
+        each of the k groups of an autoregressive one (its density factorizes over them), or [B, 1] for a mixture."""
         if self.top_prior == "autoregressive":
-            return tf.reduce_sum(self.group_log_ratios(trace), -1)
-        code = whitened(trace[:self.mixture_groups])
-        return (priors.gaussian_mixture(*self.top_mixture()).log_prob(code)
-                - standard_normal_prior(self.mixture_dim).log_prob(code))
+            return spatial_prior.group_log_probs(self.top_networks, self.top_shapes(), self.top_prior_components,
+                                                 maps)
+        return priors.gaussian_mixture(*self.top_mixture()).log_prob(flat(maps))[:, None]
 
     def group_log_ratios(self, trace):
         """log p(ε_g | ε_<g) − log N(ε_g; 0, I) [B, k] for each of the k groups an autoregressive `top_prior`
-        covers, at the draws of a walk's `trace`: its `mixture_log_ratio` group by group (the density factorizes
-        over them)."""
+        covers, at the draws of a walk's `trace`: its `mixture_log_ratio` group by group."""
         maps = whitened_maps(trace[:self.mixture_groups])
-        log_prior = spatial_prior.group_log_probs(self.top_networks, self.top_shapes(), self.top_prior_components,
-                                                  maps)
         normal = [standard_normal_prior(math.prod(shape)).log_prob(flat([m])) for m, shape in zip(maps, self.top_shapes())]
-        return log_prior - tf.stack(normal, -1)
+        return self.top_log_density(maps) - tf.stack(normal, -1)
 
     def default_contrastive_groups(self):
         """The groups of every scale but the finest (one group for a one-scale model)."""
@@ -852,14 +859,9 @@ class NVAE(VAE):
         KL unit (zeros for the groups below it): what its weights are trained on while free bits floor its units
         (`losses.free_bits_kl`'s `kept_gradient`), so that the floor releases the posterior but never stops the
         prior fitting the codes (unfloored, a unit's own gradient with respect to those weights is the same)."""
-        maps = [tf.stop_gradient(m) for m in whitened_maps(trace[:self.mixture_groups])]
-        if self.top_prior == "autoregressive":
-            fit = -spatial_prior.group_log_probs(self.top_networks, self.top_shapes(), self.top_prior_components,
-                                                 maps)
-            if not self.top_prior_per_group:
-                fit = tf.reduce_sum(fit, -1, keepdims=True)
-        else:
-            fit = -priors.gaussian_mixture(*self.top_mixture()).log_prob(flat(maps))[:, None]
+        fit = -self.top_log_density([tf.stop_gradient(m) for m in whitened_maps(trace[:self.mixture_groups])])
+        if not self.top_prior_per_group:
+            fit = tf.reduce_sum(fit, -1, keepdims=True)
         below = len(self.kl_unit_sizes()) - fit.shape[-1]
         return tf.concat([fit, tf.zeros([tf.shape(fit)[0], below], fit.dtype)], -1)
 

@@ -245,22 +245,13 @@ def step_times(rows, args):
     row by row in this process, so that the rows' ratios share the machine's state; prints each against the
     first row. Trains nothing else and writes nothing."""
     import statistics
-    from types import SimpleNamespace
 
-    import numpy as np
-    import tensorflow as tf
-
-    from keras_vae.train import build_compiled_model
-    from precision_benchmark import timed_steps
+    from precision_benchmark import compiled_case, timed_steps
 
     models = {}
     for row in rows:
         config = config_for(row, args)
-        shape = IMAGE_SHAPES[config.dataset]
-        model = build_compiled_model(config, SimpleNamespace(image_shape=shape, num_classes=0),
-                                     tf.distribute.get_strategy(), total_steps=10_000)
-        x = (np.random.default_rng(0).random((config.batch_size, *shape)) < 0.3).astype(np.float32)
-        models[row] = (model, x)
+        models[row] = compiled_case(config, IMAGE_SHAPES[config.dataset])
     times = {row: [] for row in rows}
     for _ in range(args.rounds):
         for row, (model, x) in models.items():

@@ -85,21 +85,29 @@ POLICY_CASES = {  # name: (FitConfig values, or a preset of benchmarks/reproduce
 }
 
 
-def policy_step_time(values, image_shape, jit, precision, steps, batch_size=None):
-    """Seconds per training step of a case's model under `precision`, built and compiled as `fit` does it
-    (after three warm-up calls), and the batch size (the case's own unless `batch_size` is given)."""
+def compiled_case(config, image_shape):
+    """(model, batch): `config`'s model built and compiled as `fit` does it for images of `image_shape`, and one
+    fixed binary batch of its batch size."""
     from types import SimpleNamespace
 
     import tensorflow as tf
 
-    from keras_vae.config import FitConfig
     from keras_vae.train import build_compiled_model
+
+    data = SimpleNamespace(image_shape=image_shape, num_classes=0)  # what the model is built for
+    model = build_compiled_model(config, data, tf.distribute.get_strategy(), total_steps=10_000)
+    x = (np.random.default_rng(0).random((config.batch_size,) + tuple(image_shape)) < 0.3).astype(np.float32)
+    return model, x
+
+
+def policy_step_time(values, image_shape, jit, precision, steps, batch_size=None):
+    """Seconds per training step of a case's model under `precision`, built and compiled as `fit` does it
+    (after three warm-up calls), and the batch size (the case's own unless `batch_size` is given)."""
+    from keras_vae.config import FitConfig
 
     config = load_config(values, None, None) if isinstance(values, str) else FitConfig.from_dict(values)
     config = config.replace(precision=precision, jit_compile=jit, batch_size=batch_size or config.batch_size)
-    data = SimpleNamespace(image_shape=image_shape, num_classes=0)  # what the model is built for
-    model = build_compiled_model(config, data, tf.distribute.get_strategy(), total_steps=10_000)
-    x = (np.random.default_rng(0).random((config.batch_size,) + image_shape) < 0.3).astype(np.float32)
+    model, x = compiled_case(config, image_shape)
     return timed_steps(model, x, steps, warmup=3), config.batch_size
 
 

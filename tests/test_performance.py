@@ -168,3 +168,24 @@ def test_a_scoring_only_call_reports_the_training_calls_peak_memory():
     assert peak_rss_gb({"fit": 10.0}) == pytest.approx(own, rel=0.05)
     assert peak_rss_gb({"peak_rss_gb": own + 100.0}) == own + 100.0
     assert peak_rss_gb({"peak_rss_gb": own / 10}) == pytest.approx(own, rel=0.05)
+
+
+def test_benchmark_machines_are_told_apart_by_their_vector_units():
+    """Two VMs that both call themselves "AMD EPYC" ran the NVAE's train step 2.7x apart, one with AVX-512
+    and one without: the machine string each benchmark stores names the widest vector units."""
+    import os
+    import sys
+
+    from conftest import REPO
+
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    from benchmark_runs import cpu_model, vector_units
+
+    assert vector_units("fpu sse4_2 avx avx2 fma".split()) == "AVX2, no AVX-512"
+    assert vector_units("sse4_2 avx2 avx512f avx512bw".split()) == "AVX-512"
+    assert vector_units("avx2 avx512f avx512_bf16 amx_tile amx_bf16".split()) == "AVX-512, BF16, AMX"
+    assert vector_units("sse4_2 avx".split()) == "no AVX2"
+    if os.path.exists("/proc/cpuinfo"):  # this machine's string ends with its own units
+        with open("/proc/cpuinfo") as f:
+            flags = next(line.split(":", 1)[1].split() for line in f if line.startswith("flags"))
+        assert cpu_model().endswith(f" ({vector_units(flags)})")

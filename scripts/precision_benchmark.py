@@ -15,7 +15,10 @@ against mixed_bfloat16, interleaved round by round on one fixed batch:
 
     python scripts/precision_benchmark.py policies [--rounds 3] [--steps 15] [--batch-size N]
 
-(each case at its own batch size, the one `fit` would use, unless `--batch-size` is given)
+(each case at its own batch size, the one `fit` would use, unless `--batch-size` is given). On a GPU, the
+issue's figure (the NVAE presets' images per second in float32 and mixed precision) is
+
+    python scripts/precision_benchmark.py policies --cases nvae --precisions float32,mixed_float16,mixed_bfloat16
 """
 
 import argparse
@@ -111,17 +114,34 @@ def policy_step_time(values, image_shape, jit, precision, steps, batch_size=None
     return timed_steps(model, x, steps, warmup=3), config.batch_size
 
 
-def policies(rounds, steps, batch_size=None):
-    print(f"train step, float32 against mixed_bfloat16, median of {rounds} interleaved rounds of {steps} steps")
-    for name, (values, image_shape, jit) in POLICY_CASES.items():
-        times = {"float32": [], "mixed_bfloat16": []}
+def policies(rounds, steps, batch_size=None, precisions=("float32", "mixed_bfloat16"), cases=None):
+    """Each case's train step under each of `precisions`, interleaved round by round, printed against the
+    first precision's speed. `cases`: parts of the names of the POLICY_CASES to run ("nvae": both presets;
+    default all)."""
+    chosen = {name: POLICY_CASES[name] for name in policy_cases(cases)}
+    print(f"train step, {' against '.join(precisions)}, median of {rounds} interleaved rounds of {steps} steps")
+    for name, (values, image_shape, jit) in chosen.items():
+        times = {precision: [] for precision in precisions}
         for _ in range(rounds):
             for precision, values_ in times.items():
                 seconds, batch = policy_step_time(values, image_shape, jit, precision, steps, batch_size)
                 values_.append(seconds)
-        f32, bf16 = (statistics.median(times[p]) for p in ("float32", "mixed_bfloat16"))
-        print(f"{name:34s} batch {batch:3d}: float32 {1000 * f32:6.1f} ms ({batch / f32:5.0f} images/s), "
-              f"bf16 {1000 * bf16:6.1f} ms ({batch / bf16:5.0f} images/s): bf16 {f32 / bf16:.2f}x", flush=True)
+        medians = {precision: statistics.median(values_) for precision, values_ in times.items()}
+        first = medians[precisions[0]]
+        print(f"{name:34s} batch {batch:3d}: " + ", ".join(
+            f"{precision} {1000 * median:6.1f} ms ({batch / median:5.0f} images/s, {first / median:.2f}x)"
+            for precision, median in medians.items()), flush=True)
+
+
+def policy_cases(parts):
+    """The POLICY_CASES whose names hold any of `parts`, in the table's order; all for None."""
+    if parts is None:
+        return list(POLICY_CASES)
+    missing = [part for part in parts if not any(part in name for name in POLICY_CASES)]
+    if missing:
+        raise SystemExit(f"--cases: {', '.join(map(repr, missing))} is part of none of the cases' names: "
+                         f"{'; '.join(POLICY_CASES)}.")
+    return [name for name in POLICY_CASES if any(part in name for part in parts)]
 
 
 def main():
@@ -131,9 +151,15 @@ def main():
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch-size", type=int,
                         help="the batch size (bias: default 128; policies: default each case's own)")
+    parser.add_argument("--precisions", default="float32,mixed_bfloat16",
+                        help="policies: the dtype policies, comma-separated, each against the first (on a GPU: "
+                             "float32,mixed_float16,mixed_bfloat16)")
+    parser.add_argument("--cases", help="policies: run the cases whose names hold any of these comma-separated parts (default all: "
+                                        + "; ".join(POLICY_CASES) + ")")
     args = parser.parse_args()
     if args.mode == "policies":
-        return policies(args.rounds, args.steps, args.batch_size)
+        return policies(args.rounds, args.steps, args.batch_size, tuple(args.precisions.split(",")),
+                        None if args.cases is None else args.cases.split(","))
     args.batch_size = args.batch_size or 128
     x = (np.random.default_rng(0).random((args.batch_size, 28, 28, 1)) < 0.3).astype(np.float32)
     print(f"conv-small train step, batch {args.batch_size}, median of {args.rounds} interleaved rounds "

@@ -141,12 +141,17 @@ def native_bfloat16():
     if gpus:
         capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability") or (0, 0)
         return tuple(capability) >= (8, 0)
+    flags = cpu_flags() or []
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def cpu_flags():
+    """The CPU's feature flags as /proc/cpuinfo lists them, or None where it cannot be read."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+            return next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), None)
     except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        return None
 
 
 def resolve_precision(config):

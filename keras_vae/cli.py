@@ -147,11 +147,11 @@ def fit(config_file, force, **flags):
 @click.option("--method", type=click.Choice(PRIOR_FIT_METHODS), default="em", show_default=True,
               help="For a mixture prior: em (EM from the trained mixture) or aggregate (one component per "
                    "training example's posterior, widened by a bandwidth chosen on held-out codes). For an nvae: "
-                   "contrastive (its top groups' N(0, I) prior reweighted by a classifier of their aggregate "
-                   "posterior against it).")
+                   "contrastive (its top groups' prior, N(0, I) or a learned top prior, reweighted by a "
+                   "classifier of their aggregate posterior against it).")
 @click.option("--top-groups", type=int, default=None,
               help="With --method contrastive: the top groups reweighted (default: those of every scale but the "
-                   "finest).")
+                   "finest; a learned top prior's own, which it must be).")
 def fit_prior(run_dir, epochs, batch_size, learning_rate, export_dir, export, method, top_groups):
     """Fit a finished run's prior to the codes its encoder makes.
 
@@ -159,9 +159,9 @@ def fit_prior(run_dir, epochs, batch_size, learning_rate, export_dir, export, me
     through them. A run with a learned mixture prior (--prior mog) has the mixture refitted by EM to draws from
     its aggregate posterior over the training split (ex-post density estimation), by EM or, with --method
     aggregate, replaced by that aggregate posterior's kernel estimate; a refit that held-out codes do not
-    prefer is not kept. An nvae run (--method contrastive) has the N(0, I) prior of its top groups reweighted by a
-    classifier trained to tell their aggregate posterior from it (a noise-contrastive prior); its samples are then
-    drawn by sampling-importance-resampling."""
+    prefer is not kept. An nvae run (--method contrastive) has the prior of its top groups (N(0, I), or the
+    learned top prior it was trained with) reweighted by a classifier trained to tell their aggregate posterior
+    from it (a noise-contrastive prior); its samples are then drawn by sampling-importance-resampling."""
     from keras_vae.code_prior import fit_prior as run_fit_prior
 
     result = run_fit_prior(run_dir, epochs, batch_size, learning_rate, export, export_dir, method=method,
@@ -170,7 +170,7 @@ def fit_prior(run_dir, epochs, batch_size, learning_rate, export_dir, export, me
     if method == "contrastive":
         click.echo(f"Done. The top {result['groups']} groups' prior ({result['dimensions']} dimensions) is "
                    f"reweighted by the classifier of epoch {result['history']['best_epoch']}: held-out codes "
-                   f"{result['held_out_gain']:+.2f} nats over N(0, I), log Z {result['log_normalizer']:.2f}, SIR's "
+                   f"{result['held_out_gain']:+.2f} nats over the trained prior, log Z {result['log_normalizer']:.2f}, SIR's "
                    f"effective sample size {result['effective_sample_size']:.0f}; test ELBO "
                    f"{result['test_elbo_before']:.2f} -> {result['test_elbo_after']:.2f}{exported}.")
         return

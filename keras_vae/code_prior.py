@@ -238,13 +238,30 @@ def refit_mixture(run_dir, max_iterations=20, export=True, export_dir=None, tole
     return result
 
 
+def trained_top_prior_draws(model):
+    """The contrastive prior's base draws for `model` (an nvae with a contrastive part): (count, dim, rng) ->
+    [count, dim] float32 draws of the top groups' ε under the prior it was trained with; `rng` (NumPy) seeds
+    them. N(0, I) (`contrastive_prior.normal_draws`) unless a learned top prior covers those groups."""
+    if not model.mixture_groups:
+        return contrastive_prior.normal_draws
+    sample = tf.function(lambda count, seed: model.trained_prior_codes(count, seed)[:, :model.top_dim],
+                         reduce_retracing=True)
+
+    def draw(count, dim, rng):
+        codes = sample(int(count), tf.constant(rng.integers(2**31, size=2), tf.int64))  # a trace per count
+        return np.asarray(codes, np.float32)[:, :dim]
+    return draw
+
+
 def fit_contrastive_prior(run_dir, top_groups=None, epochs=20, batch_size=128, learning_rate=1e-3, export=True,
                           export_dir=None, log=None):
     """Gives a finished nvae run a contrastive prior over its top `top_groups` groups (default: every scale's
-    but the finest, `NVAE.default_contrastive_groups`): the classifier (`contrastive_prior.RatioNetwork`)
-    learns, by `contrastive_prior.fit_ratio`, to tell CONTRASTIVE_DRAWS exact posterior draws of the top
-    groups (whitened) of each training image from N(0, I) draws; one draw of each of a held-out
-    HELD_OUT_CODES of the training images chooses the epoch kept. log Z is then estimated over N(0, I) draws.
+    but the finest, or a learned top prior's groups, `NVAE.default_contrastive_groups`): the classifier
+    (`contrastive_prior.RatioNetwork`) learns, by `contrastive_prior.fit_ratio`, to tell CONTRASTIVE_DRAWS
+    exact posterior draws of the top groups (whitened) of each training image from draws of the prior the
+    run was trained with (`trained_top_prior_draws`: N(0, I), or its learned top prior's); one draw of each
+    of a held-out HELD_OUT_CODES of the training images chooses the epoch kept. log Z is then estimated over
+    that prior's draws.
     The test split is read only for the figures returned. model.keras is rewritten (atomically) with it, so
     that `sample` draws through it and `evaluate`, `score` and exports use it, and a new version is exported
     when `export`. A second fit replaces the first one's classifier. Training the run further is then
@@ -253,10 +270,10 @@ def fit_contrastive_prior(run_dir, top_groups=None, epochs=20, batch_size=128, l
     Returns:
         dict with `groups`, `dimensions` (of the reweighted code), `history` (`fit_ratio`'s, nats),
         `log_normalizer` (log Z), `held_out_gain` (the test images' draws' mean log r − log Z: nats per code
-        by which the new prior beats N(0, I) on codes of images it never read), `effective_sample_size`
+        by which the new prior beats the trained one on codes of images it never read), `effective_sample_size`
         (SIR's, mean over SIR_CHECK_SAMPLES samples, of `contrastive_prior.PROPOSALS`), `test_elbo_before`
-        and `test_elbo_after` (`fixed_noise_elbo` of the test split under the run's prior before the fit, N(0, I)
-        unless an earlier fit gave it a contrastive one, and under the new prior),
+        and `test_elbo_after` (`fixed_noise_elbo` of the test split under the run's prior before the fit, the
+        trained one unless an earlier fit gave it a contrastive part, and under the new prior),
         `codes` (training draws read), `export_path` and `replicas` (1: the fit runs on the host).
     """
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("learning_rate", learning_rate)):
@@ -278,13 +295,14 @@ def fit_contrastive_prior(run_dir, top_groups=None, epochs=20, batch_size=128, l
         raise UserError(f"A contrastive prior needs at least 2 training examples (one to hold out). Received: "
                         f"{len(order)}.")
     positives = np.concatenate([d[order[held:]] for d in draws])
+    draw = trained_top_prior_draws(model)
     history = contrastive_prior.fit_ratio(model.contrast, positives, draws[0][order[:held]], epochs, batch_size,
-                                          learning_rate, fitting, log)
-    log_z = contrastive_prior.estimate_log_normalizer(model.contrast, dim, normalizer)
+                                          learning_rate, fitting, log, draw=draw)
+    log_z = contrastive_prior.estimate_log_normalizer(model.contrast, dim, normalizer, draw=draw)
     model.contrast_log_normalizer.assign(log_z)
     ess = contrastive_prior.effective_sample_size(contrastive_prior.noise_log_ratios(
-        model.contrast, SIR_CHECK_SAMPLES * contrastive_prior.PROPOSALS, dim, np.random.default_rng(proposals))
-        .reshape(SIR_CHECK_SAMPLES, -1))
+        model.contrast, SIR_CHECK_SAMPLES * contrastive_prior.PROPOSALS, dim, np.random.default_rng(proposals),
+        draw=draw).reshape(SIR_CHECK_SAMPLES, -1))
     test_draws = whitened_posterior_draws(model, test, config.seed)[:, :dim]
     record = {"groups": model.contrastive_groups, "dimensions": dim, "history": history, "log_normalizer": log_z,
               "held_out_gain": float(np.mean(contrastive_prior.log_ratios_of(model.contrast, test_draws)) - log_z),

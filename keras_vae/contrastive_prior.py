@@ -1,19 +1,20 @@
-"""A noise-contrastive prior: N(0, I) over a hierarchy's top groups, reweighted by a classifier.
+"""A noise-contrastive prior: the trained prior of a hierarchy's top groups, reweighted by a classifier.
 
 After training, the prior of an NVAE's top groups (their whitened code ε, prior N(0, I)) can leave holes:
 regions it draws from where no posterior puts its mass, decoded as lumps (`scripts/prior_holes.py`). The
 prior that maximizes the ELBO for the trained networks is the aggregate posterior q(ε) = E_x q(ε | x)
 (Hoffman & Johnson 2016). Aneja et al. (2021) reach towards it with a binary classifier D trained to tell
-draws of q(ε) (exact ancestral posterior draws of training images) from draws of N(0, I): at its optimum
-the classifier's logit is the log density ratio, log r(ε) = log q(ε) / N(ε; 0, I), and the reweighted prior
+draws of q(ε) (exact ancestral posterior draws of training images) from draws of the base prior p_b
+(N(0, I), or a learned top prior trained with the model): at its optimum the classifier's logit is the log
+density ratio, log r(ε) = log q(ε) / p_b(ε), and the reweighted prior
 
-    p(ε) = N(ε; 0, I) · r(ε) / Z,    Z = E_N(0, I)[r(ε)],
+    p(ε) = p_b(ε) · r(ε) / Z,    Z = E_p_b[r(ε)],
 
-is N(0, I) where the classifier cannot tell them apart and q(ε) where it can. It is sampled by
-sampling-importance-resampling (SIR): M proposals from N(0, T² I), one of them chosen with probabilities
-∝ r, which is exact only as M grows (with few effective proposals the draws lie between N(0, T² I) and
-the reweighted prior); and scored exactly up to Z, which a Monte-Carlo average over N(0, I) draws
-estimates once.
+is p_b where the classifier cannot tell them apart and q(ε) where it can. It is sampled by
+sampling-importance-resampling (SIR): M proposals from p_b (at temperature T), one of them chosen with
+probabilities ∝ r, which is exact only as M grows (with few effective proposals the draws lie between the
+proposals' law and the reweighted prior); and scored exactly up to Z, which a Monte-Carlo average over p_b's
+draws estimates once.
 
 References:
     Aneja, Schwing, Kautz & Vahdat (2021). A Contrastive Learning Approach for Training Variational
@@ -120,17 +121,22 @@ class RatioNetwork(keras.layers.Layer):
                     depth=self.depth, seed=self.seed)
 
 
-def sir_draws(network, num_samples, dim, seed, temperature=1.0, proposals=PROPOSALS, chunk=PROPOSAL_CHUNK):
-    """[num_samples, dim] draws from N(0, T² I)·r / Z by SIR over `proposals` proposals each, stateless in
-    `seed` ([2] int64). The proposals of `chunk` samples are scored at a time, one chunk after the other, so
-    memory does not grow with `num_samples`."""
+def sir_draws(network, num_samples, dim, seed, temperature=1.0, proposals=PROPOSALS, chunk=PROPOSAL_CHUNK,
+              propose=None):
+    """[num_samples, dim] draws from p_base·r / Z by SIR over `proposals` proposals each, stateless in
+    `seed` ([2] int64). The base is N(0, T² I), or `propose`'s: (count, seed [2] int64) -> [count, dim]
+    stateless draws of a learned base prior (at the temperature). The proposals of `chunk` samples are scored
+    at a time, one chunk after the other, so memory does not grow with `num_samples`."""
+    if propose is None:
+        propose = (lambda count, proposal_seed:
+                   temperature * tf.random.stateless_normal([count, dim], seed=proposal_seed))
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 2)
     count = tf.cast(num_samples, tf.int32)
     padded = (count + chunk - 1) // chunk * chunk
 
     def one_chunk(start):
         chunk_seed = tf.random.experimental.stateless_fold_in(seeds[0], tf.cast(start, tf.int64))
-        proposal = temperature * tf.random.stateless_normal([chunk * proposals, dim], seed=chunk_seed)
+        proposal = tf.reshape(propose(chunk * proposals, chunk_seed), [chunk * proposals, dim])
         log_ratios = tf.reshape(network(proposal), [chunk, proposals])  # (chunk·M,) -> (chunk, M)
         choice_seed = tf.random.experimental.stateless_fold_in(seeds[1], tf.cast(start, tf.int64))
         index = resample(log_ratios, choice_seed)
@@ -147,18 +153,25 @@ def log_ratios_of(network, codes, batch_size=SCORING_BATCH):
     return np.concatenate([network(codes[s: s + batch_size]).numpy() for s in range(0, len(codes), batch_size)])
 
 
-def noise_log_ratios(network, num, dim, rng, batch_size=SCORING_BATCH):
-    """The log-ratios [num] of `num` N(0, I) codes of `dim` dimensions drawn from `rng`, made and read
-    `batch_size` at a time."""
-    return np.concatenate([log_ratios_of(network, rng.standard_normal((min(batch_size, num - s), dim))
-                                         .astype(np.float32)) for s in range(0, num, batch_size)])
+def normal_draws(count, dim, rng):
+    """`count` N(0, I) codes [count, dim] float32 from the NumPy generator `rng`: the base prior's draws
+    when the base is N(0, I)."""
+    return rng.standard_normal((count, dim)).astype(np.float32)
 
 
-def fit_ratio(network, positives, held_out, epochs, batch_size, learning_rate, seed, log=None):
-    """Trains `network` to tell `positives` [N, T] (draws of the aggregate posterior) from fresh N(0, I)
-    draws, one of each per pair in a batch (Adam), and keeps the weights of the epoch whose
-    `contrastive_loss` on `held_out` [M, T] codes against as many fixed N(0, I) draws is least; stops
-    after `epochs`, or once PATIENCE epochs in a row have not lowered that loss (the classifier overfits).
+def noise_log_ratios(network, num, dim, rng, batch_size=SCORING_BATCH, draw=normal_draws):
+    """The log-ratios [num] of `num` codes of `dim` dimensions from the base prior (`draw`: (count, dim, rng)
+    -> [count, dim], N(0, I) by default) drawn from `rng`, made and read `batch_size` at a time."""
+    return np.concatenate([log_ratios_of(network, draw(min(batch_size, num - s), dim, rng))
+                           for s in range(0, num, batch_size)])
+
+
+def fit_ratio(network, positives, held_out, epochs, batch_size, learning_rate, seed, log=None, draw=normal_draws):
+    """Trains `network` to tell `positives` [N, T] (draws of the aggregate posterior) from fresh draws of
+    the base prior (`draw`: (count, T, rng) -> [count, T]; N(0, I) by default), one of each per pair in a
+    batch (Adam), and keeps the weights of the epoch whose `contrastive_loss` on `held_out` [M, T] codes
+    against as many fixed base draws is least; stops after `epochs`, or once PATIENCE epochs in a row have
+    not lowered that loss (the classifier overfits).
 
     Returns:
         {"loss": the training loss per epoch, "val_loss": the held-out loss per epoch, "best_epoch": the
@@ -166,7 +179,7 @@ def fit_ratio(network, positives, held_out, epochs, batch_size, learning_rate, s
     """
     rng = np.random.default_rng(seed)
     dim = positives.shape[1]
-    held_out_noise = rng.standard_normal(held_out.shape).astype(np.float32)
+    held_out_noise = draw(len(held_out), dim, rng)
     optimizer = keras.optimizers.Adam(learning_rate)
 
     @tf.function
@@ -187,7 +200,7 @@ def fit_ratio(network, positives, held_out, epochs, batch_size, learning_rate, s
         total = 0.0
         for s in range(steps):
             rows = order[s * batch_size: (s + 1) * batch_size]
-            noise = rng.standard_normal((len(rows), dim)).astype(np.float32)
+            noise = draw(len(rows), dim, rng)
             total += float(train_step(tf.constant(positives[rows], tf.float32), tf.constant(noise)))
         return total / steps
 
@@ -199,6 +212,7 @@ def fit_ratio(network, positives, held_out, epochs, batch_size, learning_rate, s
     return history
 
 
-def estimate_log_normalizer(network, dim, seed, draws=NORMALIZER_DRAWS):
-    """log Z = log E_N(0, I)[r(ε)] from `draws` N(0, I) codes of `dim` dimensions."""
-    return float(log_normalizer(noise_log_ratios(network, draws, dim, np.random.default_rng(seed))))
+def estimate_log_normalizer(network, dim, seed, draws=NORMALIZER_DRAWS, draw=normal_draws):
+    """log Z = log E_base[r(ε)] from `draws` codes of `dim` dimensions of the base prior (`draw`'s, N(0, I)
+    by default)."""
+    return float(log_normalizer(noise_log_ratios(network, draws, dim, np.random.default_rng(seed), draw=draw)))

@@ -102,7 +102,7 @@ def main(argv=None):
             json.dump(report, f, indent=1)
             f.write("\n")
     print(f"{name}: the top {fitted['groups']} groups ({fitted['dimensions']} dimensions) reweighted in "
-          f"{fit_seconds / 60:.1f} min; held-out codes {fitted['held_out_gain']:+.2f} nats over N(0, I)")
+          f"{fit_seconds / 60:.1f} min; held-out codes {fitted['held_out_gain']:+.2f} nats over the trained prior")
     print(table(report))
 
 

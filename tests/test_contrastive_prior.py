@@ -37,6 +37,15 @@ def test_sir_draws_from_a_tilted_normal_are_the_shifted_normal(temperature):
     assert np.abs(other - draws).max() > 0.1
 
 
+def test_sir_draws_propose_from_a_given_base_and_tilt_it():
+    """Proposals from a base N(m, I) (a learned prior's stand-in): with log r(ε) = a·ε, p_b·r / Z is N(m + a, I)."""
+    m, a = np.array([2.0, -1.0], np.float32), np.array([0.5, 0.0], np.float32)
+    propose = (lambda count, seed: m + tf.random.stateless_normal([count, 2], seed=seed))
+    draws = contrastive_prior.sir_draws(tilt(a), 2000, 2, tf.constant([1, 2], tf.int64), propose=propose).numpy()
+    np.testing.assert_allclose(draws.mean(0), m + a, atol=5 / math.sqrt(len(draws)))
+    np.testing.assert_allclose(draws.std(0), 1.0, rtol=0.08)
+
+
 def test_the_log_normalizer_and_the_effective_sample_size_match_their_closed_forms():
     a = np.array([1.0, -0.5, 0.0])
     log_z = contrastive_prior.estimate_log_normalizer(tilt(a), 3, seed=0)
@@ -200,6 +209,68 @@ def test_samples_draw_the_top_groups_by_sir_and_the_rest_as_before(nvae_pair, tm
     np.testing.assert_array_equal(loaded.sample_codes(40, seed).numpy(), contrast.sample_codes(40, seed).numpy())
 
 
+def autoregressive_pair():
+    """An untrained 4-group NVAE whose autoregressive top prior (the top 2 groups) is far from N(0, I) (a random
+    last layer), and its contrastive copy."""
+    from keras_vae.spatial_prior import head_of
+
+    keras.utils.set_random_seed(0)
+    config = config_for("nvae", kl_warmup_steps=0, channels=16, latent_channels=4, seed=3, top_prior="autoregressive",
+                        top_prior_components=3, top_prior_filters=8)
+    model = build_model(config, (28, 28, 1))
+    rng = np.random.default_rng(1)
+    for network in model.top_networks:
+        head = head_of(network)
+        head.kernel.assign(rng.normal(0.0, 1.0, head.kernel.shape).astype(np.float32))
+    return model, model.with_contrastive_prior(2)
+
+
+def test_over_an_autoregressive_prior_the_ratio_adds_to_its_density_and_sir_proposes_its_draws():
+    model, contrast = autoregressive_pair()
+    top = contrast.top_dim
+    assert top == model.mixture_dim == 2 * 4 * 4 * 4
+    x = tf.constant(np.random.default_rng(0).uniform(size=(3, 28, 28, 1)).astype(np.float32))
+    seed = tf.constant([7, 1])
+    base, _ = model.importance_log_weights(x, 1, seed)  # with the autoregressive prior's density, as the copy's
+    contrast.contrast.out.kernel.assign(50 * tf.random.stateless_normal(contrast.contrast.out.kernel.shape, [1, 2]))
+    contrast.contrast_log_normalizer.assign(0.7)
+    with_ratio, _ = contrast.importance_log_weights(x, 1, seed)
+    draws = contrast.whitened_posterior_sample(x, seed)[:, :top]
+    expected = contrast.contrast(draws).numpy() - 0.7
+    assert np.std(expected) > 0.5
+    np.testing.assert_allclose((with_ratio - base).numpy()[0], expected, atol=2e-3)
+    # The proposals are the autoregressive prior's draws: SIR over them, with the seed sample_codes gives it.
+    sample_seed = tf.constant([5, 0], tf.int64)
+    codes = contrast.sample_codes(24, sample_seed).numpy()
+    sir = contrastive_prior.sir_draws(contrast.contrast, 24, top, sample_seed,
+                                      propose=lambda count, s: contrast.trained_prior_codes(count, s)[:, :top]).numpy()
+    np.testing.assert_array_equal(codes[:, :top], sir)
+    np.testing.assert_array_equal(codes[:, top:], model.sample_codes(24, sample_seed).numpy()[:, top:])
+    normal = contrastive_prior.sir_draws(contrast.contrast, 24, top, sample_seed).numpy()
+    assert np.abs(normal - sir).max() > 0.1  # not N(0, I)'s proposals
+    # With each group its own KL unit (--top-prior-per-group), the units sum to Σ_l KL_l − log p_top/N(0, I); the
+    # ELBO's KL also takes the ratio: a constant c gives their sum − (c − log Z).
+    per_group = build_model(config_for("nvae", kl_warmup_steps=0, channels=16, latent_channels=4, seed=3,
+                                       top_prior="autoregressive", top_prior_components=3, top_prior_filters=8,
+                                       top_prior_per_group=True), (28, 28, 1)).with_contrastive_prior(2)
+    constant_ratio(per_group, 2.5, 0.5)
+    terms = per_group.compute_terms(x)
+    np.testing.assert_allclose(terms["kl"], tf.reduce_sum(terms["kl_units"], -1) - 2.0, rtol=1e-5)
+
+
+def test_the_base_draws_of_a_fit_are_the_trained_prior_s():
+    from keras_vae.code_prior import trained_top_prior_draws
+
+    model, contrast = autoregressive_pair()
+    draw = trained_top_prior_draws(contrast)
+    seed = np.random.default_rng(3).integers(2**31, size=2)
+    expected = contrast.trained_prior_codes(6, tf.constant(seed, tf.int64)).numpy()[:, :contrast.top_dim]
+    np.testing.assert_allclose(draw(6, contrast.top_dim, np.random.default_rng(3)), expected, rtol=1e-6)
+    normal_model = build_model(config_for("nvae", kl_warmup_steps=0, channels=16, latent_channels=4, seed=3),
+                               (28, 28, 1)).with_contrastive_prior(2)
+    assert trained_top_prior_draws(normal_model) is contrastive_prior.normal_draws
+
+
 # ------------------------------------------------------------------ fit-prior, end to end
 # A constant learning rate, so that training further is refused for the prior, not for a finished schedule.
 NVAE_FLAGS = ("--model", "nvae", "--channels", 16, "--latent-channels", 4, "--kl-warmup-steps", 0, "--lr-schedule",
@@ -245,6 +316,28 @@ def test_training_further_after_a_contrastive_prior_is_refused(nvae_run):
     result = invoke("fit", "--dataset", root / "tiny.npz", "--epochs", 3, "--batch-size", 32, "--run-dir",
                     root / "run", *NVAE_FLAGS, "--no-export")
     assert result.exit_code == 2 and "prior was given a contrastive part" in result.output
+
+
+def test_fit_prior_reweights_an_autoregressive_top_prior(tiny_run):
+    from keras_vae import runs
+    from keras_vae.data.splits import load_split
+    from keras_vae.evaluate import fixed_noise_elbo
+
+    root, _ = tiny_run("nvae-ar-contrast", *NVAE_FLAGS, "--top-prior", "autoregressive", "--top-prior-components", 2,
+                       "--top-prior-filters", 8, "--no-export")
+    result = invoke("fit-prior", root / "run", "--method", "contrastive", "--epochs", 2, "--batch-size", 32,
+                    "--no-export")
+    assert result.exit_code == 0, result.output
+    record = json.loads((root / "run" / runs.CONTRASTIVE_PRIOR_FILE).read_text())
+    config, model = runs.load_run(str(root / "run"))
+    assert model.top_prior == "autoregressive" and model.contrastive_groups == model.mixture_groups == record["groups"]
+    test = load_split(config, "test")
+    assert fixed_noise_elbo(model, test) == pytest.approx(record["test_elbo_after"], abs=1e-3)
+    assert math.isfinite(record["log_normalizer"]) and 1 <= record["effective_sample_size"] <= contrastive_prior.PROPOSALS
+    images, _ = model.sample(3, seed=2)
+    assert images.shape == (3, 28, 28, 1) and np.all(np.isfinite(images))
+    result = invoke("fit-prior", root / "run", "--method", "contrastive", "--top-groups", 1)
+    assert result.exit_code == 2 and "--top-groups must be 2" in result.output
 
 
 @pytest.mark.parametrize("args, message", [

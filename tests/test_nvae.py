@@ -717,11 +717,14 @@ def test_resampling_under_a_mog_top_prior_draws_the_dropped_top_groups_from_the_
         np.arange(model.code_dim) < model.mixture_dim, loc, noise))  # the block kept whole: nothing redrawn
 
 
-def test_a_mog_top_prior_names_its_groups_and_takes_no_contrastive_prior():
+def test_a_mog_top_prior_names_its_groups_and_a_contrastive_prior_covers_them():
     with pytest.raises(UserError, match="--top-prior-groups must be at most the 4 groups"):
         untrained_nvae(top_prior="mog", top_prior_groups=5)
-    with pytest.raises(UserError, match="contrastive prior reweights an N\\(0, I\\) top prior"):
-        untrained_nvae(top_prior="mog", top_prior_components=2).with_contrastive_prior(1)
+    model = untrained_nvae(top_prior="mog", top_prior_components=2)
+    assert model.default_contrastive_groups() == model.mixture_groups == 2
+    with pytest.raises(UserError, match="covers its top 2 groups, so --top-groups must be 2 .* top_groups=1"):
+        model.with_contrastive_prior(1)
+    assert model.with_contrastive_prior(2).top_dim == model.mixture_dim
 
 
 def test_the_exemplar_memory_is_a_ring_whose_oldest_codes_go_first():
@@ -864,11 +867,14 @@ def test_an_exemplar_top_prior_draws_a_stored_code_plus_its_bandwidth_times_t_an
     np.testing.assert_allclose(traced(seed, tf.constant(0.5)), eager, rtol=1e-6)
 
 
-def test_an_exemplar_top_prior_names_its_groups_and_takes_no_contrastive_prior():
+def test_an_exemplar_top_prior_names_its_groups_and_a_contrastive_prior_covers_them():
     with pytest.raises(UserError, match="--top-prior-groups must be at most the 4 groups"):
         untrained_nvae(top_prior="exemplar", top_prior_groups=5)
-    with pytest.raises(UserError, match="contrastive prior reweights an N\\(0, I\\) top prior"):
-        untrained_nvae(top_prior="exemplar", top_prior_components=2).with_contrastive_prior(1)
+    model = untrained_nvae(top_prior="exemplar", top_prior_components=2)
+    assert model.default_contrastive_groups() == model.mixture_groups == 2
+    with pytest.raises(UserError, match="covers its top 2 groups, so --top-groups must be 2 .* top_groups=1"):
+        model.with_contrastive_prior(1)
+    assert model.with_contrastive_prior(2).top_dim == model.mixture_dim
 
 
 # ------------------------------------------------------------------ an autoregressive top prior, trained with the model

@@ -87,12 +87,14 @@ that group's KL given the groups above). `sample` draws position by
 position (one network pass each).
 
 A contrastive prior (`keras-vae fit-prior --method contrastive`, after
-training, for a model whose top prior is N(0, I)): the N(0, I) prior of the top `contrastive_groups` groups' ε is
-reweighted by a classifier of their aggregate posterior against it,
-p(ε_top) = N(ε_top; 0, I) r(ε_top) / Z (`keras_vae.contrastive_prior`, Aneja et
-al. 2021). `sample` then draws ε_top by sampling-importance-resampling, and the
-likelihoods (`score`, nll_iw, the ELBO) add log r − log Z at the posterior's
-draw: the ELBO's `kl` is then Σ_l KL_l − (log r − log Z), one-sample, while each
+training): the trained prior of the top `contrastive_groups` groups' ε (N(0, I),
+or a learned top prior, whose block it must then cover) is reweighted by a
+classifier of their aggregate posterior against it,
+p(ε_top) = p_top(ε_top) r(ε_top) / Z (`keras_vae.contrastive_prior`, Aneja et
+al. 2021). `sample` then draws ε_top by sampling-importance-resampling over
+p_top's draws, and the likelihoods (`score`, nll_iw, the ELBO) add
+log r − log Z at the posterior's draw: the ELBO's `kl` is then
+Σ_l KL_l − (log p_top − log N(0, I)) − (log r − log Z), one-sample, while each
 group's `kl_l` stays its analytic KL against its Gaussian prior.
 
 References:
@@ -652,14 +654,16 @@ class NVAE(VAE):
         elif self.top_prior == "autoregressive":
             self.top_networks = spatial_prior.build_networks(self.top_shapes(), self.top_prior_components,
                                                              self.top_prior_filters, self.seed)
-        if contrastive_groups is not None and self.top_prior != "normal":
-            raise UserError(f"A contrastive prior reweights an N(0, I) top prior; this nvae trained a "
-                            f"{self.top_prior!r} top prior, which is already fitted to its codes.")
         if contrastive_groups is not None:
             if not (isinstance(contrastive_groups, int) and 1 <= contrastive_groups <= self.plan.num_groups):
                 raise UserError(f"--top-groups must name 1 to {self.plan.num_groups} top groups of this "
                                 f"{self.plan.num_groups}-group nvae for its contrastive prior. Received: "
                                 f"top_groups={contrastive_groups!r}.")
+            if self.mixture_groups and contrastive_groups != self.mixture_groups:
+                raise UserError(f"A contrastive prior over a learned top prior reweights that prior's block: "
+                                f"this nvae's {self.top_prior!r} prior covers its top {self.mixture_groups} "
+                                f"groups, so --top-groups must be {self.mixture_groups} (or left out). Received: "
+                                f"top_groups={contrastive_groups}.")
             self.contrast = contrastive_prior.RatioNetwork(
                 [self.plan.group_shape(g) for g in range(contrastive_groups)], seed=self.seed, name="contrastive_prior")
             self.contrast_log_normalizer = self.add_weight(shape=(), initializer="zeros", trainable=False,
@@ -757,7 +761,10 @@ class NVAE(VAE):
         return self.top_log_density(maps) - tf.stack(normal, -1)
 
     def default_contrastive_groups(self):
-        """The groups of every scale but the finest (one group for a one-scale model)."""
+        """The groups of every scale but the finest (one group for a one-scale model); a learned top prior's
+        own groups when it has one (a contrastive prior reweights that block)."""
+        if self.top_prior != "normal" and self.top_prior_groups:
+            return self.top_prior_groups
         return max(1, self.plan.num_groups - self.plan.groups_per_scale)
 
     def with_contrastive_prior(self, groups):
@@ -768,11 +775,16 @@ class NVAE(VAE):
         return rebuilt(self, own, contrastive_groups=groups)
 
     def prior_log_ratio(self, trace):
-        """log r(ε_top) − log Z [B] at the top groups' draws of a walk's `trace` ((prior, posterior, z) per
-        group): what the contrastive prior adds to log p(z), or a learned top prior's `mixture_log_ratio`; 0 with
-        neither."""
+        """What the top prior adds to log p(z) against the Gaussian priors [B], at the draws of a walk's `trace`
+        ((prior, posterior, z) per group): a learned top prior's `mixture_log_ratio` plus the contrastive
+        prior's `contrast_log_ratio`; 0 with neither."""
+        return self.mixture_log_ratio(trace) + self.contrast_log_ratio(trace)
+
+    def contrast_log_ratio(self, trace):
+        """log r(ε_top) − log Z [B] of the contrastive prior at the top groups' draws of a walk's `trace`; 0
+        without one."""
         if self.contrastive_groups is None:
-            return self.mixture_log_ratio(trace)
+            return 0.0
         return self.contrast(whitened(trace[:self.contrastive_groups])) - self.contrast_log_normalizer
 
     def get_config(self):
@@ -835,7 +847,7 @@ class NVAE(VAE):
         kl_groups = tf.stack([tf.reduce_sum(k, [1, 2, 3]) for k in per_dim], -1)  # [B, G]
         if self.top_prior_per_group:
             group_ratios = self.group_log_ratios(trace)
-            log_ratio = tf.reduce_sum(group_ratios, -1)
+            log_ratio = tf.reduce_sum(group_ratios, -1) + self.contrast_log_ratio(trace)
         else:
             log_ratio = self.prior_log_ratio(trace)
         extra = {}
@@ -923,10 +935,25 @@ class NVAE(VAE):
 
     # ------------------------------------------------------ sampling
     def sample_codes(self, num_samples, seed, temperature=1.0):
-        """ε ~ N(0, T² I); with a contrastive prior, the top groups' ε drawn instead from N(0, T² I)·r / Z by
-        sampling-importance-resampling (`contrastive_prior.sir_draws`); with a mog or exemplar top prior, from
-        its mixture, each component's scale times T (`priors.mixture_draws`); with an autoregressive one,
-        position by position with each Gaussian's scale times T (`spatial_prior.draws`). Stateless in `seed`."""
+        """`trained_prior_codes`; with a contrastive prior, the top groups' ε drawn instead from p_top·r / Z by
+        sampling-importance-resampling (`contrastive_prior.sir_draws`), its proposals the trained top prior's
+        draws at T (N(0, T² I) or a learned prior's). Stateless in `seed`."""
+        codes = self.trained_prior_codes(num_samples, seed, temperature)
+        if self.contrastive_groups is None:
+            return codes
+        propose = None  # N(0, T² I): sir_draws's own
+        if self.mixture_groups:
+            def propose(count, proposal_seed):
+                return self.trained_prior_codes(count, proposal_seed, temperature)[:, :self.top_dim]
+        top = contrastive_prior.sir_draws(self.contrast, num_samples, self.top_dim, seed, temperature,
+                                          propose=propose)
+        return tf.concat([top, codes[:, self.top_dim:]], -1)
+
+    def trained_prior_codes(self, num_samples, seed, temperature=1.0):
+        """Draws of the prior the model was trained with: ε ~ N(0, T² I); with a mog or exemplar top prior, the
+        top groups' ε from its mixture, each component's scale times T (`priors.mixture_draws`); with an
+        autoregressive one, position by position with each Gaussian's scale times T (`spatial_prior.draws`).
+        Stateless in `seed`."""
         codes = super().sample_codes(num_samples, seed, temperature)
         if self.top_prior == "autoregressive":  # `codes` (ε ~ N(0, T² I)) are the noise of its draws
             top = spatial_prior.draws(self.top_networks, self.top_shapes(), self.top_prior_components,
@@ -936,10 +963,7 @@ class NVAE(VAE):
             top = priors.mixture_draws(*self.top_mixture(), num_samples,
                                        tf.random.experimental.stateless_fold_in(seed, 1), temperature)
             return tf.concat([top, codes[:, self.mixture_dim:]], -1)
-        if self.contrastive_groups is None:
-            return codes
-        top = contrastive_prior.sir_draws(self.contrast, num_samples, self.top_dim, seed, temperature)
-        return tf.concat([top, codes[:, self.top_dim:]], -1)
+        return codes
 
     def redraw_dropped(self, codes, kept, noise, seed=0):
         """With a mog or exemplar top prior, the block's dimensions not `kept` are drawn from its mixture given the kept

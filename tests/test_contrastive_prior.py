@@ -322,12 +322,12 @@ def test_fit_prior_reweights_an_autoregressive_top_prior(tiny_run):
     from keras_vae import runs
     from keras_vae.data.splits import load_split
     from keras_vae.evaluate import fixed_noise_elbo
+    from test_export import run_in_session
 
     root, _ = tiny_run("nvae-ar-contrast", *NVAE_FLAGS, "--top-prior", "autoregressive", "--top-prior-components", 2,
-                       "--top-prior-filters", 8, "--no-export")
-    result = invoke("fit-prior", root / "run", "--method", "contrastive", "--epochs", 2, "--batch-size", 32,
-                    "--no-export")
-    assert result.exit_code == 0, result.output
+                       "--top-prior-filters", 8)
+    result = invoke("fit-prior", root / "run", "--method", "contrastive", "--epochs", 2, "--batch-size", 32)
+    assert result.exit_code == 0 and "exports/nvae-ar-contrast/2" in result.output, result.output
     record = json.loads((root / "run" / runs.CONTRASTIVE_PRIOR_FILE).read_text())
     config, model = runs.load_run(str(root / "run"))
     assert model.top_prior == "autoregressive" and model.contrastive_groups == model.mixture_groups == record["groups"]
@@ -336,6 +336,10 @@ def test_fit_prior_reweights_an_autoregressive_top_prior(tiny_run):
     assert math.isfinite(record["log_normalizer"]) and 1 <= record["effective_sample_size"] <= contrastive_prior.PROPOSALS
     images, _ = model.sample(3, seed=2)
     assert images.shape == (3, 28, 28, 1) and np.all(np.isfinite(images))
+    served = run_in_session(str(root / "exports" / "nvae-ar-contrast" / "2"), lambda name: {
+        "sample": {"num_samples": np.int32(3), "seed": np.int32(2), "temperature": np.float32(1.0)},
+        "decode": {"z": np.zeros((2, model.code_dim), np.float32)}}.get(name, {"x": test.x[:3]}))
+    np.testing.assert_allclose(served["sample"]["x_mean"], np.asarray(images), atol=1e-4)
     result = invoke("fit-prior", root / "run", "--method", "contrastive", "--top-groups", 1)
     assert result.exit_code == 2 and "--top-groups must be 2" in result.output
 

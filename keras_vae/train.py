@@ -147,9 +147,16 @@ def native_bfloat16():
 
 def cpu_flags():
     """The CPU's feature flags as /proc/cpuinfo lists them, or None where it cannot be read."""
+    flags = cpuinfo_field("flags")
+    return None if flags is None else flags.split()
+
+
+def cpuinfo_field(name):
+    """The first value of the field `name` ("flags", "model name") in /proc/cpuinfo, or None where the file
+    cannot be read or has no such field."""
     try:
         with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), None)
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith(name)), None)
     except OSError:
         return None
 

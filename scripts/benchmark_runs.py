@@ -113,16 +113,10 @@ def cpu_model():
     """The CPU's model name and its widest vector units, e.g. "AMD EPYC (AVX-512, BF16, AMX)": VMs of one
     model name have differed 2.7x in train-step speed by whether they expose AVX-512, so the name alone
     cannot tell two benchmark figures' machines apart."""
-    from keras_vae.train import cpu_flags
+    from keras_vae.train import cpu_flags, cpuinfo_field
 
-    name = None
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
-    except OSError:
-        pass
     flags = cpu_flags()
-    name = name or platform.processor() or "unknown"
+    name = cpuinfo_field("model name") or platform.processor() or "unknown"
     return name if flags is None else f"{name} ({vector_units(flags)})"
 
 

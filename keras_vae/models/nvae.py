@@ -719,7 +719,7 @@ class NVAE(VAE):
         """The top groups whose whitened code a learned `top_prior` covers (0 for an N(0, I) one)."""
         if self.top_prior == "normal":
             return 0
-        return self.top_prior_groups or self.default_contrastive_groups()
+        return self.top_prior_groups or self.coarse_groups()
 
     @property
     def mixture_dim(self):
@@ -760,12 +760,14 @@ class NVAE(VAE):
         normal = [standard_normal_prior(math.prod(shape)).log_prob(flat([m])) for m, shape in zip(maps, self.top_shapes())]
         return self.top_log_density(maps) - tf.stack(normal, -1)
 
-    def default_contrastive_groups(self):
-        """The groups of every scale but the finest (one group for a one-scale model); a learned top prior's
-        own groups when it has one (a contrastive prior reweights that block)."""
-        if self.top_prior != "normal" and self.top_prior_groups:
-            return self.top_prior_groups
+    def coarse_groups(self):
+        """The groups of every scale but the finest (one group for a one-scale model): what a learned top prior
+        and a contrastive prior cover by default."""
         return max(1, self.plan.num_groups - self.plan.groups_per_scale)
+
+    def default_contrastive_groups(self):
+        """A learned top prior's groups (a contrastive prior reweights that block), else `coarse_groups`."""
+        return self.mixture_groups or self.coarse_groups()
 
     def with_contrastive_prior(self, groups):
         """A copy of this model whose top `groups` groups have a contrastive prior, its classifier untrained
@@ -938,9 +940,9 @@ class NVAE(VAE):
         """`trained_prior_codes`; with a contrastive prior, the top groups' ε drawn instead from p_top·r / Z by
         sampling-importance-resampling (`contrastive_prior.sir_draws`), its proposals the trained top prior's
         draws at T (N(0, T² I) or a learned prior's). Stateless in `seed`."""
-        codes = self.trained_prior_codes(num_samples, seed, temperature)
         if self.contrastive_groups is None:
-            return codes
+            return self.trained_prior_codes(num_samples, seed, temperature)
+        codes = super().sample_codes(num_samples, seed, temperature)  # below the top: what trained_prior_codes keeps
         propose = None  # N(0, T² I): sir_draws's own
         if self.mixture_groups:
             def propose(count, proposal_seed):

@@ -152,7 +152,10 @@ def fit(config_file, force, **flags):
 @click.option("--top-groups", type=int, default=None,
               help="With --method contrastive: the top groups reweighted (default: those of every scale but the "
                    "finest; a learned top prior's own, which it must be).")
-def fit_prior(run_dir, epochs, batch_size, learning_rate, export_dir, export, method, top_groups):
+@click.option("--normalizer-draws", type=int, default=None,
+              help="With --method contrastive: the base prior's draws that estimate log Z (default 200,000; its "
+                   "error shrinks as 1/sqrt(draws)).")
+def fit_prior(run_dir, epochs, batch_size, learning_rate, export_dir, export, method, top_groups, normalizer_draws):
     """Fit a finished run's prior to the codes its encoder makes.
 
     A discrete-code run (vq_vae, vq_vae2) trains its PixelCNN priors over its code maps, and sampling then goes
@@ -165,7 +168,7 @@ def fit_prior(run_dir, epochs, batch_size, learning_rate, export_dir, export, me
     from keras_vae.code_prior import fit_prior as run_fit_prior
 
     result = run_fit_prior(run_dir, epochs, batch_size, learning_rate, export, export_dir, method=method,
-                           top_groups=top_groups)
+                           top_groups=top_groups, normalizer_draws=normalizer_draws)
     exported = f"; exported to {result['export_path']}" if result["export_path"] else ""
     if method == "contrastive":
         click.echo(f"Done. The top {result['groups']} groups' prior ({result['dimensions']} dimensions) is "

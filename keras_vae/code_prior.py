@@ -35,7 +35,6 @@ from keras_vae.models.vq import keyed
 HELD_OUT_CODES = 0.1  # of the aggregate-posterior draws, judging when the mixture refit stops
 MAX_AGGREGATE_COMPONENTS = 20000  # training posteriors in an aggregate refit (its prior's size), at most
 CONTRASTIVE_DRAWS = 2  # exact posterior draws per training image that the contrastive prior's classifier reads
-SIR_CHECK_SAMPLES = 100  # samples whose proposals' effective sample size a contrastive fit reports
 
 
 def with_mixture_components(model, components):
@@ -78,8 +77,9 @@ class NatsPerMap(keras.callbacks.Callback):
 
 
 def fit_prior(run_dir, epochs=20, batch_size=128, learning_rate=1e-3, export=True, export_dir=None,
-              verbose="auto", method="em", top_groups=None):
-    """`method` "contrastive": `fit_contrastive_prior` of an nvae run's `top_groups` top groups.
+              verbose="auto", method="em", top_groups=None, normalizer_draws=None):
+    """`method` "contrastive": `fit_contrastive_prior` of an nvae run's `top_groups` top groups, log Z
+    estimated from `normalizer_draws` base draws (default `contrastive_prior.NORMALIZER_DRAWS`).
     A run with a learned mixture prior (`--prior mog`): `refit_mixture(run_dir, max_iterations=epochs,
     method=method)` (`batch_size`, `learning_rate` and `verbose` do not apply to it). A discrete-code run: encodes the
     training split to code maps, fits each level's gated PixelCNN prior to them by maximum
@@ -96,10 +96,12 @@ def fit_prior(run_dir, epochs=20, batch_size=128, learning_rate=1e-3, export=Tru
         raise UserError(f"fit-prior's --method must be one of {', '.join(PRIOR_FIT_METHODS)}. Received: {method!r}.")
     if method == "contrastive":
         return fit_contrastive_prior(run_dir, top_groups, epochs, batch_size, learning_rate, export, export_dir,
-                                     log=None if verbose == 0 else functools.partial(print, flush=True))
-    if top_groups is not None:
-        raise UserError(f"--top-groups chooses the groups of a contrastive prior (--method contrastive); "
-                        f"--method {method} does not read it.")
+                                     log=None if verbose == 0 else functools.partial(print, flush=True),
+                                     normalizer_draws=normalizer_draws)
+    for flag, value in (("--top-groups", top_groups), ("--normalizer-draws", normalizer_draws)):
+        if value is not None:
+            raise UserError(f"{flag} is an option of a contrastive prior (--method contrastive); --method {method} "
+                            f"does not read it.")
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("learning_rate", learning_rate)):
         RUN_HYPERPARAMETERS[name].check(value)
     config = runs.finished_run_config(run_dir)
@@ -254,14 +256,15 @@ def trained_top_prior_draws(model):
 
 
 def fit_contrastive_prior(run_dir, top_groups=None, epochs=20, batch_size=128, learning_rate=1e-3, export=True,
-                          export_dir=None, log=None):
+                          export_dir=None, log=None, normalizer_draws=None):
     """Gives a finished nvae run a contrastive prior over its top `top_groups` groups (default: every scale's
     but the finest, or a learned top prior's groups, `NVAE.default_contrastive_groups`): the classifier
     (`contrastive_prior.RatioNetwork`) learns, by `contrastive_prior.fit_ratio`, to tell CONTRASTIVE_DRAWS
     exact posterior draws of the top groups (whitened) of each training image from draws of the prior the
     run was trained with (`trained_top_prior_draws`: N(0, I), or its learned top prior's); one draw of each
     of a held-out HELD_OUT_CODES of the training images chooses the epoch kept. log Z is then estimated over
-    that prior's draws.
+    `normalizer_draws` of that prior's draws (default `contrastive_prior.NORMALIZER_DRAWS`; its Monte-Carlo
+    error shrinks as 1/√draws, and over a learned prior each draw takes a pass per position).
     The test split is read only for the figures returned. model.keras is rewritten (atomically) with it, so
     that `sample` draws through it and `evaluate`, `score` and exports use it, and a new version is exported
     when `export`. A second fit replaces the first one's classifier. Training the run further is then
@@ -271,13 +274,21 @@ def fit_contrastive_prior(run_dir, top_groups=None, epochs=20, batch_size=128, l
         dict with `groups`, `dimensions` (of the reweighted code), `history` (`fit_ratio`'s, nats),
         `log_normalizer` (log Z), `held_out_gain` (the test images' draws' mean log r − log Z: nats per code
         by which the new prior beats the trained one on codes of images it never read), `effective_sample_size`
-        (SIR's, mean over SIR_CHECK_SAMPLES samples, of `contrastive_prior.PROPOSALS`), `test_elbo_before`
+        (SIR's, out of `contrastive_prior.PROPOSALS`: its mean over log Z's draws taken in rows of that many, as
+        SIR's proposals are such draws), `test_elbo_before`
         and `test_elbo_after` (`fixed_noise_elbo` of the test split under the run's prior before the fit, the
         trained one unless an earlier fit gave it a contrastive part, and under the new prior),
-        `codes` (training draws read), `export_path` and `replicas` (1: the fit runs on the host).
+        `codes` (training draws read), `normalizer_draws`, `export_path` and `replicas` (1: the fit runs on the
+        host).
     """
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("learning_rate", learning_rate)):
         RUN_HYPERPARAMETERS[name].check(value)
+    normalizer_draws = contrastive_prior.NORMALIZER_DRAWS if normalizer_draws is None else normalizer_draws
+    proposals = contrastive_prior.PROPOSALS
+    if not isinstance(normalizer_draws, int) or isinstance(normalizer_draws, bool) or normalizer_draws < proposals:
+        raise UserError(f"--normalizer-draws (the base prior's draws that estimate log Z, and SIR's effective sample "
+                        f"size in rows of its {proposals:,} proposals) must be an integer of at least {proposals:,}. "
+                        f"Received: normalizer_draws={normalizer_draws!r}.")
     config, model = runs.load_run(run_dir)
     if not hasattr(model, "with_contrastive_prior"):
         raise UserError(f"--method contrastive reweights the top groups of an nvae run's prior; {run_dir} holds a "
@@ -286,7 +297,7 @@ def fit_contrastive_prior(run_dir, top_groups=None, epochs=20, batch_size=128, l
     model = base.with_contrastive_prior(base.default_contrastive_groups() if top_groups is None else top_groups)
     dataset = dataset_of(config)
     train, test = (load_split(config, split, dataset) for split in ("train", "test"))
-    shuffle, fitting, normalizer, proposals = np.random.SeedSequence(config.seed).spawn(4)
+    shuffle, fitting, normalizer = np.random.SeedSequence(config.seed).spawn(3)
     dim = model.top_dim
     draws = [whitened_posterior_draws(model, train, config.seed + 1 + d)[:, :dim] for d in range(CONTRASTIVE_DRAWS)]
     order = np.random.default_rng(shuffle).permutation(len(train.x))
@@ -298,15 +309,16 @@ def fit_contrastive_prior(run_dir, top_groups=None, epochs=20, batch_size=128, l
     draw = trained_top_prior_draws(model)
     history = contrastive_prior.fit_ratio(model.contrast, positives, draws[0][order[:held]], epochs, batch_size,
                                           learning_rate, fitting, log, draw=draw)
-    log_z = contrastive_prior.estimate_log_normalizer(model.contrast, dim, normalizer, draw=draw)
+    # The draws that estimate log Z are SIR's proposals too: rows of them give its effective sample size.
+    log_ratios = contrastive_prior.noise_log_ratios(model.contrast, normalizer_draws, dim,
+                                                    np.random.default_rng(normalizer), draw=draw)
+    log_z, ess = contrastive_prior.log_normalizer_and_sample_size(log_ratios, proposals)
     model.contrast_log_normalizer.assign(log_z)
-    ess = contrastive_prior.effective_sample_size(contrastive_prior.noise_log_ratios(
-        model.contrast, SIR_CHECK_SAMPLES * contrastive_prior.PROPOSALS, dim, np.random.default_rng(proposals),
-        draw=draw).reshape(SIR_CHECK_SAMPLES, -1))
     test_draws = whitened_posterior_draws(model, test, config.seed)[:, :dim]
     record = {"groups": model.contrastive_groups, "dimensions": dim, "history": history, "log_normalizer": log_z,
               "held_out_gain": float(np.mean(contrastive_prior.log_ratios_of(model.contrast, test_draws)) - log_z),
-              "effective_sample_size": float(np.mean(ess)), "test_elbo_before": fixed_noise_elbo(base, test),
-              "test_elbo_after": fixed_noise_elbo(model, test), "codes": len(positives)}
+              "effective_sample_size": ess, "test_elbo_before": fixed_noise_elbo(base, test),
+              "test_elbo_after": fixed_noise_elbo(model, test), "codes": len(positives),
+              "normalizer_draws": normalizer_draws}
     export_path = keep_prior(model, config, run_dir, runs.CONTRASTIVE_PRIOR_FILE, record, export, export_dir)
     return dict(record, export_path=export_path, replicas=1)

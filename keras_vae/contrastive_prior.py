@@ -212,7 +212,13 @@ def fit_ratio(network, positives, held_out, epochs, batch_size, learning_rate, s
     return history
 
 
-def estimate_log_normalizer(network, dim, seed, draws=NORMALIZER_DRAWS, draw=normal_draws):
-    """log Z = log E_base[r(ε)] from `draws` codes of `dim` dimensions of the base prior (`draw`'s, N(0, I)
-    by default)."""
-    return float(log_normalizer(noise_log_ratios(network, draws, dim, np.random.default_rng(seed), draw=draw)))
+def log_normalizer_and_sample_size(log_ratios, proposals=PROPOSALS):
+    """(log Z, SIR's effective sample size) from the log-ratios [N] of N ≥ `proposals` draws of the base prior:
+    log Z = log E_base[r(ε)] over all of them, and the mean `effective_sample_size` of their rows of
+    `proposals` (SIR's proposals are such draws; a last partial row is left out)."""
+    log_ratios = np.asarray(log_ratios)
+    rows = len(log_ratios) // proposals
+    if rows < 1:
+        raise ValueError(f"Need at least {proposals} log-ratios (one row of proposals). Received: {len(log_ratios)}.")
+    ess = effective_sample_size(log_ratios[:rows * proposals].reshape(rows, proposals))
+    return float(log_normalizer(log_ratios)), float(np.mean(ess))

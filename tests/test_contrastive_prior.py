@@ -48,8 +48,13 @@ def test_sir_draws_propose_from_a_given_base_and_tilt_it():
 
 def test_the_log_normalizer_and_the_effective_sample_size_match_their_closed_forms():
     a = np.array([1.0, -0.5, 0.0])
-    log_z = contrastive_prior.estimate_log_normalizer(tilt(a), 3, seed=0)
+    log_ratios = contrastive_prior.noise_log_ratios(tilt(a), 200_500, 3, np.random.default_rng(0))
+    log_z, ess = contrastive_prior.log_normalizer_and_sample_size(log_ratios)
     assert log_z == pytest.approx(0.5 * a @ a, abs=0.02)  # E[exp(a·ε)] = exp(|a|²/2)
+    # SIR's 1,000 proposals weighted by w = exp(a·ε): (Σ w)² / Σ w² ≈ 1000 (E w)² / E w² = 1000 exp(−|a|²).
+    assert ess == pytest.approx(1000 * np.exp(-a @ a), rel=0.1)
+    with pytest.raises(ValueError, match="at least 1000 log-ratios .* Received: 999"):
+        contrastive_prior.log_normalizer_and_sample_size(log_ratios[:999])
     assert float(contrastive_prior.log_normalizer(tf.fill([10], 2.0))) == pytest.approx(2.0)
     ess = contrastive_prior.effective_sample_size(tf.constant([[0.0] * 8, [0.0, -50.0, -50.0, -50.0] * 2]))
     np.testing.assert_allclose(ess, [8.0, 2.0], rtol=1e-6)
@@ -94,7 +99,8 @@ def test_the_classifier_learns_the_log_ratio_of_a_shifted_normal():
     learned, exact = network(points).numpy(), points @ mu - mu @ mu / 2
     assert np.corrcoef(learned, exact)[0, 1] > 0.97
     assert np.mean(np.abs(learned - exact)) < 0.15
-    log_z = contrastive_prior.estimate_log_normalizer(network, 4, seed=2, draws=100000)
+    log_z, _ = contrastive_prior.log_normalizer_and_sample_size(
+        contrastive_prior.noise_log_ratios(network, 100_000, 4, np.random.default_rng(2)))
     assert abs(log_z) < 0.1
     assert float(np.mean(network(held_out).numpy())) - log_z == pytest.approx(mu @ mu / 2, abs=0.1)
 
@@ -239,14 +245,15 @@ def test_over_an_autoregressive_prior_the_ratio_adds_to_its_density_and_sir_prop
     expected = contrast.contrast(draws).numpy() - 0.7
     assert np.std(expected) > 0.5
     np.testing.assert_allclose((with_ratio - base).numpy()[0], expected, atol=2e-3)
-    # The proposals are the autoregressive prior's draws: SIR over them, with the seed sample_codes gives it.
+    # The proposals are the autoregressive prior's draws: SIR over them, with the seed sample_codes gives it
+    # (one chunk of samples: each chunk's 16,000 proposals take a pass per position).
     sample_seed = tf.constant([5, 0], tf.int64)
-    codes = contrast.sample_codes(24, sample_seed).numpy()
-    sir = contrastive_prior.sir_draws(contrast.contrast, 24, top, sample_seed,
+    codes = contrast.sample_codes(16, sample_seed).numpy()
+    sir = contrastive_prior.sir_draws(contrast.contrast, 16, top, sample_seed,
                                       propose=lambda count, s: contrast.trained_prior_codes(count, s)[:, :top]).numpy()
     np.testing.assert_array_equal(codes[:, :top], sir)
-    np.testing.assert_array_equal(codes[:, top:], model.sample_codes(24, sample_seed).numpy()[:, top:])
-    normal = contrastive_prior.sir_draws(contrast.contrast, 24, top, sample_seed).numpy()
+    np.testing.assert_array_equal(codes[:, top:], model.sample_codes(16, sample_seed).numpy()[:, top:])
+    normal = contrastive_prior.sir_draws(contrast.contrast, 16, top, sample_seed).numpy()
     assert np.abs(normal - sir).max() > 0.1  # not N(0, I)'s proposals
     # With each group its own KL unit (--top-prior-per-group), the units sum to Σ_l KL_l − log p_top/N(0, I); the
     # ELBO's KL also takes the ratio: a constant c gives their sum − (c − log Z).
@@ -278,7 +285,7 @@ NVAE_FLAGS = ("--model", "nvae", "--channels", 16, "--latent-channels", 4, "--kl
 
 @pytest.fixture(scope="module")
 def nvae_run(tiny_run):
-    root, _ = tiny_run("nvae-contrast", *NVAE_FLAGS)
+    root, _ = tiny_run("nvae-contrast", *NVAE_FLAGS, "--no-export")  # fit-prior's export is its first version
     result = invoke("fit-prior", root / "run", "--method", "contrastive", "--epochs", 3, "--batch-size", 32)
     assert result.exit_code == 0, result.output
     return root, result.output
@@ -290,9 +297,10 @@ def test_fit_prior_gives_an_nvae_a_contrastive_prior_that_sampling_and_exports_u
 
     root, output = nvae_run
     assert "The top 2 groups' prior (128 dimensions) is reweighted" in output
-    assert "exports/nvae-contrast/2" in output
+    assert "exports/nvae-contrast/1" in output
     record = json.loads((root / "run" / runs.CONTRASTIVE_PRIOR_FILE).read_text())
     assert record["groups"] == 2 and record["dimensions"] == 128 and len(record["history"]["val_loss"]) == 3
+    assert record["normalizer_draws"] == contrastive_prior.NORMALIZER_DRAWS
     assert 1 <= record["effective_sample_size"] <= contrastive_prior.PROPOSALS
     _, model = runs.load_run(str(root / "run"))
     assert model.contrastive_groups == 2
@@ -303,7 +311,7 @@ def test_fit_prior_gives_an_nvae_a_contrastive_prior_that_sampling_and_exports_u
     test = load_split(runs.load_run(str(root / "run"))[0], "test")
     assert fixed_noise_elbo(model, test) == pytest.approx(record["test_elbo_after"], abs=1e-3)
     x_mean, _ = model.sample(5, seed=11)
-    served = run_in_session(str(root / "exports" / "nvae-contrast" / "2"), lambda name: {
+    served = run_in_session(str(root / "exports" / "nvae-contrast" / "1"), lambda name: {
         "sample": {"num_samples": np.int32(5), "seed": np.int32(11), "temperature": np.float32(1.0)},
         "decode": {"z": np.zeros((2, model.code_dim), np.float32)}}.get(name, {"x": test.x[:3]}))
     np.testing.assert_allclose(served["sample"]["x_mean"], np.asarray(x_mean), atol=1e-4)
@@ -325,18 +333,21 @@ def test_fit_prior_reweights_an_autoregressive_top_prior(tiny_run):
     from test_export import run_in_session
 
     root, _ = tiny_run("nvae-ar-contrast", *NVAE_FLAGS, "--top-prior", "autoregressive", "--top-prior-components", 2,
-                       "--top-prior-filters", 8)
-    result = invoke("fit-prior", root / "run", "--method", "contrastive", "--epochs", 2, "--batch-size", 32)
-    assert result.exit_code == 0 and "exports/nvae-ar-contrast/2" in result.output, result.output
+                       "--top-prior-filters", 8, "--no-export")
+    # Few draws for log Z: each of the autoregressive prior's draws takes a pass per position.
+    result = invoke("fit-prior", root / "run", "--method", "contrastive", "--epochs", 2, "--batch-size", 32,
+                    "--normalizer-draws", 3000)
+    assert result.exit_code == 0 and "exports/nvae-ar-contrast/1" in result.output, result.output
     record = json.loads((root / "run" / runs.CONTRASTIVE_PRIOR_FILE).read_text())
     config, model = runs.load_run(str(root / "run"))
     assert model.top_prior == "autoregressive" and model.contrastive_groups == model.mixture_groups == record["groups"]
     test = load_split(config, "test")
     assert fixed_noise_elbo(model, test) == pytest.approx(record["test_elbo_after"], abs=1e-3)
     assert math.isfinite(record["log_normalizer"]) and 1 <= record["effective_sample_size"] <= contrastive_prior.PROPOSALS
+    assert record["normalizer_draws"] == 3000
     images, _ = model.sample(3, seed=2)
     assert images.shape == (3, 28, 28, 1) and np.all(np.isfinite(images))
-    served = run_in_session(str(root / "exports" / "nvae-ar-contrast" / "2"), lambda name: {
+    served = run_in_session(str(root / "exports" / "nvae-ar-contrast" / "1"), lambda name: {
         "sample": {"num_samples": np.int32(3), "seed": np.int32(2), "temperature": np.float32(1.0)},
         "decode": {"z": np.zeros((2, model.code_dim), np.float32)}}.get(name, {"x": test.x[:3]}))
     np.testing.assert_allclose(served["sample"]["x_mean"], np.asarray(images), atol=1e-4)
@@ -346,7 +357,9 @@ def test_fit_prior_reweights_an_autoregressive_top_prior(tiny_run):
 
 @pytest.mark.parametrize("args, message", [
     (["RUN", "--method", "contrastive", "--top-groups", 5], "--top-groups must name 1 to 4 top groups"),
-    (["RUN", "--top-groups", 1], "--top-groups chooses the groups of a contrastive prior"),
+    (["RUN", "--top-groups", 1], "--top-groups is an option of a contrastive prior"),
+    (["RUN", "--normalizer-draws", 10], "--normalizer-draws is an option of a contrastive prior"),
+    (["RUN", "--method", "contrastive", "--normalizer-draws", 999], "must be an integer of at least 1,000"),
     (["VAE_RUN", "--method", "contrastive"], "reweights the top groups of an nvae run's prior"),
 ])
 def test_contrastive_mistakes_get_a_message_and_status_2(nvae_run, tmp_path, args, message):
@@ -356,3 +369,8 @@ def test_contrastive_mistakes_get_a_message_and_status_2(nvae_run, tmp_path, arg
     names = {"RUN": root / "run", "VAE_RUN": tmp_path / "vae"}
     result = invoke("fit-prior", *[names.get(a, a) for a in args])
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+
+
+def test_the_help_gives_the_default_number_of_log_z_draws():
+    help_text = " ".join(invoke("fit-prior", "--help").output.split())
+    assert f"(default {contrastive_prior.NORMALIZER_DRAWS:,};" in help_text

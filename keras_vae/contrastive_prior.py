@@ -36,7 +36,7 @@ from keras_vae.errors import UserError
 PROPOSALS = 1000  # SIR proposals per sample
 PROPOSAL_CHUNK = 16  # samples whose proposals are scored at once (16 × 1000 codes)
 WIDTH, DEPTH = 64, 3  # the classifier's channels and 3×3 convolutions
-NORMALIZER_DRAWS = 200_000  # N(0, I) draws in the estimate of log Z
+NORMALIZER_DRAWS = 200_000  # base-prior draws in the estimate of log Z (and of SIR's effective sample size)
 SCORING_BATCH = 10_000  # codes the classifier reads at a time outside SIR
 PATIENCE = 5  # epochs without a better held-out loss after which the classifier's training stops
 
